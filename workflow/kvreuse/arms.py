@@ -1,0 +1,66 @@
+"""An arm is a server and store configuration; this module turns one into processes and flags.
+
+Adding an arm is a config entry (``arms:`` in config.yaml) and, for a new kind of store, one
+small function here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServerPlan:
+    """What to start for one arm: vLLM's flags and environment, and why it cannot run here."""
+
+    vllm_args: list[str]
+    env: dict[str, str]
+    not_run_reason: str | None = None
+    lmcache_config: dict | None = None
+    lmcache_server: dict | None = None  # a standalone LMCache server (MP mode), if any
+    notes: list[str] = field(default_factory=list)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def base_vllm_args(arm: dict, server: dict, model: dict) -> list[str]:
+    args = ["--enable-prefix-caching" if arm.get("prefix_caching", True)
+            else "--no-enable-prefix-caching",
+            "--enable-prompt-tokens-details",
+            "--max-model-len", str(server["max_model_len"]),
+            "--seed", str(server.get("seed", 0))]
+    if model.get("source") == "dummy":
+        args += ["--load-format", "dummy"]
+    if arm.get("prefix_caching", True):
+        # a hash that does not depend on the process, so keys match across restarts
+        args += ["--prefix-caching-hash-algo", server.get("prefix_caching_hash_algo", "sha256_cbor")]
+    args += [str(a) for a in server.get("extra_args", [])]
+    return args
+
+
+def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
+         has_cuda: bool | None = None) -> ServerPlan:
+    env = {str(k): str(v) for k, v in server.get("env", {}).items()}
+    env.setdefault("PYTHONHASHSEED", "0")
+    args = base_vllm_args(arm, server, model)
+    p = ServerPlan(vllm_args=args, env=env)
+    if arm.get("lmcache"):
+        from . import lmcache_arms  # LMCache-specific flags and config files
+
+        if not (cuda_available() if has_cuda is None else has_cuda):
+            p.not_run_reason = "LMCache needs CUDA"
+            return p
+        lmcache_arms.apply(p, arm_name, arm["lmcache"], run_dir=run_dir)
+    return p
+
+
+def kv_transfer_json(cfg: dict) -> str:
+    return json.dumps(cfg, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,117 @@
+"""Streaming client: TTFT at the first streamed token chunk, measured here with perf_counter.
+
+Modelled on vLLM's ``benchmarks/serve.py``: one small request loop, metrics with units in
+their names, failures recorded with their error text instead of raised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+
+@dataclass
+class RequestResult:
+    """One request as the client saw it. Times in milliseconds."""
+
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    output_tokens: int | None = None
+    ttft_ms: float | None = None
+    itl_ms: list[float] = field(default_factory=list)
+    e2e_ms: float | None = None
+    output_text: str = ""
+    output_token_ids: list[int] = field(default_factory=list)
+    error: str | None = None
+    http_status: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def completion_payload(model: str, prompt, max_tokens: int, *, temperature: float = 0.0,
+                       seed: int | None = 0) -> dict:
+    """An OpenAI completions body: fixed output length (``ignore_eos``), usage in the stream."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "skip_special_tokens": False,
+        "return_token_ids": True,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
+async def stream_completion(client: httpx.AsyncClient, base_url: str, payload: dict,
+                            timeout_s: float) -> RequestResult:
+    """Send one streaming request; never raises for request-level failures."""
+    res = RequestResult()
+    text_parts: list[str] = []
+    t0 = time.perf_counter()
+    last = t0
+    try:
+        async with client.stream("POST", f"{base_url}/v1/completions", json=payload,
+                                 timeout=timeout_s) as resp:
+            res.http_status = resp.status_code
+            if resp.status_code != 200:
+                body = (await resp.aread()).decode(errors="replace")
+                res.error = f"HTTP {resp.status_code}: {_error_message(body)}"
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:  # vLLM reports mid-stream failures as a data event
+                    res.error = f"stream error: {_error_message(json.dumps(chunk))}"
+                    return res
+                now = time.perf_counter()
+                choices = chunk.get("choices") or []
+                if choices:  # a content chunk: one or more new tokens
+                    if res.ttft_ms is None:
+                        res.ttft_ms = (now - t0) * 1000
+                    else:
+                        res.itl_ms.append((now - last) * 1000)
+                    last = now
+                    text_parts.append(choices[0].get("text") or "")
+                    res.output_token_ids.extend(choices[0].get("token_ids") or [])
+                usage = chunk.get("usage")
+                if usage:
+                    res.prompt_tokens = usage.get("prompt_tokens")
+                    res.output_tokens = usage.get("completion_tokens")
+                    details = usage.get("prompt_tokens_details") or {}
+                    res.cached_tokens = details.get("cached_tokens")
+        res.e2e_ms = (time.perf_counter() - t0) * 1000
+        res.output_text = "".join(text_parts)
+        if res.ttft_ms is None:
+            res.error = "stream ended without any token"
+    except httpx.TimeoutException as e:
+        res.error = f"timeout after {timeout_s:.0f} s ({type(e).__name__})"
+    except httpx.HTTPError as e:
+        res.error = f"{type(e).__name__}: {e}"
+    except json.JSONDecodeError as e:
+        res.error = f"malformed stream chunk: {e}"
+    return res
+
+
+def _error_message(body: str) -> str:
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError:
+        return body.strip()[:500]
+    err = obj.get("error", obj)
+    if isinstance(err, dict):
+        return str(err.get("message", err))[:500]
+    return str(err)[:500]

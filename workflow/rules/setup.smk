@@ -1,0 +1,18 @@
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+rule model:
+    """Make or fetch a model folder: tiny (made here), dummy (config + tokenizer), or hub."""
+    output:
+        directory(f"{MODELS_DIR}/{{model}}"),
+    params:
+        spec=model_spec,
+    log:
+        "results/logs/setup/model_{model}.log",
+    benchmark:
+        "results/benchmarks/setup/model_{model}.tsv"
+    conda:
+        "../../envs/serve.yaml"
+    script:
+        "../scripts/make_model.py"

@@ -1,0 +1,38 @@
+"""Per arm: cold (populate) vs first request after a restart vs steady, beside a fresh APC start."""
+import numpy as np
+import pandas as pd
+
+from kvreuse.plotting import empty, platforms_in, plt, save
+from kvreuse.rulelog import to_rule_log
+
+to_rule_log(snakemake)  # noqa: F821
+t = pd.read_csv(snakemake.input.table)  # noqa: F821
+plats = platforms_in(t)
+phases = [("populate", "cold (populate)", "#444444"), ("post_restart_first", "first after restart", "#d62728"),
+          ("post_restart_steady", "steady after restart", "#1f77b4")]
+fig, axes = plt.subplots(len(plats) or 1, 1, figsize=(7, 2.6 * max(len(plats), 1)), squeeze=False)
+for ax, p in zip(axes[:, 0], plats):
+    sub = t[t.platform == p].reset_index(drop=True)
+    x = np.arange(len(sub))
+    for k, (ph, label, color) in enumerate(phases):
+        col = f"{ph}_ttft_median_ms"
+        vals = sub[col] if col in sub else pd.Series([np.nan] * len(sub))
+        ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=label, color=color)
+    ref = sub[sub.arm == "apc"]
+    if len(ref) and "populate_ttft_median_ms" in ref:
+        ax.axhline(ref["populate_ttft_median_ms"].iloc[0], ls="--", lw=0.8, color="#444444",
+                   label="fresh APC start (cold reference)")
+    for i, r in sub.iterrows():
+        if r.status != "ok":
+            ax.text(i, 0, f"not run:\n{r.reason}", ha="center", va="bottom", fontsize=6, rotation=90)
+        else:
+            ax.text(i, ax.get_ylim()[1] * 0.92, "persisted" if r.get("persisted") else "not persisted",
+                    ha="center", fontsize=7)
+    ax.set_xticks(x, sub.arm, fontsize=7)
+    ax.set_ylabel("TTFT median (ms)")
+    ax.set_title(f"{p}: does the KV cache survive a vLLM restart? (verdict from hit counters)")
+    ax.legend(fontsize=6, loc="upper left")
+if not plats:
+    empty(axes[0][0], "no restart results")
+save(fig, snakemake.output.pdf, snakemake.output.png,  # noqa: F821
+     source="workflow/scripts/figures/restart.py <- results/tables/restart.csv")
