@@ -58,3 +58,22 @@ def vllm_server(tiny_model, config, tmp_path_factory):
                 startup_timeout_s=server["startup_timeout_s"])
     with proc:
         yield proc
+
+
+_pids_at_start: set[int] = set()
+
+
+def pytest_sessionstart(session):
+    _pids_at_start.update(vllm_pids())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After every fixture is torn down: no vLLM server started by the tests may remain."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while (left := vllm_pids() - _pids_at_start) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        session.exitstatus = 1
+        print(f"\nFAILED: vLLM processes left behind by the tests: {sorted(left)}")

@@ -143,14 +143,159 @@ def runs_table(metas: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(experiment: str, jsonl_files: list[str], max_error_fraction: float) -> pd.DataFrame:
+def serving_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
+    """Per platform and request rate: vLLM bench serve's own summary, with our CI of the TTFT median."""
+    stats = phase_table(df[df["phase"].str.startswith("rate_")], metas, ["platform", "arm", "phase"])
+    rows = []
+    for m in metas:
+        for phase, ph in (m.get("phases") or {}).items():
+            b = ph.get("bench_summary")
+            if b and phase.startswith("rate_"):
+                rows.append({"platform": m["platform"], "arm": m["arm"], "phase": phase,
+                             "request_rate": ph["request_rate"],
+                             "bench_median_ttft_ms": b.get("median_ttft_ms"),
+                             "bench_p99_ttft_ms": b.get("p99_ttft_ms"),
+                             "bench_median_itl_ms": b.get("median_itl_ms"),
+                             "bench_median_tpot_ms": b.get("median_tpot_ms"),
+                             "output_throughput_tok_s": b.get("output_throughput"),
+                             "request_throughput_req_s": b.get("request_throughput"),
+                             "completed": b.get("completed"), "failed": b.get("failed", 0)})
+    bench = pd.DataFrame(rows)
+    if bench.empty:
+        return bench
+    keep = ["platform", "arm", "phase", "ttft_ci95_lo_ms", "ttft_ci95_hi_ms", "itl_median_ms"]
+    return bench.merge(stats[keep] if len(stats) else pd.DataFrame(columns=keep), on=["platform", "arm", "phase"], how="left")
+
+
+def fidelity_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
+    """One workload, three TTFTs: our client, vllm bench serve, the server's own histogram."""
+    rows = []
+    for m in metas:
+        ph = m.get("phases") or {}
+        if "fidelity_client" not in ph or "fidelity_bench" not in ph:
+            continue
+        sub = df[(df.platform == m["platform"]) & (df.arm == m["arm"]) & (df.phase == "fidelity_client")]
+        client = sub[sub.error.isna()]["ttft_ms"].astype(float)
+        c = ph["fidelity_client"]["counters"]
+        n = c.get("vllm:time_to_first_token_seconds_count", 0)
+        server_median = metrics.histogram_quantile(c, "vllm:time_to_first_token_seconds", 0.5)
+        bench = ph["fidelity_bench"]["bench_summary"]
+        row = {"platform": m["platform"], "n": len(client),
+               "client_median_ttft_ms": client.median(),
+               "bench_median_ttft_ms": bench.get("median_ttft_ms"),
+               "server_hist_median_ttft_ms": server_median * 1000 if server_median is not None else np.nan,
+               "server_mean_ttft_ms": 1000 * c.get("vllm:time_to_first_token_seconds_sum", 0) / n if n else np.nan,
+               "client_mean_ttft_ms": client.mean()}
+        row["client_minus_server_mean_ms"] = row["client_mean_ttft_ms"] - row["server_mean_ttft_ms"]
+        row["client_minus_server_median_ms"] = row["client_median_ttft_ms"] - row["server_hist_median_ttft_ms"]
+        row["client_minus_bench_median_ms"] = row["client_median_ttft_ms"] - row["bench_median_ttft_ms"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def random_overhead_table(df: pd.DataFrame, metas: list[dict], reference: str = "apc") -> pd.DataFrame:
+    """Per platform and arm: mean TTFT and e2e over the unique prompts, and the change against
+    the APC-only arm on the very same prompts, with a paired bootstrap 95% CI."""
+    df = df[(df["phase"] != "warmup") & df["error"].isna()]
+    rows = []
+    for m in metas:
+        p, arm = m["platform"], m["arm"]
+        row = {"platform": p, "arm": arm, "status": m["status"], "reason": m.get("reason", "")}
+        sub = df[(df.platform == p) & (df.arm == arm)]
+        if len(sub):
+            row.update(n=len(sub), ttft_mean_ms=sub.ttft_ms.mean(), e2e_mean_ms=sub.e2e_ms.mean(),
+                       ttft_median_ms=sub.ttft_ms.median(), e2e_median_ms=sub.e2e_ms.median())
+            ref = df[(df.platform == p) & (df.arm == reference)]
+            if arm != reference and len(ref):
+                pair = sub.merge(ref, on=["phase", "seq"], suffixes=("", "_ref"))
+                for metric in ("e2e_ms", "ttft_ms"):
+                    a, b = pair[metric].to_numpy(float), pair[f"{metric}_ref"].to_numpy(float)
+                    rng = np.random.default_rng(0)
+                    idx = rng.integers(0, len(a), size=(CI_RESAMPLES, len(a)))
+                    boot = 100 * (a[idx].mean(axis=1) / b[idx].mean(axis=1) - 1)
+                    key = metric.replace("_ms", "")
+                    row[f"{key}_delta_pct"] = 100 * (a.mean() / b.mean() - 1)
+                    row[f"{key}_delta_ci95_lo_pct"] = float(np.percentile(boot, 2.5))
+                    row[f"{key}_delta_ci95_hi_pct"] = float(np.percentile(boot, 97.5))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cost_table(metas: list[dict], benchmarks: dict[tuple, float]) -> pd.DataFrame:
+    """GPU-minutes (Snakemake benchmark wall time x GPUs) and server starts per run."""
+    rows = []
+    for m in metas:
+        if m["status"] != "ok":
+            continue
+        starts = [s["startup_s"] for s in m.get("server_starts", []) if s["process"] == "vllm"]
+        wall = benchmarks.get((m["platform"], m["experiment"], m["arm"]), np.nan)
+        gpus = (m.get("accelerator") or {}).get("count", 1) if (m.get("accelerator") or {}).get("kind") == "gpu" else 0
+        rows.append({"platform": m["platform"], "experiment": m["experiment"], "arm": m["arm"],
+                     "wall_s": wall, "gpu_minutes": wall * gpus / 60 if gpus else 0.0,
+                     "server_starts": len(starts), "startup_s_total": sum(starts),
+                     "first_start_s": starts[0] if starts else np.nan,
+                     "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
+                     "requests": m.get("n_requests", 0)})
+    t = pd.DataFrame(rows)
+    if len(t):
+        tot = t.groupby("platform", sort=False)[["wall_s", "gpu_minutes", "server_starts", "startup_s_total", "requests"]].sum().reset_index()
+        tot["experiment"], tot["arm"] = "TOTAL", ""
+        t = pd.concat([t, tot], ignore_index=True)
+    return t
+
+
+def read_benchmarks(files: list[str]) -> dict[tuple, float]:
+    """results/benchmarks/<platform>/<experiment>/<arm>.tsv -> wall seconds."""
+    out = {}
+    for f in files:
+        p = Path(f)
+        out[(p.parent.parent.name, p.parent.name, p.stem)] = float(pd.read_csv(f, sep="\t")["s"].iloc[0])
+    return out
+
+
+def cited_rows(experiment: str, cited: dict | None) -> pd.DataFrame:
+    """The source studies' rows for a table, marked as cited (workflow/resources/cited.yaml)."""
+    if not cited:
+        return pd.DataFrame()
+    if experiment == "serving":
+        c = cited["baseline_table"]
+        return pd.DataFrame([{"platform": r["gpu"], "arm": "no_cache (cited)", "phase": "rate_2",
+                              "request_rate": 2, "bench_median_ttft_ms": r["ttft_median_ms"],
+                              "bench_median_itl_ms": r["itl_median_ms"], "output_throughput_tok_s": r["output_tok_s"],
+                              "provenance": f"cited: {c['source']} ({c['measures']})"} for r in c["rows"]])
+    if experiment == "random_overhead":
+        c = cited["random_overhead"]
+        return pd.DataFrame([{"platform": r["gpu"], "arm": "apc+lmcache (cited)", "status": "cited",
+                              "e2e_mean_ms": r["apc_lmcache_ms"], "e2e_delta_pct": r["delta_pct"],
+                              "provenance": f"cited: {c['source']} ({c['measures']})"} for r in c["rows"]])
+    return pd.DataFrame()
+
+
+def with_cited(table: pd.DataFrame, experiment: str, cited: dict | None) -> pd.DataFrame:
+    extra = cited_rows(experiment, cited)
+    if extra.empty:
+        return table
+    table = table.assign(provenance="measured (kvreuse)") if len(table) else table
+    return pd.concat([table, extra], ignore_index=True)
+
+
+def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
+          benchmark_files: list[str] = (), cited: dict | None = None) -> pd.DataFrame:
     df, metas = load(jsonl_files)
     if experiment == "runs":
         return runs_table(metas)
+    if experiment == "cost":
+        return cost_table(metas, read_benchmarks(list(benchmark_files)))
     for (platform, arm), g in df.groupby(["platform", "arm"]) if len(df) else []:
         check_errors(g, max_error_fraction)
     if experiment == "restart":
         return restart_table(df, metas)
+    if experiment == "serving":
+        return with_cited(serving_table(df, metas), experiment, cited)
+    if experiment == "fidelity":
+        return fidelity_table(df, metas)
+    if experiment == "random_overhead":
+        return with_cited(random_overhead_table(df, metas), experiment, cited)
     if experiment == "prefix_sweep":
         df = df.assign(kind=df["phase"].str.split("_").str[0])
         t = phase_table(df, metas, ["platform", "arm", "prefix_tokens", "kind", "phase"])

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 
-EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn")
+EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
+               "random_overhead")
 
 
 class ConfigError(ValueError):
@@ -62,9 +63,13 @@ def check(config: dict) -> None:
                     raise ConfigError(f"experiments.{exp}.arms: {arm!r} is not a known arm "
                                       f"(allowed: {sorted(config['arms'])})")
             limit = server_config(config, p)["max_model_len"]
-            need = params.get("prefix_tokens", 0) + params["suffix_tokens"] + config["client"]["max_tokens"]
+            need = params.get("prefix_tokens", 0) + params.get("suffix_tokens", 0) + config["client"]["max_tokens"]
             if exp == "prefix_sweep" and params["prefix_tokens_list"] != "auto":
                 need = max(params["prefix_tokens_list"]) + params["suffix_tokens"] + config["client"]["max_tokens"]
+            if exp == "serving":
+                need = params["input_len"] + max(params["output_len"], config["client"]["max_tokens"])
+            if exp == "random_overhead":
+                need = params["system_tokens"] + params["context_tokens"] + config["client"]["max_tokens"]
             if exp == "multiturn":
                 need = params["system_tokens"] + params["turns"] * (params["user_tokens"] + config["client"]["max_tokens"])
             if need > limit:

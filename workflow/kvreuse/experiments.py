@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
+import os
+import signal
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -156,7 +161,7 @@ class Session:
         if n:
             p = self.spec.params
             await self.phase("warmup", [self.prompts.tokens(f"warmup/{i}", p.get("prefix_tokens", 256))
-                                        + self.prompts.tokens(f"warmup/q{i}", p["suffix_tokens"])
+                                        + self.prompts.tokens(f"warmup/q{i}", p.get("suffix_tokens", 16))
                                         for i in range(n)])
 
     def shared(self, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
@@ -164,6 +169,61 @@ class Session:
         return shared_prefix_prompts(self.prompts, name=name, n=n,
                                      prefix_tokens=prefix_tokens or p["prefix_tokens"],
                                      suffix_tokens=p["suffix_tokens"], compat=p.get("compat", False))
+
+    async def bench(self, name: str, *, request_rate: float | str, num_prompts: int,
+                    input_len: int, output_len: int, max_concurrency: int | None = None) -> dict:
+        """One run of vLLM's own load generator (`vllm bench serve`), as a phase.
+
+        Its per-request TTFTs and ITLs become records; its summary goes into the phase.
+        """
+        scraper = metrics.Scraper(self.scrape_urls())
+        before = scraper.scrape()
+        out_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=self.spec.log_dir))
+        argv = [sys.executable, "-m", "kvreuse.bench_serve", "--backend", "openai",
+                "--base-url", self.vllm.base_url, "--endpoint", "/v1/completions",
+                "--model", self.spec.model_name, "--tokenizer", str(self.spec.model_dir),
+                "--dataset-name", "random", "--random-input-len", str(input_len),
+                "--random-output-len", str(output_len), "--random-range-ratio", "0",
+                "--num-prompts", str(num_prompts), "--request-rate", str(request_rate),
+                "--seed", str(self.spec.seed), "--ignore-eos", "--disable-tqdm",
+                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+                "--save-result", "--save-detailed", "--result-dir", str(out_dir),
+                "--result-filename", "result.json"]
+        if max_concurrency:
+            argv += ["--max-concurrency", str(max_concurrency)]
+        t0 = time.perf_counter()
+        with open(self.spec.log_dir / "bench_serve.log", "ab") as logf:
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=logf, stderr=logf,
+                                                        start_new_session=True)
+            try:
+                rc = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+        if rc != 0:
+            raise RuntimeError(f"vllm bench serve failed (exit {rc}); see {self.spec.log_dir / 'bench_serve.log'}")
+        res = json.loads((out_dir / "result.json").read_text())
+        for i, ttft in enumerate(res.get("ttfts", [])):
+            itl = [x * 1000 for x in res["itls"][i]]
+            err = res["errors"][i] or None
+            self.records.append({
+                "platform": self.spec.platform, "experiment": self.spec.experiment,
+                "arm": self.spec.arm_name, "phase": name, "seq": i, "source": "vllm_bench_serve",
+                "request_rate": request_rate, "prompt_tokens": res["input_lens"][i],
+                "cached_tokens": None, "output_tokens": res["output_lens"][i],
+                "ttft_ms": ttft * 1000 if not err else None, "itl_ms": itl,
+                "e2e_ms": (ttft * 1000 + sum(itl)) if not err else None,  # derived: TTFT + ITLs
+                "error": err})
+        summary = {k: v for k, v in res.items() if not isinstance(v, list)}
+        counters = metrics.delta(before, scraper.scrape())
+        self.phases[name] = {"counters": counters, "n_requests": num_prompts,
+                             "wall_s": round(time.perf_counter() - t0, 3), "bench_summary": summary,
+                             "request_rate": request_rate, "max_concurrency": max_concurrency}
+        log.info("%s/%s: bench serve rate %s: median TTFT %.1f ms, median ITL %.2f ms, %.1f output tok/s",
+                 self.spec.experiment, name, request_rate, summary.get("median_ttft_ms", float("nan")),
+                 summary.get("median_itl_ms", float("nan")), summary.get("output_throughput", float("nan")))
+        return summary
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -239,9 +299,39 @@ async def multiturn(s: Session, p: dict) -> None:
         history = history + res.output_token_ids
 
 
+async def serving(s: Session, p: dict) -> None:
+    """Serving baseline with vLLM's own load generator at each request rate, plus the
+    fidelity workload: the same sizes through our client and through `vllm bench serve`,
+    one request at a time, beside the server's own TTFT histogram."""
+    s.start()
+    await s.warmup()
+    n = p.get("fidelity_requests", 0)
+    if n:
+        out_len = s.spec.client["max_tokens"]
+        await s.phase("fidelity_client", [s.prompts.tokens(f"fidelity/{i}", p["input_len"]) for i in range(n)])
+        await s.bench("fidelity_bench", request_rate="inf", max_concurrency=1, num_prompts=n,
+                      input_len=p["input_len"], output_len=out_len)
+    for rate in p["request_rates"]:
+        await s.bench(f"rate_{rate}", request_rate=rate, num_prompts=p["num_prompts"],
+                      input_len=p["input_len"], output_len=p["output_len"])
+
+
+async def random_overhead(s: Session, p: dict) -> None:
+    """The studies' "random prompts" test: a short fixed system prompt plus a unique
+    mini-context per request, so nearly nothing is reusable. The prompts depend only on the
+    seed, so every arm (APC only, APC + LMCache) gets the very same requests."""
+    s.start()
+    await s.warmup()
+    system = s.prompts.tokens("random_overhead/system", p["system_tokens"])
+    for rep in range(p["repeats"]):
+        await s.phase(f"repeat_{rep}", [system + s.prompts.tokens(f"random_overhead/r{rep}/{i}", p["context_tokens"])
+                                        for i in range(p["n_requests"])], repeat=rep)
+
+
 EXPERIMENTS: dict[str, Callable[[Session, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
     "prefix_sweep": prefix_sweep, "multiturn": multiturn,
+    "serving": serving, "random_overhead": random_overhead,
 }
 
 

@@ -26,6 +26,8 @@ HISTOGRAMS = (
     "vllm:inter_token_latency_seconds",
 )
 PREFIXES = ("vllm:", "lmcache")
+#: histograms whose buckets are kept too, so that a phase's server-side median can be read
+BUCKETED = ("vllm:time_to_first_token_seconds",)
 
 
 def parse(text: str) -> dict[str, float]:
@@ -43,6 +45,8 @@ def parse(text: str) -> dict[str, float]:
                 out[family.name] += sample.value
             elif family.type == "histogram" and sample.name.endswith(("_sum", "_count")):
                 out[sample.name] += sample.value
+            elif family.name in BUCKETED and sample.name.endswith("_bucket"):
+                out[f"{sample.name}{{le={sample.labels['le']}}}"] += sample.value
     return dict(out)
 
 
@@ -56,6 +60,25 @@ def hit_tokens(counters: dict[str, float]) -> float:
     """Prompt tokens served from any cache: vLLM's own plus the connector's (LMCache)."""
     return counters.get("vllm:prefix_cache_hits", 0.0) + counters.get(
         "vllm:external_prefix_cache_hits", 0.0)
+
+
+def histogram_quantile(counters: dict[str, float], family: str, q: float = 0.5) -> float | None:
+    """Quantile of a histogram from its cumulative bucket deltas (linear within a bucket,
+    as Prometheus' histogram_quantile does); None without observations."""
+    prefix = f"{family}_bucket{{le="
+    buckets = sorted((float(k[len(prefix):-1]), v) for k, v in counters.items() if k.startswith(prefix))
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lo_bound, lo_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lo_bound
+            width = count - lo_count
+            return lo_bound + (bound - lo_bound) * ((rank - lo_count) / width if width else 0)
+        lo_bound, lo_count = bound, count
+    return lo_bound
 
 
 class Scraper:

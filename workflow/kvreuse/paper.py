@@ -25,6 +25,15 @@ def fmt(x, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
+def mdtable(df: pd.DataFrame, cols: list[str] | None = None, digits: int = 1) -> str:
+    """A Markdown table of ``cols`` (those present), numbers rounded; '(no rows)' when empty."""
+    if df is None or df.empty:
+        return "(no rows)"
+    if cols:
+        df = df[[c for c in cols if c in df.columns]]
+    return df.round(digits).to_markdown(index=False, floatfmt=f".{digits}f")
+
+
 def _rows(df: pd.DataFrame) -> list[dict]:
     return [] if df is None or df.empty else df.to_dict("records")
 
@@ -55,15 +64,17 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
                               "speedup": g.loc["cold", "ttft_median_ms"] / g.loc["warm", "ttft_median_ms"],
                               "warm_hits": g.loc["warm", "hit_tokens"], "cold_hits": g.loc["cold", "hit_tokens"],
                               "cold_e2e": g.loc["cold", "e2e_median_ms"], "warm_e2e": g.loc["warm", "e2e_median_ms"]})
+    from .workloads import COMPAT_SYSTEM
+    compat = {"words": len(COMPAT_SYSTEM.split())}
     llama = json.loads(llama_config.read_text())
     kv_tok = kvmodel.kv_bytes_per_token(llama)
     claim = cited["kv_size_claim"]
     kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
           "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
-    return {"platforms": platforms, "not_run": _rows(not_run), "md": md, "cold_warm": cold_warm,
+    return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "md": md, "cold_warm": cold_warm,
             "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
-            "cited": cited, "kv": kv, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
+            "cited": cited, "kv": kv, "compat": compat, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
             "commit": provenance.git_commit(repo), "versions": provenance.versions()}
 
 
@@ -71,6 +82,7 @@ def render(template: Path, ctx: dict) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.filters["mdtable"] = mdtable
     return env.get_template(template.name).render(**ctx)
 
 

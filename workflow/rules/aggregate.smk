@@ -1,13 +1,23 @@
 def table_inputs(wildcards):
-    if wildcards.table == "runs":
+    if wildcards.table in ("runs", "cost"):
         return sorted({f for e in EXPERIMENTS for f in raw_inputs(e)(wildcards)})
+    if wildcards.table == "fidelity":
+        return raw_inputs("serving")(wildcards)
     return raw_inputs(wildcards.table)(wildcards)
+
+
+def benchmark_inputs(wildcards):
+    if wildcards.table != "cost":
+        return []
+    return benchmark_files()
 
 
 rule table:
     """Per-experiment table (and runs.csv, the provenance of every run) from the raw results."""
     input:
         raw=table_inputs,
+        benchmarks=benchmark_inputs,
+        cited="workflow/resources/cited.yaml",
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",

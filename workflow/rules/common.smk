@@ -15,8 +15,8 @@ REPORT_PLATFORMS = list(config["report_platforms"])
 EXPERIMENTS = [e for e in kc.EXPERIMENTS if e in config["experiments"]]
 MODELS_DIR = config["paths"]["models"]
 LMCACHE_DIR = config["paths"]["lmcache"]
-FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline"]
-TABLES = EXPERIMENTS + ["runs"]
+FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead"]
+TABLES = EXPERIMENTS + ["runs", "cost", "fidelity"]
 
 
 wildcard_constraints:
@@ -59,6 +59,19 @@ def raw_inputs(experiment):
     return inputs
 
 
+def benchmark_files():
+    """Snakemake benchmark: files of the runs measured here and of committed platforms."""
+    files = [
+        t.replace("results/raw/", "results/benchmarks/").replace(".jsonl", ".tsv")
+        for e in EXPERIMENTS
+        for t in run_targets(e)
+    ]
+    for p in REPORT_PLATFORMS:
+        if p not in RUN_PLATFORMS:
+            files += sorted(glob.glob(f"results/benchmarks/{p}/*/*.tsv"))
+    return files
+
+
 def run_params(experiment, platform):
     """What one run rule needs from config; a change here reruns only the runs it touches."""
 
@@ -90,10 +103,6 @@ def lmcache_inputs(platform):
         return [f"{LMCACHE_DIR}/{platform}/preflight.json"]
 
     return inputs
-
-
-def figure_script(name):
-    return f"workflow/scripts/figures/{name}.py"
 
 
 def all_targets():

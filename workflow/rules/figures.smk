@@ -1,19 +1,17 @@
-# One rule per figure: its inputs are exactly its table and its own script, so editing one
-# plotting script reruns that figure (and the paper), nothing else.
-for _fig in FIGURES:
-
-    rule:
-        name:
-            f"figure_{_fig}"
-        input:
-            table=f"results/tables/{_fig}.csv",
-            script=figure_script(_fig),
-        output:
-            pdf=f"results/figures/{_fig}.pdf",
-            png=f"results/figures/{_fig}.png",
-        log:
-            f"results/logs/figures/{_fig}.log",
-        conda:
-            "../../envs/analysis.yaml"
-        script:
-            f"../scripts/figures/{_fig}.py"
+rule figure:
+    """One figure from its table and its own script (workflow/scripts/figures/<figure>.py):
+    editing one plotting script reruns that figure (and the paper), nothing else."""
+    input:
+        table="results/tables/{figure}.csv",
+        script="workflow/scripts/figures/{figure}.py",
+    output:
+        pdf="results/figures/{figure}.pdf",
+        png="results/figures/{figure}.png",
+    wildcard_constraints:
+        figure="|".join(FIGURES),
+    log:
+        "results/logs/figures/{figure}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/figures/{wildcards.figure}.py"

@@ -9,8 +9,8 @@ rule notebook:
         "results/logs/notebooks/analysis.log",
     conda:
         "../../envs/analysis.yaml"
-    shell:
-        "jupytext --to ipynb --execute --output {output} {input.notebook} > {log} 2>&1"
+    script:
+        "../scripts/run_notebook.py"
 
 
 rule paper:

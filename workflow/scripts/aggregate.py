@@ -1,7 +1,11 @@
+import yaml
+
 from kvreuse.aggregate import build, write
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821
 jsonl = [f for f in snakemake.input.raw if f.endswith(".jsonl")]  # noqa: F821
-table = build(snakemake.wildcards.table, jsonl, snakemake.params.max_error_fraction)  # noqa: F821
+table = build(snakemake.wildcards.table, jsonl, snakemake.params.max_error_fraction,  # noqa: F821
+              benchmark_files=snakemake.input.benchmarks,  # noqa: F821
+              cited=yaml.safe_load(open(snakemake.input.cited)))  # noqa: F821
 write(table, snakemake.output.csv, snakemake.output.md, snakemake.output.tex)  # noqa: F821

@@ -1,0 +1,72 @@
+"""The DAG reruns only what is stale: checked in a copy of the repository with every output
+made up to date by `snakemake --touch` (no server is started)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def smk(cwd, *args):
+    r = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def jobs(out: str) -> dict[str, int]:
+    table = out.split("Job stats:")[1].split("total")[0] if "Job stats:" in out else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def done_copy(repo, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("dag") / "kvreuse"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (repo / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / f, dst / f)
+    shutil.rmtree(dst / "results", ignore_errors=True)
+    out = smk(dst, "-n")
+    outputs = sorted({o.strip() for line in re.findall(r"^\s+output: (.*)$", out, re.M) for o in line.split(",")})
+    for o in outputs:
+        p = dst / o
+        if o.startswith("resources/models/"):
+            p.mkdir(parents=True, exist_ok=True)
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch()
+    smk(dst, "--touch", "--cores", "1")  # mtimes in DAG order
+    return dst
+
+
+def test_second_run_does_nothing(done_copy):
+    assert "Nothing to be done" in smk(done_copy, "-n")
+
+
+def test_touching_one_plotting_script_reruns_that_figure_and_the_paper(done_copy):
+    script = done_copy / "workflow/scripts/figures/restart.py"
+    time.sleep(1.1)
+    os.utime(script)
+    out = smk(done_copy, "-n")
+    assert {k: v for k, v in jobs(out).items() if k != "total"} == {"figure": 1, "paper": 1, "all": 1}
+    outputs = " ".join(re.findall(r"^\s+output: (.*)$", out, re.M))
+    assert "results/figures/restart.pdf" in outputs
+    assert "results/figures/cold_warm.pdf" not in outputs
+    smk(done_copy, "--touch", "--cores", "1")
+
+
+def test_analysis_code_never_reruns_a_measurement(done_copy):
+    time.sleep(1.1)
+    for f in ("workflow/scripts/aggregate.py", "workflow/scripts/figures/cold_warm.py",
+              "paper/kvreuse.md.j2", "workflow/notebooks/analysis.py"):
+        os.utime(done_copy / f)
+    out = smk(done_copy, "-n")
+    assert not [j for j in jobs(out) if j.startswith("run_") or j == "model"], out
+    smk(done_copy, "--touch", "--cores", "1")
