@@ -71,7 +71,12 @@ def accelerator() -> dict:
 
 
 def git_commit(repo: Path | str = ".") -> str | None:
-    """HEAD's commit, with ``-dirty`` when tracked files differ; None outside a checkout."""
+    """HEAD's commit, with ``-dirty`` when tracked files differ. Outside a checkout (a copy of
+    the tree sent to a GPU host), the commit the copy was made from: $KVREUSE_GIT_COMMIT."""
+    import os
+
+    if not (Path(repo) / ".git").exists() and os.environ.get("KVREUSE_GIT_COMMIT"):
+        return os.environ["KVREUSE_GIT_COMMIT"] + " (copy)"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()

@@ -25,3 +25,9 @@ for _platform in RUN_PLATFORMS:
                 "../../envs/serve.yaml"
             script:
                 "../scripts/run_experiment.py"
+
+
+rule measure:
+    """Only the measurements of run_platforms (for a GPU node without the analysis stack)."""
+    input:
+        [t for e in EXPERIMENTS for t in run_targets(e)],
