@@ -344,7 +344,8 @@ def check_members(members: dict[str, bytes]) -> dict:
         if got != info["sha256"]:
             raise ArtifactChecksumError(
                 f"artifact member {name}: manifest.json says sha256 {info['sha256']} but the "
-                f"member has sha256 {got}")
+                f"member has sha256 {got}. Refusing the artifact: nothing was unpacked and "
+                f"nothing under results/ was touched.")
     return m
 
 
