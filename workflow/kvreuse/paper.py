@@ -14,7 +14,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from . import kvmodel, provenance
+from . import __version__, kvmodel, provenance
 
 
 def fmt(x, digits: int = 1) -> str:
@@ -39,7 +39,7 @@ def _rows(df: pd.DataFrame) -> list[dict]:
 
 
 def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
-            llama_config: Path, repo: Path, fig_prefix: str) -> dict:
+            llama_config: Path, repo: Path, fig_prefix: str, cite: dict | None = None) -> dict:
     t = {name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"}
     md = {name: p.with_suffix(".md").read_text() for name, p in tables.items()}
     cited = yaml.safe_load(cited_path.read_text())
@@ -71,11 +71,17 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     claim = cited["kv_size_claim"]
     kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
           "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
+    commit = provenance.git_commit(repo)
     return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "md": md, "cold_warm": cold_warm,
             "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "cited": cited, "kv": kv, "compat": compat, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
-            "commit": provenance.git_commit(repo), "versions": provenance.versions()}
+            "commit": commit, "commit_short": commit[:12] if commit else "unknown",
+            "run_commits": sorted(set(runs.git_commit.dropna())), "kvreuse_version": __version__,
+            "artifact": {"id": "unpublished", "short": "unpublished", "kind": "none", "doi": None,
+                         "url": None, "source": None, "sha256": None, "results_sha256": None,
+                         "bundled_at": None, **(cite or {})},
+            "versions": provenance.versions()}
 
 
 def render(template: Path, ctx: dict) -> str:
@@ -99,11 +105,14 @@ def to_pdf(markdown: str, pdf_path: Path, root: Path, title: str) -> None:
 
 
 def build(template: Path, tables: dict[str, Path], figures: dict[str, Path], cited: Path,
-          llama_config: Path, out_md: Path, out_pdf: Path, repo: Path = Path(".")) -> None:
+          llama_config: Path, out_md: Path, out_pdf: Path, repo: Path = Path("."),
+          cite: dict | None = None) -> None:
+    """``cite``: the artifact to cite (kvreuse.artifact.citation), shown in the references
+    and in every figure's caption."""
     rel = Path(*[".."] * len(out_md.parent.relative_to(repo.resolve()) .parts)) if out_md.is_absolute() else \
         Path(*[".."] * len(out_md.parent.parts))
-    md_text = render(template, context(tables, figures, cited, llama_config, repo, f"{rel.as_posix()}/"))
+    md_text = render(template, context(tables, figures, cited, llama_config, repo, f"{rel.as_posix()}/", cite))
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(md_text)
-    pdf_text = render(template, context(tables, figures, cited, llama_config, repo, ""))
+    pdf_text = render(template, context(tables, figures, cited, llama_config, repo, "", cite))
     to_pdf(pdf_text, out_pdf, root=repo, title="kvreuse: KV-cache reuse in vLLM, measured")

@@ -3,6 +3,7 @@ import os
 
 from snakemake.utils import validate
 
+from kvreuse import artifact as ka
 from kvreuse import config as kc
 from kvreuse.provenance import config_hash
 
@@ -17,6 +18,28 @@ MODELS_DIR = config["paths"]["models"]
 LMCACHE_DIR = config["paths"]["lmcache"]
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead"]
 TABLES = EXPERIMENTS + ["runs", "cost", "fidelity"]
+FIGURE_TITLES = {
+    "cold_warm": "Cold vs warm prefix (APC)",
+    "restart": "Restart persistence",
+    "prefix_sweep": "Prefix length",
+    "multiturn": "Multi-turn chat",
+    "baseline": "Baseline (no cache)",
+    "serving": "Serving under load",
+    "random_overhead": "Unique prompts (LMCache overhead)",
+}
+
+# The citable artifact (workflow/rules/artifact.smk). With artifact.source set, the raw results
+# come from that pinned artifact: its sha256 is checked here, before any job, and no run rule
+# is made (RUN_PLATFORMS is empty), so the DAG needs neither a GPU nor vLLM.
+ARTIFACT = {"doi": "", "source": "", "sha256": "", **config.get("artifact", {})}
+ARTIFACTS_DIR = config["paths"].get("artifacts", "resources/artifacts")
+PINNED = bool(ARTIFACT["source"])
+if PINNED:
+    ka.check_source(ARTIFACT["source"])
+    if not ka.is_remote(ARTIFACT["source"]):
+        ka.verify(ARTIFACT["source"], ARTIFACT["sha256"])
+    PINNED_DIR = f"{ARTIFACTS_DIR}/{ARTIFACT['sha256'].lower()[:16]}"
+    RUN_PLATFORMS = []
 
 
 wildcard_constraints:
@@ -51,9 +74,18 @@ def committed_targets(experiment):
     return found
 
 
+def pinned_targets(experiment):
+    """Raw files of the pinned artifact, once it is verified and unpacked (a checkpoint)."""
+    unpacked = checkpoints.artifact_unpack.get().output[0]
+    return ka.raw_files(unpacked, experiment, REPORT_PLATFORMS)
+
+
 def raw_inputs(experiment):
     def inputs(wildcards):
-        files = run_targets(experiment) + committed_targets(experiment)
+        if PINNED:
+            files = pinned_targets(experiment)
+        else:
+            files = run_targets(experiment) + committed_targets(experiment)
         return files + [f[: -len(".jsonl")] + ".meta.json" for f in files]
 
     return inputs
@@ -61,6 +93,8 @@ def raw_inputs(experiment):
 
 def benchmark_files():
     """Snakemake benchmark: files of the runs measured here and of committed platforms."""
+    if PINNED:
+        return ka.benchmark_files(checkpoints.artifact_unpack.get().output[0], REPORT_PLATFORMS)
     files = [
         t.replace("results/raw/", "results/benchmarks/").replace(".jsonl", ".tsv")
         for e in EXPERIMENTS
@@ -70,6 +104,41 @@ def benchmark_files():
         if p not in RUN_PLATFORMS:
             files += sorted(glob.glob(f"results/benchmarks/{p}/*/*.tsv"))
     return files
+
+
+def all_raw_inputs(wildcards):
+    """Every raw record and meta, and the runs' benchmark timings (the cost table's data)."""
+    return sorted({f for e in EXPERIMENTS for f in raw_inputs(e)(wildcards)}) + benchmark_files()
+
+
+def pinned_artifact():
+    """The pinned artifact file: a local path, or a Zenodo record file through the storage plugin."""
+    src = ARTIFACT["source"]
+    return storage(src) if ka.is_remote(src) else src
+
+
+def pinned_manifest(wildcards):
+    if not PINNED:
+        return []
+    return [f"{checkpoints.artifact_unpack.get().output[0]}/{ka.MANIFEST}"]
+
+
+def artifact_citation():
+    """What the write-up and the manifest cite (the results digest is added by the scripts)."""
+    return {
+        "doi": ARTIFACT["doi"] or None,
+        "source": ARTIFACT["source"] or None,
+        "sha256": ARTIFACT["sha256"].lower() if PINNED else None,
+    }
+
+
+def artifact_config():
+    """The study's configuration as this invocation used it (for the manifest and its hash)."""
+    return {**ka.study_config(config), "run_platforms": RUN_PLATFORMS}
+
+
+def figure_title(wildcards):
+    return FIGURE_TITLES.get(wildcards.figure, wildcards.figure)
 
 
 def run_params(experiment, platform):
@@ -110,4 +179,5 @@ def all_targets():
         [f"results/tables/{t}.csv" for t in TABLES]
         + [f"results/figures/{f}.pdf" for f in FIGURES]
         + ["results/notebooks/analysis.ipynb", "paper/build/kvreuse.pdf", "paper/build/kvreuse.md"]
+        + [f"results/artifact/{ka.TAR_NAME}"]
     )

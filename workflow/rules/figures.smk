@@ -6,7 +6,13 @@ rule figure:
         script="workflow/scripts/figures/{figure}.py",
     output:
         pdf="results/figures/{figure}.pdf",
-        png="results/figures/{figure}.png",
+        png=report(
+            "results/figures/{figure}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory=figure_title,
+            labels={"figure": "{figure}", "script": "workflow/scripts/figures/{figure}.py"},
+        ),
     wildcard_constraints:
         figure="|".join(FIGURES),
     log:

@@ -22,9 +22,15 @@ rule paper:
         figures=expand("results/figures/{f}.png", f=FIGURES),
         cited="workflow/resources/cited.yaml",
         llama_config="workflow/resources/llama-3.1-8b/config.json",
+        raw=all_raw_inputs,
+        pinned_manifest=pinned_manifest,
     output:
         md="paper/build/kvreuse.md",
-        pdf="paper/build/kvreuse.pdf",
+        pdf=report(
+            "paper/build/kvreuse.pdf", caption="../report/paper.rst", category="Write-up"
+        ),
+    params:
+        citation=artifact_citation(),
     log:
         "results/logs/paper/paper.log",
     conda:
