@@ -62,7 +62,8 @@ def test_restart_experiment_end_to_end(config, tiny_model, tmp_path):
     meta = run(spec)
     assert vllm_pids() == before, "a vLLM process was left behind"
     records = [json.loads(x) for x in (tmp_path / "restart/apc.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in records] == ["populate", "warm", "warm", "post_restart_first", "post_restart_steady"]
+    assert [r["phase"] for r in records] == ["populate", "warm", "warm", "post_restart_first", "post_restart_steady",
+                                             "post_restart_cold"]  # cold_reference: unseen_prefix
     for field in ("experiment", "arm", "phase", "seq", "prompt_tokens", "cached_tokens", "output_tokens",
                   "ttft_ms", "itl_ms", "e2e_ms", "error"):
         assert all(field in r for r in records)
@@ -72,6 +73,8 @@ def test_restart_experiment_end_to_end(config, tiny_model, tmp_path):
     assert ph["warm"]["counters"]["vllm:prefix_cache_hits"] > 0
     assert ph["post_restart_first"]["counters"]["vllm:prefix_cache_hits"] == 0  # APC dies with the process
     assert meta["persisted"] is False and meta["output_equal"] is True
+    assert ph["post_restart_cold"]["counters"]["vllm:prefix_cache_hits"] == 0  # a prefix never seen
+    assert [s["returncode"] for s in meta["stops"]] == [0]  # the mid-run stop was graceful
     assert meta["server"]["starts"] == 2 and meta["versions"]["vllm"]
     assert meta["accelerator"]["kind"] == "cpu"
     assert "vllm:external_prefix_cache_hits" in ph["populate"]["counters"]

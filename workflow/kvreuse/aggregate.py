@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import kvmodel, metrics
 from .results_io import meta_path, read_meta, read_records
 
 CI_RESAMPLES = 2000
@@ -95,7 +95,7 @@ def check_errors(df: pd.DataFrame, limit: float) -> None:
 
 
 def phase_table(df: pd.DataFrame, metas: list[dict], keys: list[str]) -> pd.DataFrame:
-    df = df[df["phase"] != "warmup"]
+    df = df[~df["phase"].astype(str).str.startswith("warmup")]  # warmup, warmup_post_restart
     if df.empty:
         return pd.DataFrame(columns=keys + ["n"])
     stats = df.groupby(keys, sort=False).apply(latency_stats, include_groups=False).reset_index()
@@ -121,8 +121,97 @@ def restart_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
         if m["status"] == "ok":
             row["persisted"] = bool(m.get("persisted"))
             row["output_equal"] = bool(m.get("output_equal"))
+            if "persisted_hit_tokens" in m:
+                row["persisted_hit_tokens"] = m["persisted_hit_tokens"]
+            if "output_equal_cold_reference" in m:
+                row["output_equal_cold_reference"] = bool(m["output_equal_cold_reference"])
+            if m.get("store_after_stop"):
+                row["store_files"] = m["store_after_stop"].get("files")
+                row["store_bytes"] = m["store_after_stop"].get("bytes")
+            if m.get("lmcache"):
+                row["cuda_kernels"] = m["lmcache"].get("cuda_kernels")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+RELOAD_COLUMNS = ["platform", "arm", "status", "reason", "cuda_kernels", "prefix_tokens",
+                  "kv_bytes_per_token", "kv_bytes_model", "reload_ttft_ms", "reload_hit_tokens",
+                  "loaded_bytes", "load_ms", "achieved_gb_s", "load_source", "recompute_ttft_ms",
+                  "recompute_prefill_ms", "cold_ttft_ms", "apc_cold_ttft_ms", "link", "link_gb_s",
+                  "model_load_ms"]
+
+
+def _ttft_median(df: pd.DataFrame, platform: str, arm: str, phase: str) -> float:
+    if df.empty:
+        return np.nan
+    s = df[(df.platform == platform) & (df.arm == arm) & (df.phase == phase) & df.error.isna()]
+    return float(s["ttft_ms"].astype(float).median()) if len(s) else np.nan
+
+
+def _loaded(ph: dict) -> tuple[float, float, str]:
+    """Bytes loaded and load seconds of a phase: LMCache's retrieve log lines (in-process) or
+    the LMCache server's host-to-device DMA counters."""
+    lg = ph.get("lmcache_log") or {}
+    if lg.get("retrieves"):
+        return float(lg["retrieve_bytes"]), lg["retrieve_ms"] / 1000, "lmcache log: retrieve"
+    c = ph.get("counters") or {}
+    nbytes = sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_bytes{")
+                 and "direction=h2d" in k and "phase=staging" in k)
+    secs = sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_elapsed")
+               and "{" in k and "direction=h2d" in k and "phase=staging" in k)
+    if nbytes:
+        return float(nbytes), float(secs), "lmcache server: h2d staging DMA"
+    return np.nan, np.nan, ""
+
+
+def reload_vs_recompute_table(df: pd.DataFrame, metas: list[dict],
+                              links_gb_s: dict | None = None) -> pd.DataFrame:
+    """Per LMCache arm and prefix length: the reload after a restart (TTFT, bytes, load time,
+    GB/s) beside recomputing it, and the analytic load time bytes / link bandwidth per link."""
+    links_gb_s = links_gb_s or {}
+    apc = {}
+    for m in metas:
+        if m["status"] == "ok" and (m.get("arm_config") or {}).get("lmcache") is None:
+            for name, ph in (m.get("phases") or {}).items():
+                if name.startswith("cold_") and "prefix_tokens" in ph:
+                    apc.setdefault((m["platform"], int(ph["prefix_tokens"])),
+                                   _ttft_median(df, m["platform"], m["arm"], name))
+    rows = []
+    for m in metas:
+        if (m.get("arm_config") or {}).get("lmcache") is None:
+            continue
+        base = {"platform": m["platform"], "arm": m["arm"], "status": m["status"],
+                "reason": m.get("reason", ""), "cuda_kernels": (m.get("lmcache") or {}).get("cuda_kernels")}
+        phases = m.get("phases") or {}
+        lengths = sorted(int(ph["prefix_tokens"]) for name, ph in phases.items()
+                         if name.startswith("reload_") and "prefix_tokens" in ph)
+        if m["status"] != "ok" or not lengths:
+            rows.append(base)
+            continue
+        bpt = (m.get("lmcache") or {}).get("kv_bytes_per_token")
+        for n in lengths:
+            ph = phases[f"reload_{n}"]
+            nbytes, secs, source = _loaded(ph)
+            rc = (phases.get(f"recompute_{n}") or {}).get("counters") or {}
+            count = rc.get("vllm:request_prefill_time_seconds_count", 0.0)
+            row = {**base, "prefix_tokens": n, "kv_bytes_per_token": bpt,
+                   "kv_bytes_model": n * bpt if bpt else np.nan,
+                   "reload_ttft_ms": _ttft_median(df, m["platform"], m["arm"], f"reload_{n}"),
+                   "reload_hit_tokens": ph["counters"].get("vllm:external_prefix_cache_hits", 0.0),
+                   "loaded_bytes": nbytes, "load_ms": secs * 1000,
+                   "achieved_gb_s": nbytes / secs / 1e9 if secs and secs > 0 else np.nan,
+                   "load_source": source,
+                   "recompute_ttft_ms": _ttft_median(df, m["platform"], m["arm"], f"recompute_{n}"),
+                   "recompute_prefill_ms": (1000 * rc["vllm:request_prefill_time_seconds_sum"] / count
+                                            if count else np.nan),
+                   "cold_ttft_ms": _ttft_median(df, m["platform"], m["arm"], f"cold_{n}"),
+                   "apc_cold_ttft_ms": apc.get((m["platform"], n), np.nan)}
+            links = links_gb_s.get(m["platform"]) or {}
+            for link, gb_s in (links.items() if links else [(None, np.nan)]):
+                rows.append({**row, "link": link, "link_gb_s": gb_s,
+                             "model_load_ms": (1000 * kvmodel.load_time_s(n, bpt, gb_s)
+                                               if bpt and link else np.nan)})
+    return pd.DataFrame(rows, columns=RELOAD_COLUMNS)
 
 
 def runs_table(metas: list[dict]) -> pd.DataFrame:
@@ -134,6 +223,7 @@ def runs_table(metas: list[dict]) -> pd.DataFrame:
                      "status": m["status"], "reason": m.get("reason", ""),
                      "accelerator": acc.get("name"), "driver": acc.get("driver"),
                      "vllm": v.get("vllm"), "lmcache": v.get("lmcache"), "torch": v.get("torch"),
+                     "lmcache_kernels": (m.get("lmcache") or {}).get("cuda_kernels"),
                      "model": model.get("name"), "weights": model.get("weights"),
                      "n_requests": m.get("n_requests", 0), "n_errors": m.get("n_errors", 0),
                      "server_starts": len(starts),
@@ -280,7 +370,8 @@ def with_cited(table: pd.DataFrame, experiment: str, cited: dict | None) -> pd.D
 
 
 def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
-          benchmark_files: list[str] = (), cited: dict | None = None) -> pd.DataFrame:
+          benchmark_files: list[str] = (), cited: dict | None = None,
+          links_gb_s: dict | None = None) -> pd.DataFrame:
     df, metas = load(jsonl_files)
     if experiment == "runs":
         return runs_table(metas)
@@ -288,6 +379,8 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
         return cost_table(metas, read_benchmarks(list(benchmark_files)))
     for (platform, arm), g in df.groupby(["platform", "arm"]) if len(df) else []:
         check_errors(g, max_error_fraction)
+    if experiment == "reload_vs_recompute":
+        return reload_vs_recompute_table(df, metas, links_gb_s)
     if experiment == "restart":
         return restart_table(df, metas)
     if experiment == "serving":

@@ -21,6 +21,7 @@ class ServerPlan:
     lmcache_config: dict | None = None
     lmcache_server: dict | None = None  # a standalone LMCache server (MP mode), if any
     notes: list[str] = field(default_factory=list)
+    lmcache: dict | None = None  # LMCache arms: mode, store paths, ports (lmcache_arms.apply)
 
 
 def cuda_available() -> bool:
@@ -47,7 +48,8 @@ def base_vllm_args(arm: dict, server: dict, model: dict) -> list[str]:
 
 
 def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
-         has_cuda: bool | None = None) -> ServerPlan:
+         has_cuda: bool | None = None, store_root: Path | str | None = None,
+         **lmcache_kw) -> ServerPlan:
     env = {str(k): str(v) for k, v in server.get("env", {}).items()}
     env.setdefault("PYTHONHASHSEED", "0")
     args = base_vllm_args(arm, server, model)
@@ -58,7 +60,8 @@ def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
         if not (cuda_available() if has_cuda is None else has_cuda):
             p.not_run_reason = "LMCache needs CUDA"
             return p
-        lmcache_arms.apply(p, arm_name, arm["lmcache"], run_dir=run_dir)
+        lmcache_arms.apply(p, arm_name, arm["lmcache"], run_dir=run_dir, store_root=store_root,
+                           **lmcache_kw)
     return p
 
 

@@ -80,3 +80,6 @@ def check(config: dict) -> None:
         if arm.get("lmcache") is not None:
             from . import lmcache_arms
             lmcache_arms.check_arm(name, arm["lmcache"])
+        if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
+            raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
+                              f"lmcache.mode 'server' (a standalone LMCache server to restart)")

@@ -68,6 +68,7 @@ class Session:
     extra_meta: dict = field(default_factory=dict)
     vllm: ManagedProcess | None = None
     sidecar: ManagedProcess | None = None
+    connected: bool = True  # the running vLLM has the arm's KV connector (False: APC only)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __post_init__(self):
@@ -87,24 +88,33 @@ class Session:
         self.starts.append({"process": "lmcache-server", "at": now_iso(),
                             "startup_s": round(self.sidecar.startup_s, 3)})
 
-    def start(self) -> None:
-        if self.plan.lmcache_server and self.sidecar is None:
+    def start(self, *, connector: bool = True) -> None:
+        """Start vLLM (and the LMCache server first); ``connector=False``: APC only, no LMCache."""
+        args, env = self.plan.vllm_args, self.plan.env
+        if not connector:
+            from . import lmcache_arms
+            args, env = lmcache_arms.apc_only(self.plan)
+        elif self.plan.lmcache_server and self.sidecar is None:
             self._start_sidecar()
+        self.connected = connector
         srv = self.spec.server
-        self.vllm = vllm_server(self.spec.model_dir, self.spec.model_name, self.plan.vllm_args,
-                                log_path=self.spec.log_dir / "vllm.log", env=self.plan.env,
+        self.vllm = vllm_server(self.spec.model_dir, self.spec.model_name, args,
+                                log_path=self.spec.log_dir / "vllm.log", env=env,
                                 startup_timeout_s=srv.get("startup_timeout_s", 600),
                                 stop_timeout_s=srv.get("stop_timeout_s", 30))
         self._stack.callback(self.vllm.stop)
         self.vllm.start()
-        self.starts.append({"process": "vllm", "at": now_iso(),
+        self.starts.append({"process": "vllm", "at": now_iso(), "connector": connector,
                             "startup_s": round(self.vllm.startup_s, 3)})
 
     def stop(self, *, sidecar: bool = False) -> None:
-        if self.vllm is not None:
-            self.vllm.stop()
+        """Graceful stop (SIGINT to the group); exit codes go to the meta (-9: it was killed)."""
+        stops = self.extra_meta.setdefault("stops", [])
+        if self.vllm is not None and self.vllm.proc is not None:
+            stops.append({"process": "vllm", "at": now_iso(), "returncode": self.vllm.stop()})
         if sidecar and self.sidecar is not None:
-            self.sidecar.stop()
+            stops.append({"process": "lmcache-server", "at": now_iso(),
+                          "returncode": self.sidecar.stop()})
             self.sidecar = None
 
     def restart(self, *, sidecar: bool = False) -> None:
@@ -116,6 +126,16 @@ class Session:
         urls = [f"{self.vllm.base_url}/metrics"]
         if self.sidecar is not None and self.plan.lmcache_server.get("metrics_url"):
             urls.append(self.plan.lmcache_server["metrics_url"])
+        return urls
+
+    def optional_scrape_urls(self) -> tuple[str, ...]:
+        """LMCache's own metrics (in-process server, LMCache server): a failure to answer is
+        logged, not fatal; the hit verdict rests on vLLM's counters."""
+        if self.plan.lmcache is None or not self.connected:
+            return ()
+        urls = tuple(self.plan.lmcache.get("metrics_urls", ()))
+        if self.sidecar is not None and self.plan.lmcache_server.get("metrics_url"):
+            urls += (self.plan.lmcache_server["metrics_url"],)
         return urls
 
     # -- requests --------------------------------------------------------------------------
@@ -139,8 +159,9 @@ class Session:
 
     async def phase(self, name: str, prompts: list[list[int]], **extra) -> list[RequestResult]:
         """Send ``prompts`` one after another; keep the counter deltas of the phase."""
-        scraper = metrics.Scraper(self.scrape_urls())
+        scraper = metrics.Scraper(self.scrape_urls(), optional=self.optional_scrape_urls())
         before = scraper.scrape()
+        marks = self._lmcache_log_marks()
         t0 = time.perf_counter()
         out = []
         for i, p in enumerate(prompts):
@@ -149,20 +170,30 @@ class Session:
         counters = metrics.delta(before, scraper.scrape())
         self.phases[name] = {"counters": counters, "n_requests": len(prompts),
                              "wall_s": round(wall, 3), **extra}
+        if marks is not None:  # LMCache's per-request retrieve/store lines (bytes, ms)
+            from . import lmcache_arms
+            self.phases[name]["lmcache_log"] = lmcache_arms.log_stats(marks)
         ok = [r.ttft_ms for r in out if r.ttft_ms is not None]
         log.info("%s/%s/%s: %d requests, median TTFT %s ms, hit tokens %d", self.spec.experiment,
                  self.spec.arm_name, name, len(prompts),
                  f"{sorted(ok)[len(ok) // 2]:.1f}" if ok else "n/a", metrics.hit_tokens(counters))
         return out
 
-    async def warmup(self) -> None:
-        """Requests with unrelated prompts, so one-time server costs stay out of the measurement."""
+    async def warmup(self, name: str = "warmup") -> None:
+        """Requests with unrelated prompts, so one-time server costs stay out of the measurement
+        (after a restart, ``name="warmup_post_restart"``: the same prompts again)."""
         n = self.spec.params.get("warmup_requests", 1)
         if n:
             p = self.spec.params
-            await self.phase("warmup", [self.prompts.tokens(f"warmup/{i}", p.get("prefix_tokens", 256))
+            await self.phase(name, [self.prompts.tokens(f"warmup/{i}", p.get("prefix_tokens", 256))
                                         + self.prompts.tokens(f"warmup/q{i}", p.get("suffix_tokens", 16))
                                         for i in range(n)])
+
+    def _lmcache_log_marks(self) -> dict | None:
+        if self.plan.lmcache is None:
+            return None
+        from . import lmcache_arms
+        return lmcache_arms.log_marks(self.spec.log_dir)
 
     def shared(self, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
         p = self.spec.params
@@ -247,23 +278,47 @@ async def cold_warm(s: Session, p: dict) -> None:
 
 
 async def restart(s: Session, p: dict) -> None:
-    """Populate, graceful stop, restart, then the first and later requests after the restart."""
+    """Populate, warm, graceful stop, restart, then the first and later requests after it.
+
+    Cold references: ``post_restart_cold`` (a prefix never seen, on the restarted server: no
+    extra start) and, with ``cold_reference: fresh_apc``, ``cold_reference`` (the first prompt
+    on a fresh vLLM without the connector: one more start). ``persisted`` comes from hit
+    counters only (external hits for LMCache arms), never from time.
+    """
     prompts = s.shared("restart", 1 + p["n_warm"] + p["n_post_restart_steady"])
     first, warm = prompts[0], prompts[1:1 + p["n_warm"]]
     steady = prompts[1 + p["n_warm"]:]
+    lmcache = s.plan.lmcache is not None
+    warmup = p.get("warmup_requests", 0)  # default 0: populate is the server's first request
     s.start()
+    if warmup:
+        await s.warmup()
     pop = await s.phase("populate", [first])
     await s.phase("warm", warm)
     s.stop(sidecar=s.plan.lmcache_server is not None and s.spec.arm.get("restart_lmcache_server", False))
-    if s.plan.lmcache_config is not None:
+    if lmcache:
         from . import lmcache_arms
         s.extra_meta["store_after_stop"] = lmcache_arms.list_store(s.plan)
     s.start()
+    if warmup:  # the warm-up prompts again (LMCache arms reload them: the load path is warm too)
+        await s.warmup("warmup_post_restart")
     post = await s.phase("post_restart_first", [first])
     await s.phase("post_restart_steady", steady)
+    ref = p.get("cold_reference", "unseen_prefix")
+    if ref != "none":
+        # as long as the first prompt, never seen by any cache (also in compat mode)
+        await s.phase("post_restart_cold", [s.prompts.tokens("restart/cold_reference", len(first))])
     a, b = pop[0].output_token_ids, post[0].output_token_ids
+    if ref == "fresh_apc" and lmcache:
+        s.stop(sidecar=True)
+        s.start(connector=False)
+        (c,) = await s.phase("cold_reference", [first])
+        s.extra_meta["output_equal_cold_reference"] = bool(a) and a == c.output_token_ids
     s.extra_meta["output_equal"] = bool(a) and a == b
-    s.extra_meta["persisted"] = metrics.hit_tokens(s.phases["post_restart_first"]["counters"]) > 0
+    counters = s.phases["post_restart_first"]["counters"]
+    hits = counters.get("vllm:external_prefix_cache_hits", 0.0) if lmcache else metrics.hit_tokens(counters)
+    s.extra_meta["persisted_hit_tokens"] = hits
+    s.extra_meta["persisted"] = hits > 0
 
 
 def sweep_lengths(p: dict, server: dict, client: dict) -> list[int]:
@@ -279,13 +334,34 @@ def sweep_lengths(p: dict, server: dict, client: dict) -> list[int]:
 
 
 async def prefix_sweep(s: Session, p: dict) -> None:
-    """Per prefix length: a truly cold request (a prefix not seen before), then warm ones."""
+    """Per prefix length: a truly cold request (a prefix not seen before), then warm ones.
+
+    LMCache arms (``post_restart_reload``): then a graceful restart and, per length,
+    ``reload_<n>`` (the cold prompt again: loaded from the store, bytes and time from LMCache)
+    and ``recompute_<n>`` (a prefix never seen: prefilled) on the restarted server.
+    """
     s.start()
     await s.warmup()
-    for length in sweep_lengths(p, s.spec.server, s.spec.client):
+    lengths = sweep_lengths(p, s.spec.server, s.spec.client)
+    cold = {}
+    for length in lengths:
         prompts = s.shared(f"sweep/{length}", 1 + p["n_warm"], prefix_tokens=length)
+        cold[length] = prompts[0]
         await s.phase(f"cold_{length}", prompts[:1], prefix_tokens=length)
         await s.phase(f"warm_{length}", prompts[1:], prefix_tokens=length)
+    if s.plan.lmcache is None or not p.get("post_restart_reload", True):
+        return
+    from . import lmcache_arms
+    s.stop(sidecar=s.plan.lmcache_server is not None and s.spec.arm.get("restart_lmcache_server", False))
+    s.extra_meta["store_after_stop"] = lmcache_arms.list_store(s.plan)
+    s.start()
+    # one-time costs of the new process and of its first load stay out of the sweep: the
+    # warm-up prompts again (reloaded, as they were stored before the restart)
+    await s.warmup("warmup_post_restart")
+    for length in lengths:
+        await s.phase(f"reload_{length}", [cold[length]], prefix_tokens=length)
+        fresh = s.prompts.tokens(f"sweep/{length}/recompute", len(cold[length]))
+        await s.phase(f"recompute_{length}", [fresh], prefix_tokens=length)
 
 
 async def multiturn(s: Session, p: dict) -> None:
@@ -356,7 +432,8 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
     """Run one experiment for one arm and write its JSONL and meta; returns the meta."""
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     plan = arms.plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
-                     run_dir=spec.log_dir, has_cuda=has_cuda)
+                     run_dir=spec.log_dir, has_cuda=has_cuda,
+                     store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment)
     meta = base_meta(spec, plan)
     if plan.not_run_reason:
         log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform,
@@ -376,6 +453,9 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
 
     with sigterm_as_exit(), session._stack:
         asyncio.run(main())
+    if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
+        from . import lmcache_arms
+        meta["lmcache"] = lmcache_arms.finish(plan, spec.log_dir, spec.model_dir)
     meta.update(finished_at=now_iso(), phases=session.phases, server_starts=session.starts,
                 n_requests=len(session.records),
                 n_errors=sum(1 for r in session.records if r["error"]), **session.extra_meta)

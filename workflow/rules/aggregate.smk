@@ -3,7 +3,7 @@ def table_inputs(wildcards):
         return sorted({f for e in EXPERIMENTS for f in raw_inputs(e)(wildcards)})
     if wildcards.table == "fidelity":
         return raw_inputs("serving")(wildcards)
-    return raw_inputs(wildcards.table)(wildcards)
+    return raw_inputs(DERIVED_TABLES.get(wildcards.table, wildcards.table))(wildcards)
 
 
 def benchmark_inputs(wildcards):
@@ -24,6 +24,7 @@ rule table:
         tex="results/tables/{table}.tex",
     params:
         max_error_fraction=config["max_error_fraction"],
+        extra=table_params,
     wildcard_constraints:
         table="|".join(TABLES),
     log:

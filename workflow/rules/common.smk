@@ -16,8 +16,11 @@ REPORT_PLATFORMS = list(config["report_platforms"])
 EXPERIMENTS = [e for e in kc.EXPERIMENTS if e in config["experiments"]]
 MODELS_DIR = config["paths"]["models"]
 LMCACHE_DIR = config["paths"]["lmcache"]
-FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead"]
-TABLES = EXPERIMENTS + ["runs", "cost", "fidelity"]
+FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
+           "reload_vs_recompute"]
+#: tables built from another experiment's raw files (besides runs, cost and fidelity)
+DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
+TABLES = EXPERIMENTS + ["runs", "cost", "fidelity"] + list(DERIVED_TABLES)
 FIGURE_TITLES = {
     "cold_warm": "Cold vs warm prefix (APC)",
     "restart": "Restart persistence",
@@ -26,6 +29,7 @@ FIGURE_TITLES = {
     "baseline": "Baseline (no cache)",
     "serving": "Serving under load",
     "random_overhead": "Unique prompts (LMCache overhead)",
+    "reload_vs_recompute": "Reload vs recompute after a restart",
 }
 
 # The citable artifact (workflow/rules/artifact.smk). With artifact.source set, the raw results
@@ -166,12 +170,39 @@ def run_params(experiment, platform):
 
 
 def lmcache_inputs(platform):
+    # ancient: a regenerated preflight (e.g. another arm's config changed) reruns no measurement
     def inputs(wildcards):
         if config["arms"][wildcards.arm].get("lmcache") is None:
             return []
-        return [f"{LMCACHE_DIR}/{platform}/preflight.json"]
+        return [ancient(f"{LMCACHE_DIR}/{platform}/preflight.json")]
 
     return inputs
+
+
+def lmcache_runs(platform):
+    """[experiment, arm] pairs with an LMCache arm that this platform measures."""
+    return [
+        [e, arm]
+        for e in EXPERIMENTS
+        for arm in kc.arms_for(config, e, platform)
+        if config["arms"][arm].get("lmcache") is not None
+    ]
+
+
+def lmcache_preflight_params(wildcards):
+    runs = lmcache_runs(wildcards.platform)
+    return {
+        "store_root": f"{LMCACHE_DIR}/{wildcards.platform}",
+        "runs": runs,
+        "arms": {arm: config["arms"][arm] for _, arm in runs},
+    }
+
+
+def table_params(wildcards):
+    """Extra inputs of a derived table (reload_vs_recompute: the platforms' link bandwidths)."""
+    if wildcards.table == "reload_vs_recompute":
+        return {"links_gb_s": {p: pc.get("links_gb_s", {}) for p, pc in config["platforms"].items()}}
+    return {}
 
 
 def all_targets():

@@ -16,3 +16,17 @@ rule model:
         "../../envs/serve.yaml"
     script:
         "../scripts/make_model.py"
+
+
+rule lmcache_store:
+    """LMCache store folders of a platform: writable, enough disk and memory, configs written."""
+    output:
+        f"{LMCACHE_DIR}/{{platform}}/preflight.json",
+    params:
+        spec=lmcache_preflight_params,
+    log:
+        "results/logs/setup/lmcache_{platform}.log",
+    conda:
+        "../../envs/serve.yaml"
+    script:
+        "../scripts/lmcache_preflight.py"

@@ -1,0 +1,423 @@
+"""LMCache arms without CUDA or LMCache: the generated configs and command lines, the not-run
+path on CPU, the restart and sweep logic (on a stand-in session), store listing, log and
+metric parsing, the preflight and the reload-vs-recompute table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from kvreuse import arms, experiments, lmcache_arms, metrics
+from kvreuse.aggregate import reload_vs_recompute_table
+from kvreuse.config import ConfigError, check, server_config
+from kvreuse.server import vllm_argv
+
+LMCACHE_ARMS = ["lmcache_cpu", "lmcache_disk", "lmcache_fs", "lmcache_mp", "lmcache_mp_l2"]
+PORTS = {"internal_api": 41001, "mp": 42001, "http": 43001}
+
+
+@pytest.fixture
+def h100(config):
+    return server_config(config, "h100"), config["models"]["llama-3.1-8b"]
+
+
+def make_plan(config, h100, arm, tmp_path):
+    server, model = h100
+    return arms.plan(arm, config["arms"][arm], server=server, model=model, run_dir=tmp_path / "logs",
+                     has_cuda=True, store_root=tmp_path / "store" / "restart", run_id="r1",
+                     ports=dict(PORTS))
+
+
+def kv_config(plan) -> dict:
+    i = plan.vllm_args.index("--kv-transfer-config")
+    assert plan.vllm_args.count("--kv-transfer-config") == 1
+    return json.loads(plan.vllm_args[i + 1])
+
+
+# -- config ----------------------------------------------------------------------------------
+def test_config_has_the_five_arms_in_the_restart_experiment(config, repo):
+    from snakemake.utils import validate
+
+    validate(config, str(repo / "workflow/schemas/config.schema.yaml"))
+    check(config)
+    assert set(LMCACHE_ARMS) <= set(config["experiments"]["restart"]["arms"])
+    for a in LMCACHE_ARMS:
+        lmcache_arms.check_arm(a, config["arms"][a]["lmcache"])
+
+
+@pytest.mark.parametrize("cfg, key, allowed", [
+    ({"mode": "remote"}, "mode", "in_process, server"),
+    ({"mode": "server", "store": "local_disk"}, "store", "cpu, fs"),
+    ({"mode": "in_process", "store": "s3"}, "store", "cpu, local_disk, fs"),
+    ({"mode": "in_process", "chunk_size": 100}, "chunk_size", "multiple of 16"),
+    ({"mode": "in_process", "store": "fs"}, "disk_gb", "required"),
+    ({"mode": "in_process", "cpu_gb": 0}, "cpu_gb", "> 0"),
+    ({"mode": "in_process", "hash_algorithm": "blake3"}, "hash_algorithm", "sha256_cbor"),
+    ({"mode": "server", "hash_algorithm": "xxhash"}, "hash_algorithm", "blake3"),
+    ({"mode": "in_process", "size": 3}, "size", "allowed: mode"),
+    ({"mode": "in_process", "server_args": ["--x"]}, "server_args", "config_overrides"),
+    ({"mode": "in_process", "config_overrides": {"chunk_size": 16}}, "config_overrides.chunk_size",
+     "except"),
+])
+def test_check_arm_names_the_key_and_what_is_allowed(cfg, key, allowed):
+    with pytest.raises(ConfigError) as e:
+        lmcache_arms.check_arm("x", cfg)
+    assert f"arms.x.lmcache.{key}" in str(e.value) and allowed in str(e.value)
+
+
+def test_restart_lmcache_server_needs_a_server_arm(config):
+    bad = {**config, "arms": {**config["arms"], "lmcache_fs": {**config["arms"]["lmcache_fs"],
+                                                                "restart_lmcache_server": True}}}
+    with pytest.raises(ConfigError, match="arms.lmcache_fs.restart_lmcache_server"):
+        check(bad)
+
+
+# -- generated configs and command lines -----------------------------------------------------
+@pytest.mark.parametrize("arm, store", [
+    ("lmcache_cpu", {}),
+    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 24.0}),
+    ("lmcache_fs", {"remote_storage_plugins": ["fs"], "remote_serde": "naive",
+                    "extra_config": {"remote_storage_plugin.fs.base_path": "{store}/fs"}}),
+])
+def test_in_process_arm_config_file_flags_and_env(config, h100, tmp_path, arm, store):
+    p = make_plan(config, h100, arm, tmp_path)
+    run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
+    expected = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 20.0,
+                "pre_caching_hash_algorithm": "sha256_cbor", "save_unfull_chunk": False,
+                "internal_api_server_enabled": True, "internal_api_server_host": "127.0.0.1",
+                "internal_api_server_port_start": PORTS["internal_api"] - 1,
+                "internal_api_server_include_index_list": [1]}
+    expected.update(json.loads(json.dumps(store).replace("{store}", str(run_store))))
+    written = yaml.safe_load((tmp_path / "logs" / "lmcache.yaml").read_text())
+    assert written == expected == p.lmcache_config
+    assert p.env["LMCACHE_CONFIG_FILE"] == str((tmp_path / "logs" / "lmcache.yaml").absolute())
+    assert p.env["PYTHONHASHSEED"] == "0" and p.env["LMCACHE_TRACK_USAGE"] == "false"
+    assert kv_config(p) == {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
+    # vLLM's own block hash matches the one LMCache is told to use
+    i = p.vllm_args.index("--prefix-caching-hash-algo")
+    assert p.vllm_args[i + 1] == "sha256_cbor" and "--enable-prefix-caching" in p.vllm_args
+    assert p.lmcache_server is None
+    assert p.lmcache["metrics_urls"] == [f"http://127.0.0.1:{PORTS['internal_api']}/metrics"]
+    for d in p.lmcache["store_paths"]:
+        assert os.path.isdir(d) and d.startswith(str(run_store))
+
+
+@pytest.mark.parametrize("arm", ["lmcache_mp", "lmcache_mp_l2"])
+def test_server_arm_command_line_and_connector(config, h100, tmp_path, arm):
+    p = make_plan(config, h100, arm, tmp_path)
+    run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
+    argv = [sys.executable, "-m", "lmcache.cli.main", "server", "--host", "127.0.0.1",
+            "--port", "42001", "--http-host", "127.0.0.1", "--http-port", "43001",
+            "--chunk-size", "256", "--hash-algorithm", "blake3", "--l1-size-gb", "20.0",
+            "--eviction-policy", "LRU"]
+    if arm == "lmcache_mp_l2":
+        argv += ["--l2-adapter", json.dumps({"type": "fs", "base_path": f"{run_store}/l2"},
+                                            separators=(",", ":"))]
+    assert p.lmcache_server["argv"] == argv
+    assert p.lmcache_server["health_url"] == "http://127.0.0.1:43001/healthcheck"
+    assert p.lmcache_server["metrics_url"] == "http://127.0.0.1:43001/metrics"
+    assert kv_config(p) == {"kv_connector": "LMCacheMPConnector", "kv_role": "kv_both",
+                            "kv_connector_extra_config": {
+                                "lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": 42001,
+                                "lmcache.mp.hash_algorithm": "blake3"}}
+    assert p.lmcache_config is None and "LMCACHE_CONFIG_FILE" not in p.env
+    assert not (tmp_path / "logs" / "lmcache.yaml").exists()
+    assert config["arms"][arm].get("restart_lmcache_server", False) == (arm == "lmcache_mp_l2")
+
+
+def test_vllm_command_line_carries_the_connector(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_fs", tmp_path)
+    argv = vllm_argv(tmp_path / "model", "llama-3.1-8b", 8000, p.vllm_args)
+    assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    i = argv.index("--kv-transfer-config")
+    assert json.loads(argv[i + 1])["kv_connector"] == "LMCacheConnectorV1"
+    args, env = lmcache_arms.apc_only(p)
+    j = p.vllm_args.index("--kv-transfer-config")
+    assert args == p.vllm_args[:j] + p.vllm_args[j + 2:] and "--enable-prefix-caching" in args
+    assert "LMCACHE_CONFIG_FILE" not in env and env["PYTHONHASHSEED"] == "0"
+
+
+def test_each_run_gets_its_own_store_folder(config, h100, tmp_path):
+    server, model = h100
+    a = arms.plan("lmcache_fs", config["arms"]["lmcache_fs"], server=server, model=model,
+                  run_dir=tmp_path / "a", has_cuda=True, store_root=tmp_path / "s")
+    b = arms.plan("lmcache_fs", config["arms"]["lmcache_fs"], server=server, model=model,
+                  run_dir=tmp_path / "b", has_cuda=True, store_root=tmp_path / "s", run_id="other")
+    assert a.lmcache["store_dir"] != b.lmcache["store_dir"]
+    assert a.lmcache["ports"]["internal_api"] > 1024
+
+
+# -- not run on CPU ----------------------------------------------------------------------------
+@pytest.mark.parametrize("arm", ["lmcache_fs", "lmcache_mp_l2"])
+def test_not_run_without_cuda_writes_an_empty_jsonl_and_a_meta(config, tmp_path, arm, repo):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "kvreuse-model.json").write_text(json.dumps({"name": "tiny-llama", "weights": "random"}))
+    out = tmp_path / "raw" / "cpu" / "restart" / f"{arm}.jsonl"
+    spec = experiments.RunSpec(
+        platform="cpu", experiment="restart", arm_name=arm, arm=config["arms"][arm],
+        params=config["experiments"]["restart"], model_name="tiny-llama",
+        model=config["models"]["tiny-llama"], model_dir=model_dir,
+        server=server_config(config, "cpu"), client=config["client"], out_jsonl=out,
+        log_dir=tmp_path / "logs", config_hash="0" * 16, repo_dir=repo,
+        lmcache_dir=tmp_path / "lmcache" / "cpu")
+    meta = experiments.run(spec, has_cuda=False)
+    assert out.read_text() == ""
+    written = json.loads(out.with_suffix("").with_suffix(".meta.json").read_text())
+    assert written == json.loads(json.dumps(meta))
+    assert written["status"] == "not_run" and written["reason"] == "LMCache needs CUDA"
+    assert written["arm"] == arm and written["arm_config"]["lmcache"] == config["arms"][arm]["lmcache"]
+    assert written["server"]["lmcache_config"] is None and written["phases"] == {}
+    assert not (tmp_path / "lmcache").exists()  # no store made for a run that does not run
+
+
+# -- the experiments on a stand-in session ------------------------------------------------------
+class FakeSession:
+    """Records what restart()/prefix_sweep() do; hit counters come from ``hits``."""
+
+    def __init__(self, plan, arm, hits, outputs=None):
+        self.plan, self.spec = plan, SimpleNamespace(arm=arm, server={"max_model_len": 4096},
+                                                     client={"max_tokens": 16}, log_dir=None)
+        self.hits, self.outputs = hits, outputs or {}
+        self.phases, self.extra_meta, self.events = {}, {}, []
+        self.prompts = SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n)
+
+    def shared(self, name, n, prefix_tokens=None):
+        return [[1] * (prefix_tokens or 1024) + [i] * 16 for i in range(n)]
+
+    def start(self, *, connector=True):
+        self.events.append(("start", connector))
+
+    def stop(self, *, sidecar=False):
+        self.events.append(("stop", sidecar))
+
+    async def warmup(self, name="warmup"):
+        await self.phase(name, [[0]])
+
+    async def phase(self, name, prompts, **extra):
+        self.phases[name] = {"counters": dict(self.hits.get(name, {})), **extra}
+        self.events.append(("phase", name))
+        return [SimpleNamespace(output_token_ids=self.outputs.get(name, [7, 8, 9])) for _ in prompts]
+
+
+RESTART = {"n_warm": 2, "n_post_restart_steady": 2, "prefix_tokens": 1024, "suffix_tokens": 16}
+
+
+def test_restart_verdict_comes_from_external_hits_for_lmcache(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_fs", tmp_path)
+    # vLLM's own prefix hits after the restart do not count for an LMCache arm
+    s = FakeSession(p, config["arms"]["lmcache_fs"],
+                    {"post_restart_first": {"vllm:prefix_cache_hits": 512.0}})
+    asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "unseen_prefix"}))
+    assert s.extra_meta["persisted"] is False and s.extra_meta["output_equal"] is True
+    assert [e for e in s.events if e[0] != "phase"] == [("start", True), ("stop", False), ("start", True)]
+    assert list(s.phases) == ["populate", "warm", "post_restart_first", "post_restart_steady",
+                              "post_restart_cold"]
+    assert "store_after_stop" in s.extra_meta
+    s = FakeSession(p, config["arms"]["lmcache_fs"],
+                    {"post_restart_first": {"vllm:external_prefix_cache_hits": 1024.0}},
+                    outputs={"post_restart_first": [1, 2]})
+    asyncio.run(experiments.restart(s, RESTART))
+    assert s.extra_meta["persisted"] is True and s.extra_meta["persisted_hit_tokens"] == 1024.0
+    assert s.extra_meta["output_equal"] is False
+
+
+def test_restart_warmups_come_before_populate_and_after_the_restart(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_mp", tmp_path)
+    s = FakeSession(p, config["arms"]["lmcache_mp"], {})
+    asyncio.run(experiments.restart(s, {**RESTART, "warmup_requests": 5}))
+    assert list(s.phases)[:3] == ["warmup", "populate", "warm"]
+    assert list(s.phases)[3:5] == ["warmup_post_restart", "post_restart_first"]
+    assert ("stop", False) in s.events  # lmcache_mp: only vLLM restarts
+
+
+def test_restart_fresh_apc_reference_and_server_restart(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_mp_l2", tmp_path)
+    s = FakeSession(p, config["arms"]["lmcache_mp_l2"], {})
+    asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "fresh_apc"}))
+    assert [e for e in s.events if e[0] != "phase"] == [
+        ("start", True), ("stop", True), ("start", True), ("stop", True), ("start", False)]
+    assert "cold_reference" in s.phases and s.extra_meta["output_equal_cold_reference"] is True
+
+
+def test_restart_apc_arm_unchanged_verdict(config, h100, tmp_path):
+    server, model = h100
+    p = arms.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
+    s = FakeSession(p, config["arms"]["apc"], {"post_restart_first": {"vllm:prefix_cache_hits": 16.0}})
+    asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "none"}))
+    assert s.extra_meta["persisted"] is True and "store_after_stop" not in s.extra_meta
+    assert "post_restart_cold" not in s.phases
+
+
+def test_prefix_sweep_reloads_after_a_restart_for_lmcache_arms(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_fs", tmp_path)
+    params = {"prefix_tokens_list": [256, 1024], "n_warm": 1, "suffix_tokens": 16,
+              "warmup_requests": 0, "post_restart_reload": True}
+    s = FakeSession(p, config["arms"]["lmcache_fs"], {})
+    asyncio.run(experiments.prefix_sweep(s, params))
+    assert list(s.phases) == ["warmup", "cold_256", "warm_256", "cold_1024", "warm_1024",
+                              "warmup_post_restart", "reload_256", "recompute_256", "reload_1024",
+                              "recompute_1024"]
+    assert s.phases["reload_1024"]["prefix_tokens"] == 1024
+    s = FakeSession(p, config["arms"]["lmcache_fs"], {})
+    asyncio.run(experiments.prefix_sweep(s, {**params, "post_restart_reload": False}))
+    assert "reload_256" not in s.phases and ("stop", False) not in s.events
+
+
+# -- store listing, logs, metrics ------------------------------------------------------------
+def test_list_store_counts_files_and_bytes(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_disk", tmp_path)
+    root = p.lmcache["store_paths"][0]
+    for i in range(3):
+        with open(os.path.join(root, f"chunk{i}.pt"), "wb") as f:
+            f.write(b"x" * (100 + i))
+    got = lmcache_arms.list_store(p)
+    assert got["files"] == 3 and got["bytes"] == 303 and got["paths"][root]["files"] == 3
+    assert got["page_cache_evicted_files"] in (0, 3)
+    p = make_plan(config, h100, "lmcache_mp", tmp_path)
+    assert lmcache_arms.list_store(p)["files"] == 0 and "note" in lmcache_arms.list_store(p)
+
+
+def test_log_stats_reads_lmcache_retrieve_and_store_lines(tmp_path):
+    log = tmp_path / "vllm.log"
+    log.write_text("old line: Retrieved 9 out of 9 required tokens (from 9 total tokens). "
+                   "size: 1.0000 gb, cost 1.0000 ms, throughput: 1.0 GB/s;\n")
+    marks = lmcache_arms.log_marks(tmp_path)
+    with open(log, "a") as f:
+        f.write("\x1b[32m[2026-11-24 10:00:00,000] LMCache INFO:\x1b[0m [req_id=cmpl-1] Retrieved 1024 "
+                "out of 1024 required tokens (from 1040 total tokens). size: 0.1250 gb, cost "
+                "20.5000 ms, throughput: 6.0976 GB/s; (cache_engine.py:986)\n")
+        f.write("[req_id=cmpl-2] Stored 1024 out of total 1024 tokens. size: 0.1250 GB, cost 3.0000 ms, "
+                "throughput: 41.6 GB/s; offload_time: 2.0 ms, put_time: 1.0 ms\n")
+        f.write("lmcache.cuda_ops compiled extension not found; CudaDeviceOps stays on the torch baseline\n")
+    got = lmcache_arms.log_stats(marks)
+    assert got["retrieves"] == 1 and got["retrieved_tokens"] == 1024
+    assert got["retrieve_bytes"] == 1 << 27 and got["retrieve_ms"] == 20.5
+    assert got["stores"] == 1 and got["store_bytes"] == 1 << 27
+    assert got["kernel_fallback_logged"] is True
+
+
+def test_metrics_parse_keeps_lmcache_families():
+    text = "\n".join([
+        "# TYPE lmcache:num_hit_tokens_total counter",
+        'lmcache:num_hit_tokens_total{model_name="m",worker_id="0"} 1024.0',
+        "# TYPE lmcache:time_to_retrieve histogram",
+        'lmcache:time_to_retrieve_bucket{le="+Inf",model_name="m"} 1.0',
+        'lmcache:time_to_retrieve_sum{model_name="m"} 0.02',
+        'lmcache:time_to_retrieve_count{model_name="m"} 1.0',
+        "# TYPE lmcache_mp_lookup_hit_tokens_total counter",
+        'lmcache_mp_lookup_hit_tokens_total{model_name="m"} 768.0',
+        "# TYPE lmcache_mp_transfer_phase_bytes_total counter",
+        'lmcache_mp_transfer_phase_bytes_total{device_index="0",direction="h2d",phase="staging"} 100.0',
+        'lmcache_mp_transfer_phase_bytes_total{device_index="0",direction="d2h",phase="staging"} 50.0',
+        "# TYPE vllm:external_prefix_cache_hits_total counter",
+        "vllm:external_prefix_cache_hits_total 1024.0", ""])
+    got = metrics.parse(text)
+    assert got["lmcache:num_hit_tokens"] == 1024.0
+    assert got["lmcache:time_to_retrieve_sum"] == 0.02 and got["lmcache:time_to_retrieve_count"] == 1.0
+    assert got["lmcache_mp_lookup_hit_tokens"] == 768.0
+    assert got["lmcache_mp_transfer_phase_bytes"] == 150.0
+    assert got["lmcache_mp_transfer_phase_bytes{direction=h2d,phase=staging}"] == 100.0
+    assert got["vllm:external_prefix_cache_hits"] == 1024.0
+    assert metrics.hit_tokens(got) == 1024.0
+
+
+def test_scraper_skips_an_optional_url_that_does_not_answer():
+    from kvreuse.server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
+    assert metrics.Scraper([], optional=(dead,)).scrape() == {}
+    with pytest.raises(Exception):
+        metrics.Scraper([dead]).scrape()
+
+
+def test_finish_records_kernels_and_deletes_only_when_asked(config, h100, tmp_path, monkeypatch, repo):
+    monkeypatch.setattr(lmcache_arms, "probe_kernels",
+                        lambda env: {"kernels": "loaded", "lmcache.cuda_ops": "loaded"})
+    p = make_plan(config, h100, "lmcache_fs", tmp_path)
+    (tmp_path / "logs" / "vllm.log").write_text("lmcache.cuda_ops compiled extension not found; ...\n")
+    (tmp_path / "model").mkdir()
+    llama = repo / "workflow/resources/llama-3.1-8b/config.json"
+    (tmp_path / "model" / "config.json").write_text(llama.read_text())
+    got = lmcache_arms.finish(p, tmp_path / "logs", tmp_path / "model")
+    assert got["cuda_kernels"] == "fallback" and got["fallback_log_line_seen"] is True
+    assert got["kv_bytes_per_token"] == 128 * 1024  # Llama-3.1-8B in bf16
+    assert os.path.isdir(p.lmcache["store_dir"])
+    p.lmcache["delete_store"] = True
+    assert lmcache_arms.finish(p, tmp_path / "logs")["store_deleted"] is True
+    assert not os.path.exists(p.lmcache["store_dir"])
+
+
+def test_probe_kernels_without_lmcache_reports_unknown():
+    got = lmcache_arms.probe_kernels({})
+    assert got["kernels"] in ("unknown", "loaded", "fallback")
+    if "lmcache_error" in got:
+        assert got["kernels"] == "unknown"
+
+
+# -- preflight -------------------------------------------------------------------------------
+def test_preflight_makes_folders_and_writes_configs(config, tmp_path):
+    arms_used = {a: config["arms"][a] for a in LMCACHE_ARMS}
+    runs = [["restart", a] for a in LMCACHE_ARMS] + [["prefix_sweep", "lmcache_fs"]]
+    got = lmcache_arms.preflight(tmp_path / "lm", arms_used, runs, has_cuda=False)
+    assert got["status"] == "skipped" and got["reason"] == "LMCache needs CUDA"
+    assert (tmp_path / "lm" / "prefix_sweep" / "lmcache_fs").is_dir()
+    shown = json.loads((tmp_path / "lm" / "configs" / "lmcache_mp_l2.json").read_text())
+    assert "--l2-adapter" in shown["lmcache_server"]["argv"]
+    assert yaml.safe_load((tmp_path / "lm" / "configs" / "lmcache_disk" / "lmcache.yaml").read_text())[
+        "max_local_disk_size"] == 24.0
+    small = {a: {**c, "lmcache": {**c["lmcache"], "cpu_gb": 0.001}} for a, c in arms_used.items()}
+    got = lmcache_arms.preflight(tmp_path / "lm", small, runs, has_cuda=True)
+    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 24 << 30
+
+
+def test_preflight_fails_clearly(config, tmp_path):
+    fs = {"lmcache_fs": config["arms"]["lmcache_fs"]}
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(lmcache_arms.PreflightError, match="not writable.*paths.lmcache"):
+        lmcache_arms.preflight(tmp_path / "file" / "lm", fs, [["restart", "lmcache_fs"]], has_cuda=True)
+    huge = {"lmcache_fs": {**fs["lmcache_fs"], "lmcache": {**fs["lmcache_fs"]["lmcache"],
+                                                            "disk_gb": 1e9, "cpu_gb": 0.001}}}
+    with pytest.raises(lmcache_arms.PreflightError, match="disk_gb"):
+        lmcache_arms.preflight(tmp_path / "lm", huge, [["restart", "lmcache_fs"]], has_cuda=True)
+
+
+# -- reload vs recompute table ----------------------------------------------------------------
+def test_reload_vs_recompute_table():
+    import pandas as pd
+
+    bpt = 128 * 1024
+    phases = {
+        "cold_1024": {"prefix_tokens": 1024, "counters": {}},
+        "reload_1024": {"prefix_tokens": 1024,
+                        "counters": {"vllm:external_prefix_cache_hits": 1024.0},
+                        "lmcache_log": {"retrieves": 1, "retrieve_bytes": 1024 * bpt, "retrieve_ms": 10.0}},
+        "recompute_1024": {"prefix_tokens": 1024, "counters": {
+            "vllm:request_prefill_time_seconds_sum": 0.08, "vllm:request_prefill_time_seconds_count": 1.0}},
+    }
+    metas = [
+        {"platform": "h100", "arm": "lmcache_fs", "status": "ok", "arm_config": {"lmcache": {"mode": "in_process"}},
+         "lmcache": {"kv_bytes_per_token": bpt, "cuda_kernels": "fallback"}, "phases": phases},
+        {"platform": "h100", "arm": "apc", "status": "ok", "arm_config": {"prefix_caching": True},
+         "phases": {"cold_1024": {"prefix_tokens": 1024, "counters": {}}}},
+        {"platform": "cpu", "arm": "lmcache_fs", "status": "not_run", "reason": "LMCache needs CUDA",
+         "arm_config": {"lmcache": {"mode": "in_process"}}, "phases": {}},
+    ]
+    recs = [{"platform": "h100", "arm": a, "phase": ph, "ttft_ms": v, "error": None}
+            for a, ph, v in [("lmcache_fs", "cold_1024", 100.0), ("lmcache_fs", "reload_1024", 30.0),
+                             ("lmcache_fs", "recompute_1024", 95.0), ("apc", "cold_1024", 90.0)]]
+    t = reload_vs_recompute_table(pd.DataFrame(recs), metas, {"h100": {"pcie_gen5_x16": 64}})
+    ok = t[t.status == "ok"].iloc[0]
+    assert ok.prefix_tokens == 1024 and ok.reload_ttft_ms == 30.0 and ok.recompute_ttft_ms == 95.0
+    assert ok.apc_cold_ttft_ms == 90.0 and ok.cold_ttft_ms == 100.0 and ok.reload_hit_tokens == 1024
+    assert ok.achieved_gb_s == pytest.approx(1024 * bpt / 0.010 / 1e9)
+    assert ok.model_load_ms == pytest.approx(1024 * bpt / 64e9 * 1000)
+    assert ok.recompute_prefill_ms == pytest.approx(80.0) and ok.cuda_kernels == "fallback"
+    nr = t[t.platform == "cpu"].iloc[0]
+    assert nr.status == "not_run" and nr.reason == "LMCache needs CUDA"
