@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +20,7 @@ from kvreuse.config import ConfigError, check, server_config
 from kvreuse.server import vllm_argv
 
 LMCACHE_ARMS = ["lmcache_cpu", "lmcache_disk", "lmcache_fs", "lmcache_mp", "lmcache_mp_l2"]
+REPO_LLAMA = Path(__file__).resolve().parents[1] / "workflow/resources/llama-3.1-8b/config.json"
 PORTS = {"internal_api": 41001, "mp": 42001, "http": 43001}
 
 
@@ -337,14 +339,13 @@ def test_scraper_skips_an_optional_url_that_does_not_answer():
         metrics.Scraper([dead]).scrape()
 
 
-def test_finish_records_kernels_and_deletes_only_when_asked(config, h100, tmp_path, monkeypatch, repo):
+def test_finish_records_kernels_and_deletes_only_when_asked(config, h100, tmp_path, monkeypatch):
     monkeypatch.setattr(lmcache_arms, "probe_kernels",
                         lambda env: {"kernels": "loaded", "lmcache.cuda_ops": "loaded"})
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
     (tmp_path / "logs" / "vllm.log").write_text("lmcache.cuda_ops compiled extension not found; ...\n")
     (tmp_path / "model").mkdir()
-    llama = repo / "workflow/resources/llama-3.1-8b/config.json"
-    (tmp_path / "model" / "config.json").write_text(llama.read_text())
+    (tmp_path / "model" / "config.json").write_text(REPO_LLAMA.read_text())
     got = lmcache_arms.finish(p, tmp_path / "logs", tmp_path / "model")
     assert got["cuda_kernels"] == "fallback" and got["fallback_log_line_seen"] is True
     assert got["kv_bytes_per_token"] == 128 * 1024  # Llama-3.1-8B in bf16
@@ -421,3 +422,10 @@ def test_reload_vs_recompute_table():
     assert ok.recompute_prefill_ms == pytest.approx(80.0) and ok.cuda_kernels == "fallback"
     nr = t[t.platform == "cpu"].iloc[0]
     assert nr.status == "not_run" and nr.reason == "LMCache needs CUDA"
+    # the APC-only sweep is drawn beside the model too (bytes per token from its model spec)
+    apc = t[t.arm == "apc"].iloc[0]
+    assert apc.cold_ttft_ms == 90.0 and pd.isna(apc.reload_ttft_ms) and pd.isna(apc.kv_bytes_per_token)
+    metas[1]["model"] = {"spec": {"config_json": str(REPO_LLAMA)}}
+    apc = reload_vs_recompute_table(pd.DataFrame(recs), metas, {"h100": {"pcie_gen5_x16": 64}})
+    apc = apc[apc.arm == "apc"].iloc[0]
+    assert apc.kv_bytes_per_token == bpt and apc.model_load_ms == pytest.approx(1024 * bpt / 64e9 * 1000)

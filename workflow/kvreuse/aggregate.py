@@ -7,6 +7,7 @@ producing a figure. Cache hits come from the server's counters in the metas.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -164,10 +165,23 @@ def _loaded(ph: dict) -> tuple[float, float, str]:
     return np.nan, np.nan, ""
 
 
+def _kv_bytes_per_token(m: dict) -> int | None:
+    """From the run (LMCache arms record it), else from the model spec's config.json."""
+    bpt = (m.get("lmcache") or {}).get("kv_bytes_per_token")
+    path = ((m.get("model") or {}).get("spec") or {}).get("config_json")
+    if bpt is None and path and Path(path).is_file():
+        cfg = json.loads(Path(path).read_text())
+        bpt = kvmodel.kv_bytes_per_token(cfg, cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    return bpt
+
+
 def reload_vs_recompute_table(df: pd.DataFrame, metas: list[dict],
                               links_gb_s: dict | None = None) -> pd.DataFrame:
     """Per LMCache arm and prefix length: the reload after a restart (TTFT, bytes, load time,
-    GB/s) beside recomputing it, and the analytic load time bytes / link bandwidth per link."""
+    GB/s) beside recomputing it, and the analytic load time bytes / link bandwidth per link.
+
+    APC-only sweeps add rows with their measured cold prefill beside the analytic load time
+    (arm = that arm, no reload), so the model is drawn wherever a platform has links."""
     links_gb_s = links_gb_s or {}
     apc = {}
     for m in metas:
@@ -211,6 +225,26 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[dict],
                 rows.append({**row, "link": link, "link_gb_s": gb_s,
                              "model_load_ms": (1000 * kvmodel.load_time_s(n, bpt, gb_s)
                                                if bpt and link else np.nan)})
+    for m in metas:  # APC-only sweeps: measured prefill beside the model, where links are known
+        links = links_gb_s.get(m["platform"]) or {}
+        if m["status"] != "ok" or (m.get("arm_config") or {}).get("lmcache") is not None or not links:
+            continue
+        bpt = _kv_bytes_per_token(m)
+        for name, ph in sorted((m.get("phases") or {}).items()):
+            if not (name.startswith("cold_") and "prefix_tokens" in ph):
+                continue
+            n, c = int(ph["prefix_tokens"]), ph.get("counters") or {}
+            count = c.get("vllm:request_prefill_time_seconds_count", 0.0)
+            row = {"platform": m["platform"], "arm": m["arm"], "status": m["status"], "reason": "",
+                   "prefix_tokens": n, "kv_bytes_per_token": bpt,
+                   "kv_bytes_model": n * bpt if bpt else np.nan,
+                   "recompute_prefill_ms": (1000 * c["vllm:request_prefill_time_seconds_sum"] / count
+                                            if count else np.nan),
+                   "cold_ttft_ms": _ttft_median(df, m["platform"], m["arm"], name),
+                   "apc_cold_ttft_ms": apc.get((m["platform"], n), np.nan)}
+            for link, gb_s in links.items():
+                rows.append({**row, "link": link, "link_gb_s": gb_s,
+                             "model_load_ms": 1000 * kvmodel.load_time_s(n, bpt, gb_s) if bpt else np.nan})
     return pd.DataFrame(rows, columns=RELOAD_COLUMNS)
 
 

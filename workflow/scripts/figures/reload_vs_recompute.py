@@ -23,7 +23,7 @@ for (ax, gx), p in zip(axes, plats):
         empty(gx, "")
         continue
     one = ok.drop_duplicates(["arm", "prefix_tokens"]).sort_values("prefix_tokens")
-    for k, (arm, a) in enumerate(one.groupby("arm")):
+    for k, (arm, a) in enumerate(one[one.reload_ttft_ms.notna()].groupby("arm")):
         m, c = markers[k % len(markers)], f"C{k % 10}"
         kernels = a.cuda_kernels.dropna().iloc[0] if a.cuda_kernels.notna().any() else "?"
         ax.plot(a.prefix_tokens, a.reload_ttft_ms, marker=m, ms=4, color=c, label=f"{arm}: TTFT of the reload")
@@ -35,14 +35,21 @@ for (ax, gx), p in zip(axes, plats):
                 label=f"{arm} (CUDA kernels: {kernels})")
     apc = one.dropna(subset=["apc_cold_ttft_ms"]).drop_duplicates("prefix_tokens")
     if len(apc):
-        ax.plot(apc.prefix_tokens, apc.apc_cold_ttft_ms, color="#444444", lw=1,
-                label="APC-only cold TTFT (prefill)")
+        ax.plot(apc.prefix_tokens, apc.apc_cold_ttft_ms, color="#444444", lw=1, marker=".",
+                label="APC-only cold TTFT (recompute)")
+    pre = one[one.reload_ttft_ms.isna()].dropna(subset=["recompute_prefill_ms"]).drop_duplicates("prefix_tokens")
+    if len(pre):
+        ax.plot(pre.prefix_tokens, pre.recompute_prefill_ms, color="#444444", lw=1, ls="--",
+                label="APC-only prefill time (server histogram)")
     for link, lk in ok.dropna(subset=["link"]).groupby("link"):
         lk = lk.drop_duplicates("prefix_tokens").sort_values("prefix_tokens")
         ax.plot(lk.prefix_tokens, lk.model_load_ms, color="#999999", ls="-.", lw=1,
                 label=f"model: bytes / {link} ({lk.link_gb_s.iloc[0]:g} GB/s)")
         gx.axhline(lk.link_gb_s.iloc[0], color="#999999", ls="-.", lw=1, label=f"{link} (nominal)")
+    top = pd.concat([ok.achieved_gb_s, ok.link_gb_s]).max()
+    gx.set_ylim(0, (top if pd.notna(top) else 1) * 1.15)
     for a in (ax, gx):
+        a.set_xlim(ok.prefix_tokens.min() / 1.5, ok.prefix_tokens.max() * 1.5)
         a.set_xscale("log", base=2)
         a.set_xlabel("prefix tokens")
         a.legend(fontsize=5.5)
