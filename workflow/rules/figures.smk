@@ -1,6 +1,7 @@
 rule figure:
     """One figure from its table and its own script (workflow/scripts/figures/<figure>.py):
     editing one plotting script reruns that figure (and the paper), nothing else."""
+    localrule: True  # seconds of matplotlib: on a cluster, runs where snakemake runs
     input:
         table="results/tables/{figure}.csv",
         script="workflow/scripts/figures/{figure}.py",

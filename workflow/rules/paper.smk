@@ -1,5 +1,6 @@
 rule notebook:
     """The analysis notebook (jupytext percent format), executed over the tables."""
+    localrule: True  # on a cluster, runs where snakemake runs
     input:
         notebook="workflow/notebooks/analysis.py",
         tables=expand("results/tables/{t}.csv", t=TABLES),
@@ -15,6 +16,7 @@ rule notebook:
 
 rule paper:
     """The write-up, Markdown and PDF, from the template, tables, figures and cited claims."""
+    localrule: True  # on a cluster, runs where snakemake runs
     input:
         template="paper/kvreuse.md.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
