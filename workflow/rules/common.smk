@@ -212,3 +212,21 @@ def all_targets():
         + ["results/notebooks/analysis.ipynb", "paper/build/kvreuse.pdf", "paper/build/kvreuse.md"]
         + [f"results/artifact/{ka.TAR_NAME}"]
     )
+
+
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+def table_inputs(wildcards):
+    if wildcards.table in ("runs", "cost"):
+        return sorted({f for e in EXPERIMENTS for f in raw_inputs(e)(wildcards)})
+    if wildcards.table == "fidelity":
+        return raw_inputs("serving")(wildcards)
+    return raw_inputs(DERIVED_TABLES.get(wildcards.table, wildcards.table))(wildcards)
+
+
+def benchmark_inputs(wildcards):
+    if wildcards.table != "cost":
+        return []
+    return benchmark_files()

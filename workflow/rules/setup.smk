@@ -1,7 +1,3 @@
-def model_spec(wildcards):
-    return config["models"][wildcards.model]
-
-
 rule model:
     """Make or fetch a model folder: tiny (made here), dummy (config + tokenizer), or hub."""
     output:
