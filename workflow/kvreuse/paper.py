@@ -38,8 +38,18 @@ def _rows(df: pd.DataFrame) -> list[dict]:
     return [] if df is None or df.empty else df.to_dict("records")
 
 
+def load_attempts(paths) -> list[dict]:
+    """Runs tried on another machine that left no raw file (results/raw/<platform>/attempts.yaml)."""
+    rows = []
+    for p in paths or []:
+        for a in yaml.safe_load(Path(p).read_text()) or []:
+            rows.append({"platform": Path(p).parent.name, **a})
+    return rows
+
+
 def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
-            llama_config: Path, repo: Path, fig_prefix: str, cite: dict | None = None) -> dict:
+            llama_config: Path, repo: Path, fig_prefix: str, cite: dict | None = None,
+            attempts: list[dict] | None = None) -> dict:
     t = {name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"}
     md = {name: p.with_suffix(".md").read_text() for name, p in tables.items()}
     cited = yaml.safe_load(cited_path.read_text())
@@ -72,7 +82,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
           "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
     commit = provenance.git_commit(repo)
-    return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "md": md, "cold_warm": cold_warm,
+    return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "cited": cited, "kv": kv, "compat": compat, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
@@ -106,13 +116,14 @@ def to_pdf(markdown: str, pdf_path: Path, root: Path, title: str) -> None:
 
 def build(template: Path, tables: dict[str, Path], figures: dict[str, Path], cited: Path,
           llama_config: Path, out_md: Path, out_pdf: Path, repo: Path = Path("."),
-          cite: dict | None = None) -> None:
+          cite: dict | None = None, attempts: list[str] | None = None) -> None:
     """``cite``: the artifact to cite (kvreuse.artifact.citation), shown in the references
     and in every figure's caption."""
     rel = Path(*[".."] * len(out_md.parent.relative_to(repo.resolve()) .parts)) if out_md.is_absolute() else \
         Path(*[".."] * len(out_md.parent.parts))
-    md_text = render(template, context(tables, figures, cited, llama_config, repo, f"{rel.as_posix()}/", cite))
+    md_text = render(template, context(tables, figures, cited, llama_config, repo, f"{rel.as_posix()}/", cite,
+                                              load_attempts(attempts)))
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(md_text)
-    pdf_text = render(template, context(tables, figures, cited, llama_config, repo, "", cite))
+    pdf_text = render(template, context(tables, figures, cited, llama_config, repo, "", cite, load_attempts(attempts)))
     to_pdf(pdf_text, out_pdf, root=repo, title="kvreuse: KV-cache reuse in vLLM, measured")

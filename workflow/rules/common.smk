@@ -230,3 +230,8 @@ def benchmark_inputs(wildcards):
     if wildcards.table != "cost":
         return []
     return benchmark_files()
+
+
+def attempts_files():
+    """results/raw/<platform>/attempts.yaml: runs tried elsewhere that left no raw file."""
+    return sorted(glob.glob("results/raw/*/attempts.yaml"))

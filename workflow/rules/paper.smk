@@ -23,6 +23,7 @@ rule paper:
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
         cited="workflow/resources/cited.yaml",
+        attempts=attempts_files(),
         llama_config="workflow/resources/llama-3.1-8b/config.json",
         raw=all_raw_inputs,
         pinned_manifest=pinned_manifest,

@@ -14,4 +14,5 @@ cite = artifact.citation(**snakemake.params.citation,  # noqa: F821
 if inp.pinned_manifest:  # rebuilt from a pinned artifact: name the commit that bundled it
     cite["bundled_at"] = json.loads(Path(inp.pinned_manifest[0]).read_text()).get("git_commit")
 build(Path(inp.template), tables, figures, Path(inp.cited), Path(inp.llama_config),
-      Path(snakemake.output.md), Path(snakemake.output.pdf), cite=cite)  # noqa: F821
+      Path(snakemake.output.md), Path(snakemake.output.pdf), cite=cite,  # noqa: F821
+      attempts=list(inp.attempts))
