@@ -131,6 +131,11 @@ def restart_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
                 row["store_bytes"] = m["store_after_stop"].get("bytes")
             if m.get("lmcache"):
                 row["cuda_kernels"] = m["lmcache"].get("cuda_kernels")
+            lm = ((m.get("phases") or {}).get("post_restart_first") or {}).get("lmcache_log") or {}
+            if lm.get("retrieves"):  # LMCache's own account of the reload after the restart
+                row["reload_bytes"] = lm["retrieve_bytes"]
+                row["reload_ms"] = lm["retrieve_ms"]
+                row["reload_gb_s"] = lm["retrieve_bytes"] / lm["retrieve_ms"] / 1e6 if lm["retrieve_ms"] else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
