@@ -173,6 +173,65 @@ def runner(spec: dict, env: dict, log: Path, timeout_s: float = 600) -> tuple[in
     return rc, log.read_text() if log.exists() else ""
 
 
+# -- a pipeline in a scratch folder -----------------------------------------------------------
+WORKDIR_PARTS = ("Snakefile", "config.yaml", "workflow", "paper", "profiles", "envs")
+
+
+def small_config(config: dict) -> dict:
+    """The default study, cpu only, every experiment cut to a few requests."""
+    c = copy.deepcopy(config)
+    c.update(run_platforms=["cpu"], report_platforms=["cpu"])
+    c["client"].update(max_tokens=4, request_timeout_s=30)
+    c["server"].update(startup_timeout_s=120, stop_timeout_s=10)
+    c["platforms"]["cpu"].pop("experiments", None)
+    sizes = {
+        "baseline": dict(n_requests=3, prefix_tokens=128, suffix_tokens=8),
+        "cold_warm": dict(n_warm=3, prefix_tokens=128, suffix_tokens=8),
+        "restart": dict(n_warm=2, n_post_restart_steady=2, prefix_tokens=128, suffix_tokens=8),
+        "prefix_sweep": dict(prefix_tokens_list=[64, 128], n_warm=2, suffix_tokens=8),
+        "multiturn": dict(turns=3, system_tokens=64, user_tokens=16, suffix_tokens=8),
+        "serving": dict(input_len=64, output_len=4, num_prompts=3, request_rates=[1], fidelity_requests=2),
+        "random_overhead": dict(n_requests=3, repeats=2, system_tokens=16, context_tokens=16),
+    }
+    for exp, over in sizes.items():
+        if exp in c["experiments"]:
+            c["experiments"][exp].update(over)
+    return c
+
+
+def make_workdir(dst: Path, config: dict, model_dir: Path) -> Path:
+    """A copy of the workflow in ``dst`` with ``config`` as its config.yaml and the model linked."""
+    import shutil
+
+    import yaml
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for part in WORKDIR_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dst / part, ignore=shutil.ignore_patterns("__pycache__", "build",
+                                                                             "*.egg-info"))
+        elif src.exists():
+            shutil.copy2(src, dst / part)
+    (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    models = dst / config["paths"]["models"]
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "tiny-llama").symlink_to(Path(model_dir).absolute())
+    return dst
+
+
+def snakemake_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--profile", "profiles/local", *args]
+
+
+def workdir_env(workdir: Path, marker: str, *, fake: str | None = "", extra: dict | None = None) -> dict:
+    """Like :func:`child_env`, with the workdir's own copy of the package on PYTHONPATH."""
+    env = child_env(marker, fake=fake, extra=extra)
+    paths = ([str(FAKEVLLM)] if fake is not None else []) + [str(workdir / "workflow")]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def snapshot(paths) -> dict[str, tuple[int, bytes]]:
     """mtime_ns and content of files, to prove that other jobs' results were left alone."""
     return {str(p): (Path(p).stat().st_mtime_ns, Path(p).read_bytes()) for p in paths}

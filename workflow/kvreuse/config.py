@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from . import redact
+
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
                "random_overhead")
 
@@ -216,6 +218,13 @@ def check(config: dict) -> None:
             raise ConfigError(
                 f"platforms.{p}.server.max_model_len: {server['max_model_len']} is longer than the "
                 f"context of model {pc['model']!r} ({context} tokens; allowed: <= {context})")
+    for name, model in config["models"].items():
+        var = model.get("token_env")
+        if var is not None and not redact.is_secret_name(var):
+            raise ConfigError(
+                f"models.{name}.token_env: {var!r} is not a name kvreuse treats as a secret, so it "
+                f"could reach a server's environment and logs (allowed: a name such as HF_TOKEN "
+                f"that matches {redact.SECRET_NAME.pattern})")
     for exp in config["experiments"]:
         for p in platforms:
             params = experiment_params(config, p, exp)
@@ -224,7 +233,7 @@ def check(config: dict) -> None:
             for arm in params["arms"]:
                 if arm not in config["arms"]:
                     raise ConfigError(f"{key}: {arm!r} is not a known arm "
-                                      f"(allowed: {', '.join(sorted(config['arms']))})")
+                                      f"(allowed: {sorted(config['arms'])})")
             limit = server_config(config, p)["max_model_len"]
             need, how = prompt_tokens_needed(exp, params, config["client"]["max_tokens"])
             if need > limit:

@@ -26,7 +26,7 @@ import httpx
 from . import arms, metrics, models, provenance, redact
 from .client import RequestResult, completion_payload, stream_completion
 from .results_io import meta_path, write_meta, write_records
-from .server import ManagedProcess, ServerError, exit_on_signals, vllm_server
+from .server import ManagedProcess, ServerError, exit_on_signals, log_tail, vllm_server
 from .workloads import PromptMaker, shared_prefix_prompts
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,9 @@ class Session:
                                       timeout_s=c["request_timeout_s"])
         if res.error:
             log.warning("%s/%s seq %d failed: %s", self.spec.experiment, phase, seq, res.error)
-            # a dead server fails the job, a bad request does not; a dropped connection may be
-            # a server on its way down, so give it a moment to be seen as dead
-            self.vllm.check_alive(wait_s=1.0 if res.http_status is None else 0.0)
+            # a dead server fails the job, a bad request does not; a connection cut short may
+            # be a server on its way down, so give it a moment to be seen as dead
+            self.vllm.check_alive(wait_s=0.0 if res.error.startswith("HTTP ") else 1.0)
             if self.sidecar is not None:
                 self.sidecar.check_alive()
         rec = {"platform": self.spec.platform, "experiment": self.spec.experiment,
@@ -223,7 +223,7 @@ class Session:
         Its per-request TTFTs and ITLs become records; its summary goes into the phase.
         """
         scraper = metrics.Scraper(self.scrape_urls())
-        before = scraper.scrape()
+        before = self.scrape(scraper)
         out_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=self.spec.log_dir))
         argv = [sys.executable, "-m", "kvreuse.bench_serve", "--backend", "openai",
                 "--base-url", self.vllm.base_url, "--endpoint", "/v1/completions",
@@ -240,7 +240,8 @@ class Session:
         t0 = time.perf_counter()
         with open(self.spec.log_dir / "bench_serve.log", "ab") as logf:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=logf, stderr=logf,
-                                                        start_new_session=True)
+                                                        start_new_session=True,
+                                                        env=redact.server_environ())
             try:
                 rc = await proc.wait()
             finally:
@@ -248,7 +249,10 @@ class Session:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
         if rc != 0:
-            raise RuntimeError(f"vllm bench serve failed (exit {rc}); see {self.spec.log_dir / 'bench_serve.log'}")
+            self.vllm.check_alive(wait_s=1.0)  # the server's death is the cause, if it died
+            bench_log = self.spec.log_dir / "bench_serve.log"
+            raise RuntimeError(f"vllm bench serve failed (exit {rc}).\nLast lines of {bench_log}:\n"
+                               f"{log_tail(bench_log)}")
         res = json.loads((out_dir / "result.json").read_text())
         for i, ttft in enumerate(res.get("ttfts", [])):
             itl = [x * 1000 for x in res["itls"][i]]
@@ -262,7 +266,7 @@ class Session:
                 "e2e_ms": (ttft * 1000 + sum(itl)) if not err else None,  # derived: TTFT + ITLs
                 "error": err})
         summary = {k: v for k, v in res.items() if not isinstance(v, list)}
-        counters = metrics.delta(before, scraper.scrape())
+        counters = metrics.delta(before, self.scrape(scraper))
         self.phases[name] = {"counters": counters, "n_requests": num_prompts,
                              "wall_s": round(time.perf_counter() - t0, 3), "bench_summary": summary,
                              "request_rate": request_rate, "max_concurrency": max_concurrency}
