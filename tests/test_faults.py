@@ -77,8 +77,9 @@ def assert_no_raw(spec: dict) -> None:
 
 # == 1. bad config: stopped before any job, the key and the allowed values named ==============
 def _set(path: str, value):
+    """A mutation setting the key at ``path`` ("a/b/c": model names hold dots)."""
     def mutate(c):
-        *parents, last = path.split(".")
+        *parents, last = path.split("/")
         d = c
         for k in parents:
             d = d[int(k)] if isinstance(d, list) else d.setdefault(k, {})
@@ -89,42 +90,42 @@ def _set(path: str, value):
 BAD_CONFIGS = [
     ("unknown top-level key", _set("bogus_key", 1),
      "(top level): unknown key 'bogus_key' (allowed: arms, client, experiments"),
-    ("unknown nested key", _set("experiments.baseline.n_request", 3),
+    ("unknown nested key", _set("experiments/baseline/n_request", 3),
      "experiments.baseline: unknown key 'n_request' (allowed: arms, compat, n_requests, prefix_tokens"),
-    ("wrong type", _set("client.max_tokens", "sixteen"),
+    ("wrong type", _set("client/max_tokens", "sixteen"),
      "client.max_tokens: 'sixteen' is a str, expected integer"),
-    ("negative size", _set("experiments.cold_warm.prefix_tokens", -5),
+    ("negative size", _set("experiments/cold_warm/prefix_tokens", -5),
      "experiments.cold_warm.prefix_tokens: -5 is out of range (allowed: >= 1)"),
     ("fraction above 1", _set("max_error_fraction", 1.5),
      "max_error_fraction: 1.5 is out of range (allowed: <= 1)"),
     ("unknown platform", _set("run_platforms", ["tpu"]),
      "run_platforms[0]: 'tpu' is not allowed (allowed: cpu, h100, h200, a100, l40s)"),
-    ("unknown platform entry", _set("platforms.tpu", {"model": "tiny-llama", "server": {"max_model_len": 64}}),
+    ("unknown platform entry", _set("platforms/tpu", {"model": "tiny-llama", "server": {"max_model_len": 64}}),
      "platforms: unknown key 'tpu' (allowed: cpu, h100, h200, a100, l40s)"),
-    ("model field of the wrong type", _set("models.tiny-llama.vocab_size", "big"),
+    ("model field of the wrong type", _set("models/tiny-llama/vocab_size", "big"),
      "models.tiny-llama.vocab_size: 'big' is a str, expected integer"),
-    ("model source unknown", _set("models.tiny-llama.source", "ftp"),
+    ("model source unknown", _set("models/tiny-llama/source", "ftp"),
      "models.tiny-llama.source: 'ftp' is not allowed (allowed: tiny, dummy, hub)"),
-    ("neither of two forms", _set("experiments.prefix_sweep.prefix_tokens_list", "all"),
+    ("neither of two forms", _set("experiments/prefix_sweep/prefix_tokens_list", "all"),
      "experiments.prefix_sweep.prefix_tokens_list: 'all' matches none of the allowed forms: "
      "'all' is not allowed (allowed: 'auto') | 'all' is a str, expected array"),
-    ("typo in a platform override", _set("platforms.h100.experiments.prefix_sweep.prefix_token_list", [64]),
+    ("typo in a platform override", _set("platforms/h100/experiments/prefix_sweep/prefix_token_list", [64]),
      "platforms.h100.experiments.prefix_sweep: unknown key 'prefix_token_list' (allowed: arms, compat,"),
-    ("bad value in a platform override", _set("platforms.h100.experiments.cold_warm", {"n_warm": 0}),
+    ("bad value in a platform override", _set("platforms/h100/experiments/cold_warm", {"n_warm": 0}),
      "platforms.h100.experiments.cold_warm.n_warm: 0 is out of range (allowed: >= 1)"),
-    ("arm that names no known arm", _set("experiments.cold_warm.arms", ["apc", "lmcache_nvme"]),
+    ("arm that names no known arm", _set("experiments/cold_warm/arms", ["apc", "lmcache_nvme"]),
      "experiments.cold_warm.arms: 'lmcache_nvme' is not a known arm (allowed: ['apc', 'no_cache']"),
-    ("prefix longer than the context", _set("experiments.cold_warm.prefix_tokens", 5000),
+    ("prefix longer than the context", _set("experiments/cold_warm/prefix_tokens", 5000),
      "experiments.cold_warm on platform cpu: prompts reach 5032 tokens (prefix_tokens + suffix_tokens "
      "+ client.max_tokens) but platforms.cpu.server.max_model_len is 4096 (allowed: at most 4096 tokens)"),
-    ("context longer than the model's", _set("platforms.cpu.server.max_model_len", 8192),
+    ("context longer than the model's", _set("platforms/cpu/server/max_model_len", 8192),
      "platforms.cpu.server.max_model_len: 8192 is longer than the context of model 'tiny-llama' "
      "(4096 tokens; allowed: <= 4096)"),
-    ("server moved off 127.0.0.1", _set("platforms.h100.server.extra_args", ["--host", "0.0.0.0"]),
+    ("server moved off 127.0.0.1", _set("platforms/h100/server/extra_args", ["--host", "0.0.0.0"]),
      "platforms.h100.server.extra_args: '--host' is set by kvreuse (servers listen on 127.0.0.1"),
-    ("token on the command line", _set("server.extra_args", ["--hf-token=hf_x"]),
+    ("token on the command line", _set("server/extra_args", ["--hf-token=hf_x"]),
      "server.extra_args: '--hf-token=hf_x' is set by kvreuse"),
-    ("token in a variable not named as a secret", _set("models.llama-3.1-8b-instruct.token_env", "MY_HUB"),
+    ("token in a variable not named as a secret", _set("models/llama-3.1-8b-instruct/token_env", "MY_HUB"),
      "models.llama-3.1-8b-instruct.token_env: 'MY_HUB' is not a name kvreuse treats as a secret"),
 ]
 
@@ -151,7 +152,9 @@ def test_default_config_passes(config):
     kc.validate(config, REPO / "workflow/schemas/config.schema.yaml")
 
 
-@pytest.mark.parametrize("what, mutate, message", [BAD_CONFIGS[1], BAD_CONFIGS[3], BAD_CONFIGS[13]],
+@pytest.mark.parametrize("what, mutate, message",
+                         [c for c in BAD_CONFIGS if c[0] in ("unknown nested key", "negative size",
+                                                             "prefix longer than the context")],
                          ids=["unknown key", "negative size", "prefix longer than the context"])
 def test_bad_config_stops_snakemake_before_any_job(config, tmp_path, what, mutate, message):
     """Through `snakemake -n` (the config alone, not merged into config.yaml): no job planned."""
@@ -555,6 +558,9 @@ def test_sigterm_to_a_snakemake_job_then_rerun(config, tiny_model, tmp_path, mar
 
 
 # == a whole pipeline: rerun of the failed job only, other results intact, no token anywhere ====
+PARALLEL = ("--resources", "server=2")  # stand-in servers are light: two run jobs at once
+
+
 @pytest.fixture(scope="module")
 def pipeline(config, tiny_model, tmp_path_factory):
     """The small study with the stand-in and HF_TOKEN set: first with baseline's server failing
@@ -562,14 +568,14 @@ def pipeline(config, tiny_model, tmp_path_factory):
     wd = fk.make_workdir(tmp_path_factory.mktemp("pipeline") / "wd", fk.small_config(config), tiny_model)
     marker = fk.new_marker()
     extra = {"HF_TOKEN": fk.FAKE_TOKEN, "HUGGING_FACE_HUB_TOKEN": fk.FAKE_TOKEN}
-    first = subprocess.run(fk.snakemake_cmd("--keep-going"), cwd=wd, capture_output=True, text=True, timeout=900,
+    first = subprocess.run(fk.snakemake_cmd("--keep-going", *PARALLEL), cwd=wd, capture_output=True, text=True, timeout=900,
                            env=fk.workdir_env(wd, marker, fake="fail_if_arg=--no-enable-prefix-caching", extra=extra))
     raws = sorted((wd / "results/raw/cpu").rglob("*.json*"))
     after_first = fk.snapshot(raws)
     left_running = fk.marked(marker)
     dry = subprocess.run(fk.snakemake_cmd("-n"), cwd=wd, capture_output=True, text=True, timeout=300,
                          env=fk.workdir_env(wd, marker, extra=extra))
-    second = subprocess.run(fk.snakemake_cmd(), cwd=wd, capture_output=True, text=True, timeout=900,
+    second = subprocess.run(fk.snakemake_cmd(*PARALLEL), cwd=wd, capture_output=True, text=True, timeout=900,
                             env=fk.workdir_env(wd, marker, extra=extra))
     return {"wd": wd, "marker": marker, "first": first, "dry": dry, "second": second, "raws": raws,
             "after_first": after_first, "left_running_after_first": left_running}
