@@ -174,7 +174,6 @@ def runner(spec: dict, env: dict, log: Path, timeout_s: float = 600) -> tuple[in
 
 
 # -- a pipeline in a scratch folder -----------------------------------------------------------
-WORKDIR_PARTS = ("Snakefile", "config.yaml", "workflow", "paper", "profiles", "envs")
 
 
 def small_config(config: dict) -> dict:
@@ -196,23 +195,25 @@ def small_config(config: dict) -> dict:
     for exp, over in sizes.items():
         if exp in c["experiments"]:
             c["experiments"][exp].update(over)
+    for params in c["experiments"].values():  # LMCache arms need CUDA: not run here anyway
+        params["arms"] = [a for a in params["arms"] if not c["arms"][a].get("lmcache")]
     return c
 
 
 def make_workdir(dst: Path, config: dict, model_dir: Path) -> Path:
-    """A copy of the workflow in ``dst`` with ``config`` as its config.yaml and the model linked."""
+    """A copy of the repository's files (not its results or tests) in ``dst``, with ``config``
+    as its config.yaml and the model linked."""
     import shutil
 
     import yaml
 
-    dst.mkdir(parents=True, exist_ok=True)
-    for part in WORKDIR_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, dst / part, ignore=shutil.ignore_patterns("__pycache__", "build",
-                                                                             "*.egg-info"))
-        elif src.exists():
-            shutil.copy2(src, dst / part)
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("results/", "tests/")) or not (REPO / f).is_file():
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)
     (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     models = dst / config["paths"]["models"]
     models.mkdir(parents=True, exist_ok=True)

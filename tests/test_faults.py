@@ -89,7 +89,7 @@ def _set(path: str, value):
 
 BAD_CONFIGS = [
     ("unknown top-level key", _set("bogus_key", 1),
-     "(top level): unknown key 'bogus_key' (allowed: arms, client, experiments"),
+     "(top level): unknown key 'bogus_key' (allowed: arms, "),
     ("unknown nested key", _set("experiments/baseline/n_request", 3),
      "experiments.baseline: unknown key 'n_request' (allowed: arms, compat, n_requests, prefix_tokens"),
     ("wrong type", _set("client/max_tokens", "sixteen"),
@@ -114,7 +114,7 @@ BAD_CONFIGS = [
     ("bad value in a platform override", _set("platforms/h100/experiments/cold_warm", {"n_warm": 0}),
      "platforms.h100.experiments.cold_warm.n_warm: 0 is out of range (allowed: >= 1)"),
     ("arm that names no known arm", _set("experiments/cold_warm/arms", ["apc", "lmcache_nvme"]),
-     "experiments.cold_warm.arms: 'lmcache_nvme' is not a known arm (allowed: ['apc', 'no_cache']"),
+     "experiments.cold_warm.arms: 'lmcache_nvme' is not a known arm (allowed: ['apc', "),
     ("prefix longer than the context", _set("experiments/cold_warm/prefix_tokens", 5000),
      "experiments.cold_warm on platform cpu: prompts reach 5032 tokens (prefix_tokens + suffix_tokens "
      "+ client.max_tokens) but platforms.cpu.server.max_model_len is 4096 (allowed: at most 4096 tokens)"),
@@ -125,6 +125,9 @@ BAD_CONFIGS = [
      "platforms.h100.server.extra_args: '--host' is set by kvreuse (servers listen on 127.0.0.1"),
     ("token on the command line", _set("server/extra_args", ["--hf-token=hf_x"]),
      "server.extra_args: '--hf-token=hf_x' is set by kvreuse"),
+    ("LMCache server moved off 127.0.0.1", _set("arms/lmcache_mp/lmcache/server_args", ["--host=0.0.0.0"]),
+     "arms.lmcache_mp.lmcache.server_args: '--host=0.0.0.0' is set by kvreuse (the LMCache server "
+     "listens on 127.0.0.1"),
     ("token in a variable not named as a secret", _set("models/llama-3.1-8b-instruct/token_env", "MY_HUB"),
      "models.llama-3.1-8b-instruct.token_env: 'MY_HUB' is not a name kvreuse treats as a secret"),
 ]
@@ -410,26 +413,21 @@ def test_trickling_server_meets_the_whole_request_deadline(tmp_path, marker):
     fk.assert_none_left(marker)
 
 
-# == 6. store faults (kvreuse.lmcache_arms.preflight, written on branch `lmcache`) =============
-# Marked: these run once kvreuse.lmcache_arms is merged; until then they are skipped.
-def _lmcache():
-    return pytest.importorskip("kvreuse.lmcache_arms",
-                               reason="kvreuse.lmcache_arms (branch lmcache) not merged yet")
-
-
+# == 6. store faults (kvreuse.lmcache_arms.preflight, the lmcache_store rule) ===============
 def _file_store_arm(config) -> tuple[str, dict]:
-    lm = _lmcache()
+    from kvreuse import lmcache_arms
+
     for name, arm in config["arms"].items():
-        if (arm.get("lmcache") or {}).get("store") in lm.FILE_STORES:
+        if (arm.get("lmcache") or {}).get("store") in lmcache_arms.FILE_STORES:
             return name, copy.deepcopy(arm)
     return "lmcache_fs", {"prefix_caching": True,
                           "lmcache": {"mode": "in_process", "store": "fs", "chunk_size": 256,
                                       "cpu_gb": 1, "disk_gb": 1}}
 
 
-@pytest.mark.lmcache_store
 def test_store_not_writable(config, tmp_path):
-    lm = _lmcache()
+    from kvreuse import lmcache_arms as lm
+
     name, arm = _file_store_arm(config)
     if os.geteuid() == 0:  # root writes through permission bits: a file where a folder must be
         (tmp_path / "store").write_text("not a folder")
@@ -443,9 +441,10 @@ def test_store_not_writable(config, tmp_path):
         lm.preflight(store, {name: arm}, [["cold_warm", name]], has_cuda=True)
 
 
-@pytest.mark.lmcache_store
 def test_store_too_small_and_nothing_deleted(config, tmp_path):
-    lm = _lmcache()
+    """The disk check runs where LMCache can run (CUDA): has_cuda=True here."""
+    from kvreuse import lmcache_arms as lm
+
     name, arm = _file_store_arm(config)
     arm["lmcache"]["disk_gb"] = 10 ** 7  # ten petabytes
     store = tmp_path / "store"
@@ -458,9 +457,23 @@ def test_store_too_small_and_nothing_deleted(config, tmp_path):
     assert kept.read_bytes() == b"kv", "the preflight deleted an earlier run's store"
 
 
-@pytest.mark.lmcache_store
+@pytest.mark.parametrize("delete_store", [False, True])
+def test_a_store_is_deleted_only_when_the_config_asks(tmp_path, monkeypatch, delete_store):
+    from types import SimpleNamespace
+
+    from kvreuse import lmcache_arms as lm
+
+    monkeypatch.setattr(lm, "probe_kernels", lambda env: {"kernels": "unknown"})
+    store = tmp_path / "store" / "run1"
+    (store / "chunk.bin").parent.mkdir(parents=True)
+    (store / "chunk.bin").write_bytes(b"kv")
+    plan = SimpleNamespace(lmcache={"store_dir": str(store), "delete_store": delete_store}, env={})
+    info = lm.finish(plan, tmp_path / "logs")
+    assert store.exists() is not delete_store
+    assert bool(info.get("store_deleted")) is delete_store
+
+
 def test_arm_naming_no_known_store(config):
-    _lmcache()
     bad = copy.deepcopy(config)
     bad["arms"]["lmcache_x"] = {"prefix_caching": True, "lmcache": {"mode": "in_process", "store": "nvme"}}
     with pytest.raises(kc.ConfigError, match=r"arms\.lmcache_x\.lmcache.*nvme"):
@@ -605,26 +618,45 @@ def test_pipeline_rerun_redoes_only_the_failed_job(pipeline):
     fk.assert_none_left(pipeline["marker"])
 
 
+def _texts(path: Path):
+    """The bytes a reader of ``path`` gets: an archive's members, a PDF's text, else the file."""
+    import tarfile
+
+    if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if m.isfile():
+                    yield f"{path.name}:{m.name}", tar.extractfile(m).read()
+    elif path.suffix == ".pdf":
+        fitz = pytest.importorskip("fitz")
+        with fitz.open(path) as pdf:
+            yield path.name, "".join(page.get_text() for page in pdf).encode()
+        yield path.name, path.read_bytes()
+    else:
+        yield path.name, path.read_bytes()
+
+
 def test_pipeline_writes_no_token_anywhere(pipeline):
     """Logs (Snakemake's, the rules', the servers' which print their whole environment), raw
-    results, metas, tables, the notebook and the write-up (Markdown and the PDF's text)."""
+    results, metas, tables, the notebook, the write-up (Markdown and the PDF's text) and the
+    artifact (every member of the bundle)."""
     wd = pipeline["wd"]
     assert pipeline["second"].returncode == 0
     token = fk.FAKE_TOKEN.encode()
-    scanned, found = 0, []
+    scanned, found = set(), []
     for p in wd.rglob("*"):
         if p.is_file() and not p.is_symlink() and "resources/models" not in p.as_posix():
-            scanned += 1
-            if token in p.read_bytes():
-                found.append(str(p.relative_to(wd)))
+            for name, data in _texts(p):
+                scanned.add(p.relative_to(wd).as_posix())
+                if token in data:
+                    found.append(f"{p.relative_to(wd)} ({name})")
     assert not found, f"the hub token was written to {found}"
-    assert scanned > 50
+    assert {"paper/build/kvreuse.md", "paper/build/kvreuse.pdf", "results/raw/cpu/cold_warm/apc.meta.json",
+            "results/logs/cpu/cold_warm/apc.log", "results/logs/cpu/cold_warm/apc/vllm.log",
+            "results/notebooks/analysis.ipynb"} <= scanned
+    assert [p for p in scanned if p.startswith("results/artifact/")], "no artifact to scan"
     vllm_log = (wd / "results/logs/cpu/cold_warm/apc/vllm.log").read_text()
     assert "FAKE-VLLM: environment:" in vllm_log and "HF_TOKEN" not in vllm_log
-    fitz = pytest.importorskip("fitz")
-    with fitz.open(wd / "paper/build/kvreuse.pdf") as pdf:
-        text = "".join(page.get_text() for page in pdf)
-    assert text and fk.FAKE_TOKEN not in text
     for out in (pipeline["first"], pipeline["second"]):
         assert fk.FAKE_TOKEN not in out.stdout + out.stderr
 
@@ -660,6 +692,22 @@ def test_secrets_kept_from_servers_and_metas(monkeypatch):
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["LMCACHE_REMOTE_SECRET"] == "explicit-by-config"
     recorded = env_for_record({"VLLM_CPU_KVCACHE_SPACE": "2", "HF_TOKEN": "x", "MAX_TOKENS": "16"})
     assert recorded == {"VLLM_CPU_KVCACHE_SPACE": "2", "HF_TOKEN": REDACTED, "MAX_TOKENS": "16"}
+
+
+def test_a_server_never_sees_the_hub_token(tmp_path, marker, monkeypatch):
+    """The stand-in prints its whole environment: the token of this process is not in it,
+    one the config passes on purpose is (so the log would show a leak)."""
+    monkeypatch.setenv("HF_TOKEN", fk.FAKE_TOKEN)
+    for name, env in (("inherited", {}), ("configured", {"LMCACHE_STORE_SECRET": "configured-secret-42"})):
+        port = free_port()
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--port", str(port)]
+        log = tmp_path / f"{name}.log"
+        with ManagedProcess("vllm", argv, health_url=f"http://{HOST}:{port}/health", log_path=log,
+                            env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM), **env}, startup_timeout_s=30):
+            pass
+        assert "FAKE-VLLM: environment:" in log.read_text() and fk.FAKE_TOKEN not in log.read_text()
+    assert "LMCACHE_STORE_SECRET=configured-secret-42" in (tmp_path / "configured.log").read_text()
+    fk.assert_none_left(marker)
 
 
 def test_meta_scrubs_a_secret_that_slipped_into_a_value(monkeypatch, tmp_path):

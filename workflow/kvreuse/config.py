@@ -27,6 +27,10 @@ RESERVED_SERVER_ARGS = ("--host", "--port", "--uds", "--model", "--served-model-
                         "--hf-token", "--api-key")
 
 
+#: the same for the LMCache server (``arms.<arm>.lmcache.server_args``)
+RESERVED_LMCACHE_SERVER_ARGS = ("--host", "--port", "--http-host", "--http-port")
+
+
 class ConfigError(ValueError):
     pass
 
@@ -245,6 +249,12 @@ def check(config: dict) -> None:
         if arm.get("lmcache") is not None:
             from . import lmcache_arms
             lmcache_arms.check_arm(name, arm["lmcache"])
+            for a in arm["lmcache"].get("server_args", []):
+                if str(a).split("=", 1)[0] in RESERVED_LMCACHE_SERVER_ARGS:
+                    raise ConfigError(
+                        f"arms.{name}.lmcache.server_args: {a!r} is set by kvreuse (the LMCache "
+                        f"server listens on 127.0.0.1 on ports kvreuse picks); remove it (not "
+                        f"allowed in server_args: {', '.join(RESERVED_LMCACHE_SERVER_ARGS)})")
         if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")
