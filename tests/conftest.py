@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,26 @@ def tiny_model(tmp_path_factory, config) -> Path:
     return out
 
 
+#: set once per test session and inherited by every process the tests start (servers included),
+#: so that 'nothing left behind' checks see this session's processes only, not those of another
+#: pipeline or test run on the same machine
+SESSION_MARKER = "KVREUSE_TEST_SESSION"
+os.environ.setdefault(SESSION_MARKER, uuid.uuid4().hex)
+
+
+def _started_here(pid: str) -> bool:
+    needle = f"{SESSION_MARKER}={os.environ[SESSION_MARKER]}".encode()
+    try:
+        return needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def vllm_pids() -> set[int]:
-    """PIDs of vLLM server processes on this machine (for 'nothing left behind' checks)."""
+    """PIDs of vLLM server processes started by this test session (for 'nothing left behind' checks)."""
     out = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"],
                          capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()} - {os.getpid()}
+    return {int(p) for p in out.split() if _started_here(p)} - {os.getpid()}
 
 
 @pytest.fixture(scope="session")

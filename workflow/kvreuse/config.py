@@ -1,20 +1,143 @@
-"""Config lookups beyond the JSON schema: per-platform merges and cross-key checks.
+"""Config validation and lookups: schema messages by key, per-platform merges, cross-key checks.
 
-The schema (workflow/schemas/config.schema.yaml) catches unknown keys and wrong types; the
-checks here catch what a schema cannot: an arm that names no known arm, a prefix longer
-than the model's context, a platform whose model is not defined.
+:func:`validate` runs the schema (workflow/schemas/config.schema.yaml) and words each problem
+as ``<key path>: <what is wrong> (allowed: ...)``; it also validates each platform's experiment
+overrides merged into the experiment. :func:`check` catches what a schema cannot: an arm that
+names no known arm, a prefix longer than the model's context, a platform whose model is not
+defined, server flags that kvreuse sets itself.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
+
+import yaml
+
+from . import redact
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
                "random_overhead")
 
 
+#: vLLM flags that kvreuse sets itself; in ``extra_args`` they would move the server off
+#: 127.0.0.1, put it on another port or model, or write a secret into logs and metas
+RESERVED_SERVER_ARGS = ("--host", "--port", "--uds", "--model", "--served-model-name",
+                        "--hf-token", "--api-key")
+
+
+#: the same for the LMCache server (``arms.<arm>.lmcache.server_args``)
+RESERVED_LMCACHE_SERVER_ARGS = ("--host", "--port", "--http-host", "--http-port")
+
+
 class ConfigError(ValueError):
     pass
+
+
+# -- the schema, with messages that name the key --------------------------------------------
+def key_path(path) -> str:
+    """``experiments.baseline.arms[0]`` from a jsonschema path."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _allowed(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def describe(err) -> str:
+    """One schema error as ``<key>: <problem> (allowed: ...)``."""
+    path, v, kind, sch = key_path(err.absolute_path), err.instance, err.validator, err.validator_value
+    if "propertyNames" in err.absolute_schema_path:
+        return f"{path}: unknown key {v!r} (allowed: {_allowed(err.schema.get('enum', []))})"
+    if kind == "additionalProperties" and sch is False:
+        known = sorted(err.schema.get("properties", {}))
+        extra = sorted(k for k in v if k not in known)
+        return (f"{path}: unknown key{'s' if len(extra) > 1 else ''} "
+                f"{', '.join(repr(k) for k in extra)} (allowed: {_allowed(known)})")
+    if kind == "required":
+        missing = [k for k in sch if k not in v]
+        return f"{path}: missing key {', '.join(repr(k) for k in missing)} (required: {_allowed(sch)})"
+    if kind == "enum":
+        return f"{path}: {v!r} is not allowed (allowed: {_allowed(sch)})"
+    if kind == "const":
+        return f"{path}: {v!r} is not allowed (allowed: {sch!r})"
+    if kind == "type":
+        want = sch if isinstance(sch, str) else " or ".join(sch)
+        return f"{path}: {v!r} is a {type(v).__name__}, expected {want}"
+    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    if kind in bounds:
+        return f"{path}: {v!r} is out of range (allowed: {bounds[kind]} {sch})"
+    if kind in ("minItems", "minLength"):
+        return f"{path}: {v!r} is too short (allowed: at least {sch} {'items' if kind == 'minItems' else 'characters'})"
+    if kind == "uniqueItems":
+        return f"{path}: {v!r} has repeated items (allowed: each item once)"
+    if kind == "oneOf" and err.context:
+        return _describe_one_of(err)
+    return f"{path}: {err.message}"
+
+
+def _describe_one_of(err) -> str:
+    """The branch the value meant (its discriminator key matched), else every allowed form."""
+    here = key_path(err.absolute_path)
+    branches: dict[int, list] = {i: [] for i in range(len(err.validator_value))}
+    for sub in err.context:
+        branches[sub.relative_schema_path[0]].append(sub)
+    depth = len(err.absolute_path)
+    meant = [errs for errs in branches.values()  # a const/enum on a key below: not this form
+             if not any(e.validator in ("const", "enum") and len(e.absolute_path) > depth for e in errs)]
+    if len(meant) == 1 and meant[0]:
+        return "; ".join(describe(e) for e in _by_key(meant[0]))
+    forms = []
+    for _, errs in sorted(branches.items()):
+        forms.append(", ".join(describe(e).removeprefix(f"{here}: ") for e in _by_key(errs)))
+    return f"{here}: {err.instance!r} matches none of the allowed forms: " + " | ".join(forms)
+
+
+def _by_key(errors) -> list:
+    return sorted(errors, key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+
+
+def schema_errors(config: dict, schema: dict) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    msgs = [describe(e) for e in errors]
+    if msgs:
+        return msgs
+    # a platform's experiment overrides, merged, must still be a valid experiment
+    exp_schemas = schema["properties"]["experiments"]["properties"]
+    for p, pc in config["platforms"].items():
+        for exp, over in (pc.get("experiments") or {}).items():
+            if exp not in config["experiments"]:
+                continue
+            merged = deep_merge(config["experiments"][exp], over)
+            for e in sorted(Draft202012Validator(exp_schemas[exp]).iter_errors(merged),
+                            key=lambda e: list(map(str, e.absolute_path))):
+                msg = describe(e)
+                if msg.startswith("(top level)"):
+                    msg = msg[len("(top level)"):]
+                else:
+                    msg = "." + msg
+                msgs.append(f"platforms.{p}.experiments.{exp}{msg}")
+    return msgs
+
+
+def load_schema(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate(config: dict, schema_path: str | Path) -> None:
+    """Schema and cross-key checks; raises ConfigError listing every problem by its key."""
+    msgs = schema_errors(config, load_schema(schema_path))
+    if msgs:
+        raise ConfigError(f"invalid config ({len(msgs)} problem{'s' if len(msgs) > 1 else ''}):\n"
+                          + "\n".join(f"  - {m}" for m in msgs))
+    check(config)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -43,6 +166,37 @@ def arms_for(config: dict, experiment: str, platform: str | None = None) -> list
     return list(experiment_params(config, platform, experiment)["arms"])
 
 
+def model_context(model: dict) -> int | None:
+    """The model's own context (max_position_embeddings) where the config says it."""
+    if model["source"] == "tiny":
+        return model["architecture"].get("max_position_embeddings")
+    if model["source"] == "dummy" and Path(model["config_json"]).is_file():
+        return json.loads(Path(model["config_json"]).read_text()).get("max_position_embeddings")
+    return None
+
+
+def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, str]:
+    """The longest context an experiment builds, and which keys make it up."""
+    if exp == "multiturn":
+        need = params["system_tokens"] + params["turns"] * (params["user_tokens"] + max_tokens)
+        return need, "system_tokens + turns * (user_tokens + client.max_tokens)"
+    if exp == "serving":
+        return (params["input_len"] + max(params["output_len"], max_tokens),
+                "input_len + max(output_len, client.max_tokens)")
+    if exp == "random_overhead":
+        return (params["system_tokens"] + params["context_tokens"] + max_tokens,
+                "system_tokens + context_tokens + client.max_tokens")
+    if exp == "prefix_sweep":
+        lengths = params["prefix_tokens_list"]
+        if lengths == "auto":
+            return (params.get("min_prefix_tokens", 128) + params["suffix_tokens"] + max_tokens,
+                    "min_prefix_tokens + suffix_tokens + client.max_tokens")
+        return (max(lengths) + params["suffix_tokens"] + max_tokens,
+                "max(prefix_tokens_list) + suffix_tokens + client.max_tokens")
+    return (params.get("prefix_tokens", 0) + params.get("suffix_tokens", 0) + max_tokens,
+            "prefix_tokens + suffix_tokens + client.max_tokens")
+
+
 def check(config: dict) -> None:
     """Cross-key checks; raises ConfigError naming the key and what is allowed."""
     platforms = config["platforms"]
@@ -55,31 +209,52 @@ def check(config: dict) -> None:
         if pc["model"] not in config["models"]:
             raise ConfigError(f"platforms.{p}.model: {pc['model']!r} is not defined under 'models' "
                               f"(defined: {sorted(config['models'])})")
+        server = server_config(config, p)
+        for where, args in (("server", config["server"]), (f"platforms.{p}.server", pc["server"])):
+            for a in args.get("extra_args", []):
+                if a.split("=", 1)[0] in RESERVED_SERVER_ARGS:
+                    raise ConfigError(
+                        f"{where}.extra_args: {a!r} is set by kvreuse (servers listen on 127.0.0.1 "
+                        f"on a port kvreuse picks; tokens come from the environment); remove it "
+                        f"(not allowed in extra_args: {', '.join(RESERVED_SERVER_ARGS)})")
+        context = model_context(config["models"][pc["model"]])
+        if context is not None and server["max_model_len"] > context:
+            raise ConfigError(
+                f"platforms.{p}.server.max_model_len: {server['max_model_len']} is longer than the "
+                f"context of model {pc['model']!r} ({context} tokens; allowed: <= {context})")
+    for name, model in config["models"].items():
+        var = model.get("token_env")
+        if var is not None and not redact.is_secret_name(var):
+            raise ConfigError(
+                f"models.{name}.token_env: {var!r} is not a name kvreuse treats as a secret, so it "
+                f"could reach a server's environment and logs (allowed: a name such as HF_TOKEN "
+                f"that matches {redact.SECRET_NAME.pattern})")
     for exp in config["experiments"]:
         for p in platforms:
             params = experiment_params(config, p, exp)
+            overridden = "arms" in (platforms[p].get("experiments") or {}).get(exp, {})
+            key = f"platforms.{p}.experiments.{exp}.arms" if overridden else f"experiments.{exp}.arms"
             for arm in params["arms"]:
                 if arm not in config["arms"]:
-                    raise ConfigError(f"experiments.{exp}.arms: {arm!r} is not a known arm "
+                    raise ConfigError(f"{key}: {arm!r} is not a known arm "
                                       f"(allowed: {sorted(config['arms'])})")
             limit = server_config(config, p)["max_model_len"]
-            need = params.get("prefix_tokens", 0) + params.get("suffix_tokens", 0) + config["client"]["max_tokens"]
-            if exp == "prefix_sweep" and params["prefix_tokens_list"] != "auto":
-                need = max(params["prefix_tokens_list"]) + params["suffix_tokens"] + config["client"]["max_tokens"]
-            if exp == "serving":
-                need = params["input_len"] + max(params["output_len"], config["client"]["max_tokens"])
-            if exp == "random_overhead":
-                need = params["system_tokens"] + params["context_tokens"] + config["client"]["max_tokens"]
-            if exp == "multiturn":
-                need = params["system_tokens"] + params["turns"] * (params["user_tokens"] + config["client"]["max_tokens"])
+            need, how = prompt_tokens_needed(exp, params, config["client"]["max_tokens"])
             if need > limit:
                 raise ConfigError(
-                    f"experiments.{exp} on platform {p}: prompts reach {need} tokens but "
-                    f"platforms.{p}.server.max_model_len is {limit}; shorten the prefix or raise the limit")
+                    f"experiments.{exp} on platform {p}: prompts reach {need} tokens ({how}) but "
+                    f"platforms.{p}.server.max_model_len is {limit} (allowed: at most {limit} "
+                    f"tokens); shorten the prefix or raise the limit")
     for name, arm in config["arms"].items():
         if arm.get("lmcache") is not None:
             from . import lmcache_arms
             lmcache_arms.check_arm(name, arm["lmcache"])
+            for a in arm["lmcache"].get("server_args", []):
+                if str(a).split("=", 1)[0] in RESERVED_LMCACHE_SERVER_ARGS:
+                    raise ConfigError(
+                        f"arms.{name}.lmcache.server_args: {a!r} is set by kvreuse (the LMCache "
+                        f"server listens on 127.0.0.1 on ports kvreuse picks); remove it (not "
+                        f"allowed in server_args: {', '.join(RESERVED_LMCACHE_SERVER_ARGS)})")
         if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from . import arms, metrics, models, provenance
+from . import arms, metrics, models, provenance, redact
 from .client import RequestResult, completion_payload, stream_completion
 from .results_io import meta_path, write_meta, write_records
-from .server import ManagedProcess, sigterm_as_exit, vllm_server
+from .server import ManagedProcess, ServerError, exit_on_signals, log_tail, vllm_server
 from .workloads import PromptMaker, shared_prefix_prompts
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,17 @@ class Session:
         self.stop(sidecar=sidecar)
         self.start()
 
+    def scrape(self, scraper: metrics.Scraper) -> dict[str, float]:
+        """The counters now; a server that died in between fails the job with its log tail."""
+        try:
+            return scraper.scrape()
+        except httpx.HTTPError as e:
+            self.vllm.check_alive(wait_s=1.0)
+            if self.sidecar is not None:
+                self.sidecar.check_alive()
+            raise ServerError(f"could not read the counters from {scraper.urls}: "
+                              f"{type(e).__name__}: {e}") from e
+
     def scrape_urls(self) -> list[str]:
         urls = [f"{self.vllm.base_url}/metrics"]
         if self.sidecar is not None and self.plan.lmcache_server.get("metrics_url"):
@@ -148,7 +159,11 @@ class Session:
                                       timeout_s=c["request_timeout_s"])
         if res.error:
             log.warning("%s/%s seq %d failed: %s", self.spec.experiment, phase, seq, res.error)
-            self.vllm.check_alive()  # a dead server fails the job, a bad request does not
+            # a dead server fails the job, a bad request does not; a connection cut short may
+            # be a server on its way down, so give it a moment to be seen as dead
+            self.vllm.check_alive(wait_s=0.0 if res.error.startswith("HTTP ") else 1.0)
+            if self.sidecar is not None:
+                self.sidecar.check_alive()
         rec = {"platform": self.spec.platform, "experiment": self.spec.experiment,
                "arm": self.spec.arm_name, "phase": phase, "seq": seq,
                "t_start": round(t_start, 3), **extra, **res.to_dict()}
@@ -160,14 +175,14 @@ class Session:
     async def phase(self, name: str, prompts: list[list[int]], **extra) -> list[RequestResult]:
         """Send ``prompts`` one after another; keep the counter deltas of the phase."""
         scraper = metrics.Scraper(self.scrape_urls(), optional=self.optional_scrape_urls())
-        before = scraper.scrape()
+        before = self.scrape(scraper)
         marks = self._lmcache_log_marks()
         t0 = time.perf_counter()
         out = []
         for i, p in enumerate(prompts):
             out.append(await self.request(p, phase=name, seq=i, **extra))
         wall = time.perf_counter() - t0
-        counters = metrics.delta(before, scraper.scrape())
+        counters = metrics.delta(before, self.scrape(scraper))
         self.phases[name] = {"counters": counters, "n_requests": len(prompts),
                              "wall_s": round(wall, 3), **extra}
         if marks is not None:  # LMCache's per-request retrieve/store lines (bytes, ms)
@@ -208,7 +223,7 @@ class Session:
         Its per-request TTFTs and ITLs become records; its summary goes into the phase.
         """
         scraper = metrics.Scraper(self.scrape_urls())
-        before = scraper.scrape()
+        before = self.scrape(scraper)
         out_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=self.spec.log_dir))
         argv = [sys.executable, "-m", "kvreuse.bench_serve", "--backend", "openai",
                 "--base-url", self.vllm.base_url, "--endpoint", "/v1/completions",
@@ -225,7 +240,8 @@ class Session:
         t0 = time.perf_counter()
         with open(self.spec.log_dir / "bench_serve.log", "ab") as logf:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=logf, stderr=logf,
-                                                        start_new_session=True)
+                                                        start_new_session=True,
+                                                        env=redact.server_environ())
             try:
                 rc = await proc.wait()
             finally:
@@ -233,7 +249,10 @@ class Session:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
         if rc != 0:
-            raise RuntimeError(f"vllm bench serve failed (exit {rc}); see {self.spec.log_dir / 'bench_serve.log'}")
+            self.vllm.check_alive(wait_s=1.0)  # the server's death is the cause, if it died
+            bench_log = self.spec.log_dir / "bench_serve.log"
+            raise RuntimeError(f"vllm bench serve failed (exit {rc}).\nLast lines of {bench_log}:\n"
+                               f"{log_tail(bench_log)}")
         res = json.loads((out_dir / "result.json").read_text())
         for i, ttft in enumerate(res.get("ttfts", [])):
             itl = [x * 1000 for x in res["itls"][i]]
@@ -247,7 +266,7 @@ class Session:
                 "e2e_ms": (ttft * 1000 + sum(itl)) if not err else None,  # derived: TTFT + ITLs
                 "error": err})
         summary = {k: v for k, v in res.items() if not isinstance(v, list)}
-        counters = metrics.delta(before, scraper.scrape())
+        counters = metrics.delta(before, self.scrape(scraper))
         self.phases[name] = {"counters": counters, "n_requests": num_prompts,
                              "wall_s": round(time.perf_counter() - t0, 3), "bench_summary": summary,
                              "request_rate": request_rate, "max_concurrency": max_concurrency}
@@ -418,7 +437,7 @@ def base_meta(spec: RunSpec, plan: arms.ServerPlan) -> dict:
         "arm": spec.arm_name, "arm_config": spec.arm, "params": spec.params,
         "accelerator": provenance.accelerator(), "versions": provenance.versions(),
         "model": {k: v for k, v in model_manifest.items() if k != "files"} | {"spec": spec.model},
-        "server": {"vllm_args": plan.vllm_args, "env": plan.env,
+        "server": {"vllm_args": plan.vllm_args, "env": redact.env_for_record(plan.env),
                    "lmcache_config": plan.lmcache_config,
                    "lmcache_server": plan.lmcache_server and plan.lmcache_server.get("argv"),
                    "notes": plan.notes},
@@ -439,8 +458,7 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
         log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform,
                     plan.not_run_reason)
         meta.update(status="not_run", reason=plan.not_run_reason, finished_at=now_iso())
-        write_records(spec.out_jsonl, [])
-        write_meta(meta_path(spec.out_jsonl), meta)
+        write_pair(spec.out_jsonl, [], meta)
         return meta
 
     session = Session(spec, plan)
@@ -451,7 +469,7 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
         finally:
             await session.aclose()
 
-    with sigterm_as_exit(), session._stack:
+    with exit_on_signals(), session._stack:
         asyncio.run(main())
     if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
         from . import lmcache_arms
@@ -460,7 +478,17 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
                 n_requests=len(session.records),
                 n_errors=sum(1 for r in session.records if r["error"]), **session.extra_meta)
     meta["server"]["starts"] = len([x for x in session.starts if x["process"] == "vllm"])
-    # meta after the records: a complete pair, or (on failure) nothing at all
-    write_records(spec.out_jsonl, session.records)
-    write_meta(meta_path(spec.out_jsonl), meta)
+    write_pair(spec.out_jsonl, session.records, meta)
     return meta
+
+
+def write_pair(out_jsonl: Path, records: list[dict], meta: dict) -> None:
+    """Records, then meta, secrets scrubbed: a complete pair, or (on any failure) neither."""
+    secrets = redact.secret_values()
+    try:
+        write_records(out_jsonl, redact.scrub(records, secrets))
+        write_meta(meta_path(out_jsonl), redact.scrub(meta, secrets))
+    except BaseException:
+        Path(out_jsonl).unlink(missing_ok=True)
+        meta_path(out_jsonl).unlink(missing_ok=True)
+        raise

@@ -3,7 +3,9 @@
 A :class:`ManagedProcess` starts a command in its own session on 127.0.0.1, polls its health
 URL until it answers (no fixed sleeps), keeps its log, and on exit sends SIGINT to the group,
 then SIGKILL after a timeout. It does so on normal exit, on exceptions, on Ctrl-C and (with
-:func:`sigterm_as_exit`) on SIGTERM from a scheduler's time limit.
+:func:`exit_on_signals`) on SIGTERM from a scheduler's time limit; once such a signal came,
+the grace before SIGKILL is short (:data:`TERM_GRACE_S`), so that the group is gone before the
+scheduler's own SIGKILL (SLURM's KillWait, 30 s by default).
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
+from . import redact
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+#: seconds a server may take to stop after SIGINT once this process was told to stop
+TERM_GRACE_S = 10.0
+_terminating = False  # set by exit_on_signals' handler
 
 
 class ServerError(RuntimeError):
@@ -37,7 +45,9 @@ def free_port(host: str = HOST) -> int:
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen on ``port`` now (SO_REUSEADDR, as uvicorn binds)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -53,17 +63,52 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so that ``with`` blocks end their processes."""
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM -> SystemExit, SIGINT -> KeyboardInterrupt, once, so ``with`` blocks end servers.
+
+    A second signal while servers are being stopped is logged and ignored: it must not cut
+    the cleanup short. Stops after the first signal use the short grace :data:`TERM_GRACE_S`.
+    """
+    global _terminating
 
     def handler(signum, frame):
-        raise SystemExit(f"received signal {signal.Signals(signum).name}; stopping servers")
+        global _terminating
+        name = signal.Signals(signum).name
+        if _terminating:
+            log.warning("received %s again; still stopping servers", name)
+            return
+        _terminating = True
+        log.error("received %s; stopping servers", name)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt(f"received {name}; stopping servers")
+        raise SystemExit(f"received {name}; stopping servers")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        _terminating = False
+
+
+sigterm_as_exit = exit_on_signals  # the earlier name
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(d.name))
+    return out
 
 
 class ManagedProcess:
@@ -82,11 +127,18 @@ class ManagedProcess:
         self.poll_interval_s = poll_interval_s
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
+        self.port = urllib.parse.urlsplit(health_url).port
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        if self.port is not None and not port_is_free(self.port):
+            # checked before starting: a health check on a port someone else holds would be
+            # answered by that other server
+            raise ServerError(
+                f"{self.name}: port {self.port} on {HOST} is already in use by another process; "
+                f"stop that process or choose another port (nothing was started)")
+        env = redact.server_environ(self.env)  # no hub token in a server's environment
         log.info("starting %s: %s", self.name, " ".join(self.argv))
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== kvreuse: start {self.name} at {time.strftime('%FT%T%z')}\n"
@@ -108,22 +160,24 @@ class ManagedProcess:
 
     def _wait_healthy(self, t0: float) -> None:
         last_report = t0
-        with httpx.Client(timeout=5.0) as client:
+        with httpx.Client() as client:
             while True:
                 rc = self.proc.poll()
                 if rc is not None:
                     raise ServerError(
-                        f"{self.name} exited with code {rc} before answering {self.health_url}.\n"
-                        f"Last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                        f"{self.name} failed to start: it exited with code {rc} before answering "
+                        f"{self.health_url}.\nLast lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                remaining = self.startup_timeout_s - (time.perf_counter() - t0)
                 try:
-                    if client.get(self.health_url).status_code == 200:
+                    r = client.get(self.health_url, timeout=max(0.1, min(5.0, remaining)))
+                    if r.status_code == 200 and self.proc.poll() is None:
                         return
                 except httpx.HTTPError:
                     pass
                 now = time.perf_counter()
                 if now - t0 > self.startup_timeout_s:
                     raise ServerError(
-                        f"{self.name} did not answer {self.health_url} within "
+                        f"{self.name} failed to start: it did not answer {self.health_url} within "
                         f"{self.startup_timeout_s:.0f} s (raise server.startup_timeout_s if the "
                         f"machine is slow).\nLast lines of {self.log_path}:\n{log_tail(self.log_path)}")
                 if now - last_report > 15:
@@ -131,25 +185,37 @@ class ManagedProcess:
                     last_report = now
                 time.sleep(self.poll_interval_s)
 
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise ServerError(f"{self.name} died (exit code {self.proc.returncode}).\n"
+    def check_alive(self, wait_s: float = 0.0) -> None:
+        """Raise ServerError if the process has exited (waiting up to ``wait_s`` for it to)."""
+        if self.proc is None:
+            return
+        try:
+            if wait_s:
+                self.proc.wait(timeout=wait_s)
+            else:
+                self.proc.poll()
+        except subprocess.TimeoutExpired:
+            pass
+        rc = self.proc.returncode
+        if rc is not None:
+            how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+            raise ServerError(f"{self.name} died during the experiment ({how}).\n"
                               f"Last lines of {self.log_path}:\n{log_tail(self.log_path)}")
 
     def stop(self) -> int | None:
         """SIGINT to the whole group, then SIGKILL after ``stop_timeout_s``. Idempotent."""
-        if self.proc is None:
+        proc = self.proc
+        if proc is None:
             return None
-        proc, self.proc = self.proc, None
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
+        grace = min(self.stop_timeout_s, TERM_GRACE_S) if _terminating else self.stop_timeout_s
         if proc.poll() is None:
             log.info("stopping %s (SIGINT to process group %d)", self.name, pgid)
             _signal_group(pgid, signal.SIGINT)
             try:
-                proc.wait(timeout=self.stop_timeout_s)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGINT for %.0f s; sending SIGKILL", self.name,
-                            self.stop_timeout_s)
+                log.warning("%s ignored SIGINT for %.0f s; sending SIGKILL", self.name, grace)
         # children (engine core, workers) may outlive the leader: end the whole group
         _signal_group(pgid, signal.SIGKILL)
         try:
@@ -157,6 +223,7 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             pass
         _wait_group_gone(pgid, timeout_s=10)
+        self.proc = None  # only now: an interrupted stop() is finished by the next call
         return proc.returncode
 
     def __enter__(self) -> "ManagedProcess":
@@ -172,14 +239,17 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Wait until no live process is left in the group (zombies awaiting their reaper do not count)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return
+        if not group_members(pgid):
+            return
         time.sleep(0.1)
-    log.warning("process group %d still has members after SIGKILL", pgid)
+    log.warning("process group %d still has members after SIGKILL: %s", pgid, group_members(pgid))
 
 
 def vllm_argv(model_dir: Path, served_name: str, port: int, args: Sequence[str]) -> list[str]:
@@ -192,6 +262,7 @@ def vllm_argv(model_dir: Path, served_name: str, port: int, args: Sequence[str])
 def vllm_server(model_dir: Path, served_name: str, args: Sequence[str], *, log_path: Path,
                 env: Mapping[str, str] | None = None, startup_timeout_s: float = 600,
                 stop_timeout_s: float = 30, port: int | None = None) -> ManagedProcess:
+    """A vLLM server on 127.0.0.1: ``port``, or a free one; start() refuses a taken port."""
     port = port or free_port()
     proc = ManagedProcess("vllm", vllm_argv(model_dir, served_name, port, args),
                           health_url=f"http://{HOST}:{port}/health", log_path=log_path, env=env,

@@ -1,15 +1,13 @@
 import glob
 import os
 
-from snakemake.utils import validate
-
 from kvreuse import artifact as ka
 from kvreuse import config as kc
 from kvreuse.provenance import config_hash
 
 
-validate(config, "../schemas/config.schema.yaml")
-kc.check(config)
+# schema and cross-key checks before any job: each problem named by its key, with what is allowed
+kc.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RUN_PLATFORMS = list(config["run_platforms"])
 REPORT_PLATFORMS = list(config["report_platforms"])

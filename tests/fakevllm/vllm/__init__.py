@@ -1,0 +1,1 @@
+"""A stand-in for vLLM (tests only): see entrypoints/openai/api_server.py."""
