@@ -20,7 +20,7 @@ from . import __version__, kvmodel, provenance
 def fmt(x, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    if isinstance(x, (int,)) or (isinstance(x, float) and x.is_integer() and abs(x) >= 100):
+    if isinstance(x, (int,)) or (isinstance(x, float) and x.is_integer()):
         return f"{int(x):,}"
     return f"{x:,.{digits}f}"
 
