@@ -257,9 +257,9 @@ def rebuilt(tmp_path_factory):
     env = no_vllm_env(tmp_path_factory.mktemp("shim"), folder)
     probe = subprocess.run([sys.executable, "-c", "import vllm"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "blocked by the kvreuse test shim" in probe.stderr
-    dry = snakemake(folder, env, "-n")
+    dry = snakemake(folder, env, "-n", "all", "artifact")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    run = snakemake(folder, env)
+    run = snakemake(folder, env, "all", "artifact")  # the artifact is built on request
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-8000:]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
                             text=True, check=True).stdout.strip()
@@ -315,7 +315,7 @@ def test_artifact_rule_is_deterministic(rebuilt):
 
 def test_report_has_figures_in_categories(rebuilt):
     folder = rebuilt["folder"]
-    r = snakemake(folder, rebuilt["env"], "--report", "report.html")
+    r = snakemake(folder, rebuilt["env"], "--report", "report.html", "all", "artifact")
     assert r.returncode == 0, r.stderr[-6000:]
     html = (folder / "report.html").read_text(errors="replace")
     for word in ("Figures", "Cold vs warm prefix (APC)", "Restart persistence", "Write-up", "Artifact",

@@ -99,7 +99,8 @@ def render(template: Path, ctx: dict) -> str:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
     env.filters["mdtable"] = mdtable
-    env.tests["known"] = lambda x: x is not None and not (isinstance(x, float) and math.isnan(x))
+    env.tests["known"] = lambda x: not isinstance(x, jinja2.Undefined) and x is not None \
+        and not (isinstance(x, float) and math.isnan(x))
     return env.get_template(template.name).render(**ctx)
 
 
