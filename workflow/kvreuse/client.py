@@ -63,7 +63,7 @@ async def stream_completion(client: httpx.AsyncClient, base_url: str, payload: d
     res = RequestResult()
     t0 = time.perf_counter()
     try:
-        await asyncio.wait_for(_stream(client, base_url, payload, res, t0), timeout_s)
+        await asyncio.wait_for(_stream(client, base_url, payload, res, t0, timeout_s), timeout_s)
     except (asyncio.TimeoutError, httpx.TimeoutException) as e:
         res.error = f"timeout after {timeout_s:g} s ({type(e).__name__})"
     except httpx.HTTPError as e:
@@ -74,11 +74,14 @@ async def stream_completion(client: httpx.AsyncClient, base_url: str, payload: d
 
 
 async def _stream(client: httpx.AsyncClient, base_url: str, payload: dict, res: RequestResult,
-                  t0: float) -> None:
+                  t0: float, timeout_s: float) -> None:
     text_parts: list[str] = []
     last = t0
     done = False
-    async with client.stream("POST", f"{base_url}/v1/completions", json=payload) as resp:
+    # httpx's own per-read timeout (the client's default is 5 s) must not cut a long prefill
+    # short: the whole request is bounded by wait_for above
+    async with client.stream("POST", f"{base_url}/v1/completions", json=payload,
+                             timeout=timeout_s) as resp:
         res.http_status = resp.status_code
         if resp.status_code != 200:
             body = (await resp.aread()).decode(errors="replace")
