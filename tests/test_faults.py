@@ -413,6 +413,22 @@ def test_trickling_server_meets_the_whole_request_deadline(tmp_path, marker):
     fk.assert_none_left(marker)
 
 
+def test_request_deadline_not_cut_by_the_http_clients_default(tmp_path, marker):
+    """A client made with a short default timeout still waits up to the request's own deadline."""
+    port = free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--port", str(port)]
+    with ManagedProcess("vllm", argv, health_url=f"http://{HOST}:{port}/health", log_path=tmp_path / "v.log",
+                        env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM), "FAKE_VLLM": "token_s=0.5"},
+                        startup_timeout_s=30):
+        async def go():
+            async with httpx.AsyncClient(timeout=0.2) as c:
+                return await stream_completion(c, f"http://{HOST}:{port}", completion_payload("m", [5] * 32, 4),
+                                               timeout_s=30)
+        res = asyncio.run(go())
+    assert res.error is None and res.output_tokens == 4
+    fk.assert_none_left(marker)
+
+
 # == 6. store faults (kvreuse.lmcache_arms.preflight, the lmcache_store rule) ===============
 def _file_store_arm(config) -> tuple[str, dict]:
     from kvreuse import lmcache_arms
@@ -577,7 +593,7 @@ PARALLEL = ("--resources", "server=2")  # stand-in servers are light: two run jo
 @pytest.fixture(scope="module")
 def pipeline(config, tiny_model, tmp_path_factory):
     """The small study with the stand-in and HF_TOKEN set: first with baseline's server failing
-    to start (--keep-going), then again without the fault."""
+    to start (--keep-going), then again without the fault, and the artifact (built on request)."""
     wd = fk.make_workdir(tmp_path_factory.mktemp("pipeline") / "wd", fk.small_config(config), tiny_model)
     marker = fk.new_marker()
     extra = {"HF_TOKEN": fk.FAKE_TOKEN, "HUGGING_FACE_HUB_TOKEN": fk.FAKE_TOKEN}
@@ -588,7 +604,7 @@ def pipeline(config, tiny_model, tmp_path_factory):
     left_running = fk.marked(marker)
     dry = subprocess.run(fk.snakemake_cmd("-n"), cwd=wd, capture_output=True, text=True, timeout=300,
                          env=fk.workdir_env(wd, marker, extra=extra))
-    second = subprocess.run(fk.snakemake_cmd(*PARALLEL), cwd=wd, capture_output=True, text=True, timeout=900,
+    second = subprocess.run(fk.snakemake_cmd("all", "artifact", *PARALLEL), cwd=wd, capture_output=True, text=True, timeout=900,
                             env=fk.workdir_env(wd, marker, extra=extra))
     return {"wd": wd, "marker": marker, "first": first, "dry": dry, "second": second, "raws": raws,
             "after_first": after_first, "left_running_after_first": left_running}
