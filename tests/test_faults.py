@@ -395,16 +395,23 @@ def test_timeout_and_dropped_connection_are_counted_and_fail_the_table(config, t
     fk.assert_none_left(marker)
 
 
-def test_trickling_server_meets_the_whole_request_deadline(tmp_path, marker):
-    """Each token comes within the timeout, the whole answer does not: the deadline holds."""
+def _trickling_stand_in(tmp_path, marker, token_s: float) -> ManagedProcess:
+    """The stand-in vLLM sending one token every ``token_s`` seconds (``.base_url`` set)."""
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--port", str(port)]
-    with ManagedProcess("vllm", argv, health_url=f"http://{HOST}:{port}/health", log_path=tmp_path / "v.log",
-                        env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM), "FAKE_VLLM": "token_s=0.4"},
-                        startup_timeout_s=30):
+    proc = ManagedProcess("vllm", argv, health_url=f"http://{HOST}:{port}/health", log_path=tmp_path / "v.log",
+                          env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM), "FAKE_VLLM": f"token_s={token_s}"},
+                          startup_timeout_s=30)
+    proc.base_url = f"http://{HOST}:{port}"
+    return proc
+
+
+def test_trickling_server_meets_the_whole_request_deadline(tmp_path, marker):
+    """Each token comes within the timeout, the whole answer does not: the deadline holds."""
+    with _trickling_stand_in(tmp_path, marker, 0.4) as server:
         async def go():
             async with httpx.AsyncClient(timeout=None) as c:
-                return await stream_completion(c, f"http://{HOST}:{port}", completion_payload("m", [5] * 32, 16),
+                return await stream_completion(c, server.base_url, completion_payload("m", [5] * 32, 16),
                                                timeout_s=1.5)
         t0 = time.monotonic()
         res = asyncio.run(go())
@@ -415,14 +422,10 @@ def test_trickling_server_meets_the_whole_request_deadline(tmp_path, marker):
 
 def test_request_deadline_not_cut_by_the_http_clients_default(tmp_path, marker):
     """A client made with a short default timeout still waits up to the request's own deadline."""
-    port = free_port()
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--port", str(port)]
-    with ManagedProcess("vllm", argv, health_url=f"http://{HOST}:{port}/health", log_path=tmp_path / "v.log",
-                        env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM), "FAKE_VLLM": "token_s=0.5"},
-                        startup_timeout_s=30):
+    with _trickling_stand_in(tmp_path, marker, 0.5) as server:
         async def go():
             async with httpx.AsyncClient(timeout=0.2) as c:
-                return await stream_completion(c, f"http://{HOST}:{port}", completion_payload("m", [5] * 32, 4),
+                return await stream_completion(c, server.base_url, completion_payload("m", [5] * 32, 4),
                                                timeout_s=30)
         res = asyncio.run(go())
     assert res.error is None and res.output_tokens == 4
