@@ -63,6 +63,10 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
                           "server_starts": int(g.server_starts.sum()),
                           "commits": sorted(set(g.git_commit.dropna()))})
     not_run = runs[runs.status != "ok"][["platform", "experiment", "arm", "reason"]]
+    measured = {p["platform"] for p in platforms}
+    cited_only = sorted({str(pl) for df in t.values() if {"platform", "provenance"} <= set(df.columns)
+                         for pl, prov in zip(df.platform, df.provenance)
+                         if str(prov).startswith("cited") and str(pl) not in measured})
     cw = t["cold_warm"]
     cold_warm = []
     for p, g in cw.groupby("platform", sort=False):
@@ -82,7 +86,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
           "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
     commit = provenance.git_commit(repo)
-    return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
+    return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "cited_only": cited_only, "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "cited": cited, "kv": kv, "compat": compat, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
