@@ -14,6 +14,7 @@ RunSpec from JSON and runs it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -23,6 +24,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from kvreuse.server import proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 FAKEVLLM = REPO / "tests" / "fakevllm"
@@ -35,14 +38,6 @@ def new_marker() -> str:
 
 
 # -- the process table ---------------------------------------------------------------------
-def _proc_state(pid: str) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[0]
-
-
 def marked(marker: str) -> dict[int, str]:
     """Live processes (not zombies) whose environment carries ``marker``: pid -> command line."""
     needle = f"{MARKER}={marker}".encode()
@@ -57,7 +52,7 @@ def marked(marker: str) -> dict[int, str]:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if _proc_state(d.name) not in (None, "Z"):
+        if (fields := proc_stat(d.name)) and fields[0] != "Z":
             out[int(d.name)] = cmd
     return out
 
@@ -159,6 +154,30 @@ def start_runner(spec: dict, env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, str(spec_path), str(log)], env=env,
                             cwd=spec["repo_dir"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def running(spec: dict, env: dict, log: Path):
+    """:func:`start_runner`, killed on the way out if the test left it running."""
+    proc = start_runner(spec, env, log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def signal_and_wait(proc: subprocess.Popen, sig: int, *, again_after_s: float | None = None,
+                    timeout_s: float = 60) -> tuple[int, float]:
+    """Send ``sig`` (a second time after ``again_after_s``, if given); (exit code, seconds
+    from the first signal to the exit)."""
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    if again_after_s is not None:
+        time.sleep(again_after_s)
+        proc.send_signal(sig)
+    rc = proc.wait(timeout=timeout_s)
+    return rc, time.monotonic() - t0
 
 
 def runner(spec: dict, env: dict, log: Path, timeout_s: float = 600) -> tuple[int, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib.util
-import json
 import os
 import re
 import signal
@@ -273,13 +272,9 @@ def test_crash_mid_run_real_vllm(config, tiny_model, root, marker):
     before = other_files(root)
     spec = fk.run_spec(config, tiny_model, root, "cold_warm", params={"n_warm": 300, "warmup_requests": 0})
     env = fk.child_env(marker, extra={"HF_TOKEN": fk.FAKE_TOKEN})
-    runner = fk.start_runner(spec, env, root / "run.log")
-    try:
+    with fk.running(spec, env, root / "run.log") as runner:
         _kill_when_serving(marker, spec, runner, '"POST /v1/completions HTTP/1.1" 200')
         rc = runner.wait(timeout=120)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
     log = (root / "run.log").read_text()
     assert rc != 0
     assert "vllm died during the experiment (killed by SIGKILL)" in log
@@ -506,19 +501,12 @@ def test_sigterm_during_vllm_start(config, tiny_model, root, marker):
     """The time limit hits while vLLM loads: its whole group (API server, engine core) is gone."""
     before = other_files(root)
     spec = fk.run_spec(config, tiny_model, root, "cold_warm", server={"stop_timeout_s": 60})
-    runner = fk.start_runner(spec, fk.child_env(marker), root / "run.log")
     vllm_log = Path(spec["log_dir"]) / "vllm.log"
-    try:
+    with fk.running(spec, fk.child_env(marker), root / "run.log") as runner:
         fk.wait_for(lambda: runner.poll() is not None or (vllm_log.exists() and "(EngineCore" in vllm_log.read_text()),
                     300, "vLLM's engine core to start")
         assert runner.poll() is None and len(fk.marked(marker)) >= 3, fk.marked(marker)  # runner, server, engine
-        t0 = time.monotonic()
-        runner.send_signal(signal.SIGTERM)
-        rc = runner.wait(timeout=60)
-        stopped_s = time.monotonic() - t0
-    finally:
-        if runner.poll() is None:
-            runner.kill()
+        rc, stopped_s = fk.signal_and_wait(runner, signal.SIGTERM)
     log = (root / "run.log").read_text()
     assert rc != 0 and "received SIGTERM; stopping servers" in log
     assert stopped_s < 30, f"stopping took {stopped_s:.0f} s: longer than SLURM's KillWait"
@@ -535,20 +523,12 @@ def test_signal_mid_run_ends_a_stubborn_server(config, tiny_model, root, marker,
     before = other_files(root)
     spec = fk.run_spec(config, tiny_model, root, "cold_warm", params={"n_warm": 50},
                        server={"stop_timeout_s": 60})
-    runner = fk.start_runner(spec, fk.child_env(marker, fake="ignore_sigint,token_s=0.2"), root / "run.log")
-    try:
-        vllm_log = Path(spec["log_dir"]) / "vllm.log"
+    vllm_log = Path(spec["log_dir"]) / "vllm.log"
+    with fk.running(spec, fk.child_env(marker, fake="ignore_sigint,token_s=0.2"), root / "run.log") as runner:
         fk.wait_for(lambda: vllm_log.exists() and "POST /v1/completions" in vllm_log.read_text(), 60,
                     "the first request")
-        t0 = time.monotonic()
-        runner.send_signal(sig)
-        time.sleep(1)
-        runner.send_signal(sig)  # impatient: the scheduler, or a second Ctrl-C
-        rc = runner.wait(timeout=60)
-        stopped_s = time.monotonic() - t0
-    finally:
-        if runner.poll() is None:
-            runner.kill()
+        # impatient: a second signal one second later (the scheduler, or a second Ctrl-C)
+        rc, stopped_s = fk.signal_and_wait(runner, sig, again_after_s=1)
     log = (root / "run.log").read_text()
     name = signal.Signals(sig).name
     assert rc != 0

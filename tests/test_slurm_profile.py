@@ -20,10 +20,8 @@ import snakemake_executor_plugin_slurm  # noqa: F401  (envs/requirements-slurm.t
 import yaml
 
 from kvreuse import config as kc
+from slurmkit import GPU_CLASSES, REPO, link_checkout
 
-REPO = Path(__file__).resolve().parents[1]
-GPU_CLASSES = {"h200": ("gpu-h200", "H200"), "h100": ("gpu-h100", "H100"),
-               "a100": ("gpu-a100", "A100"), "l40s": ("gpu-l40s", "L40S")}
 FIRST_MINUTES = {"baseline": 30, "cold_warm": 30, "restart": 45, "prefix_sweep": 60, "multiturn": 30,
                  "serving": 60, "random_overhead": 45}
 
@@ -89,11 +87,8 @@ def rule_of(opts: dict) -> str:
 def run_pace(tmp: Path, platforms: list[str], targets: list[str], done, setup_done=True) -> dict:
     """Run snakemake with the pace profile against fake SLURM commands until done(rules)
     holds for the rules submitted so far; return the sbatch argv lists in submission order."""
-    work, fake = tmp / "work", tmp / "bin"
-    work.mkdir(), fake.mkdir()
-    for entry in REPO.iterdir():  # the checkout, but results and resources of its own
-        if not entry.name.startswith(".") and entry.name not in ("results", "resources"):
-            (work / entry.name).symlink_to(entry)
+    work, fake = link_checkout(tmp / "work"), tmp / "bin"
+    fake.mkdir()
     if setup_done:  # model and LMCache preflights made: the run jobs come first
         (work / "resources/models/llama-3.1-8b").mkdir(parents=True)
         for p in platforms:

@@ -31,11 +31,10 @@ from pathlib import Path
 import snakemake
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "workflow"))
+sys.path[:0] = [str(REPO / "workflow"), str(REPO / "tests")]
 from kvreuse import provenance  # noqa: E402
+from slurmkit import GPU_CLASSES as CLASSES, link_checkout  # noqa: E402
 
-CLASSES = {"h200": ("gpu-h200", "H200"), "h100": ("gpu-h100", "H100"),
-           "a100": ("gpu-a100", "A100"), "l40s": ("gpu-l40s", "L40S")}
 TARGET_S = 5.0
 JOB_HEAD = re.compile(r"^(local)?rule (\S+):$")
 
@@ -100,10 +99,7 @@ def main() -> int:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="kvreuse-dry-run-") as tmp:
-        work = Path(tmp)
-        for entry in REPO.iterdir():
-            if not entry.name.startswith(".") and entry.name not in ("results", "resources"):
-                (work / entry.name).symlink_to(entry)
+        work = link_checkout(Path(tmp))
         classes = ",".join(CLASSES)
         cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/pace", "-n",
                "--config", f"run_platforms=[{classes}]", f"report_platforms=[{classes}]"]

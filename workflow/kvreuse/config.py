@@ -35,6 +35,14 @@ class ConfigError(ValueError):
     pass
 
 
+def _refuse_reserved(where: str, args, reserved: tuple[str, ...], why: str) -> None:
+    """ConfigError if ``args`` (a list of command-line flags) sets a flag of ``reserved``."""
+    for a in args:
+        if str(a).split("=", 1)[0] in reserved:
+            raise ConfigError(f"{where}: {a!r} is set by kvreuse ({why}); remove it "
+                              f"(not allowed in {where.rsplit('.', 1)[-1]}: {', '.join(reserved)})")
+
+
 # -- the schema, with messages that name the key --------------------------------------------
 def key_path(path) -> str:
     """``experiments.baseline.arms[0]`` from a jsonschema path."""
@@ -211,12 +219,9 @@ def check(config: dict) -> None:
                               f"(defined: {sorted(config['models'])})")
         server = server_config(config, p)
         for where, args in (("server", config["server"]), (f"platforms.{p}.server", pc["server"])):
-            for a in args.get("extra_args", []):
-                if a.split("=", 1)[0] in RESERVED_SERVER_ARGS:
-                    raise ConfigError(
-                        f"{where}.extra_args: {a!r} is set by kvreuse (servers listen on 127.0.0.1 "
-                        f"on a port kvreuse picks; tokens come from the environment); remove it "
-                        f"(not allowed in extra_args: {', '.join(RESERVED_SERVER_ARGS)})")
+            _refuse_reserved(f"{where}.extra_args", args.get("extra_args", []), RESERVED_SERVER_ARGS,
+                             "servers listen on 127.0.0.1 on a port kvreuse picks; tokens come "
+                             "from the environment")
         context = model_context(config["models"][pc["model"]])
         if context is not None and server["max_model_len"] > context:
             raise ConfigError(
@@ -249,12 +254,9 @@ def check(config: dict) -> None:
         if arm.get("lmcache") is not None:
             from . import lmcache_arms
             lmcache_arms.check_arm(name, arm["lmcache"])
-            for a in arm["lmcache"].get("server_args", []):
-                if str(a).split("=", 1)[0] in RESERVED_LMCACHE_SERVER_ARGS:
-                    raise ConfigError(
-                        f"arms.{name}.lmcache.server_args: {a!r} is set by kvreuse (the LMCache "
-                        f"server listens on 127.0.0.1 on ports kvreuse picks); remove it (not "
-                        f"allowed in server_args: {', '.join(RESERVED_LMCACHE_SERVER_ARGS)})")
+            _refuse_reserved(f"arms.{name}.lmcache.server_args", arm["lmcache"].get("server_args", []),
+                             RESERVED_LMCACHE_SERVER_ARGS,
+                             "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")
         if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")

@@ -127,11 +127,16 @@ class Session:
         try:
             return scraper.scrape()
         except httpx.HTTPError as e:
-            self.vllm.check_alive(wait_s=1.0)
-            if self.sidecar is not None:
-                self.sidecar.check_alive()
+            self.check_servers(wait_s=1.0)
             raise ServerError(f"could not read the counters from {scraper.urls}: "
                               f"{type(e).__name__}: {e}") from e
+
+    def check_servers(self, wait_s: float = 0.0) -> None:
+        """Fail the job (ServerError with the log tail) if vLLM (waited on up to ``wait_s``)
+        or the LMCache server has died."""
+        self.vllm.check_alive(wait_s=wait_s)
+        if self.sidecar is not None:
+            self.sidecar.check_alive()
 
     def scrape_urls(self) -> list[str]:
         urls = [f"{self.vllm.base_url}/metrics"]
@@ -161,9 +166,7 @@ class Session:
             log.warning("%s/%s seq %d failed: %s", self.spec.experiment, phase, seq, res.error)
             # a dead server fails the job, a bad request does not; a connection cut short may
             # be a server on its way down, so give it a moment to be seen as dead
-            self.vllm.check_alive(wait_s=0.0 if res.error.startswith("HTTP ") else 1.0)
-            if self.sidecar is not None:
-                self.sidecar.check_alive()
+            self.check_servers(wait_s=0.0 if res.error.startswith("HTTP ") else 1.0)
         rec = {"platform": self.spec.platform, "experiment": self.spec.experiment,
                "arm": self.spec.arm_name, "phase": phase, "seq": seq,
                "t_start": round(t_start, 3), **extra, **res.to_dict()}

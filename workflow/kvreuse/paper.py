@@ -48,7 +48,7 @@ def load_attempts(paths) -> list[dict]:
 
 
 def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
-            llama_config: Path, repo: Path, fig_prefix: str, cite: dict | None = None,
+            llama_config: Path, repo: Path, cite: dict | None = None,
             attempts: list[dict] | None = None) -> dict:
     t = {name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"}
     md = {name: p.with_suffix(".md").read_text() for name, p in tables.items()}
@@ -89,7 +89,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "cited_only": cited_only, "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
-            "cited": cited, "kv": kv, "compat": compat, "fig": {k: f"{fig_prefix}{v}" for k, v in figures.items()},
+            "cited": cited, "kv": kv, "compat": compat, "fig": {k: str(v) for k, v in figures.items()},
             "commit": commit, "commit_short": commit[:12] if commit else "unknown",
             "run_commits": sorted(set(runs.git_commit.dropna())), "kvreuse_version": __version__,
             "artifact": {"id": "unpublished", "short": "unpublished", "kind": "none", "doi": None,
@@ -127,9 +127,10 @@ def build(template: Path, tables: dict[str, Path], figures: dict[str, Path], cit
     and in every figure's caption."""
     rel = Path(*[".."] * len(out_md.parent.relative_to(repo.resolve()) .parts)) if out_md.is_absolute() else \
         Path(*[".."] * len(out_md.parent.parts))
-    md_text = render(template, context(tables, figures, cited, llama_config, repo, f"{rel.as_posix()}/", cite,
-                                              load_attempts(attempts)))
+    ctx = context(tables, figures, cited, llama_config, repo, cite, load_attempts(attempts))
+    # the Markdown sits in out_md's folder: its figure paths go up to the repository root
+    md_text = render(template, {**ctx, "fig": {k: f"{rel.as_posix()}/{v}" for k, v in ctx["fig"].items()}})
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(md_text)
-    pdf_text = render(template, context(tables, figures, cited, llama_config, repo, "", cite, load_attempts(attempts)))
+    pdf_text = render(template, ctx)
     to_pdf(pdf_text, out_pdf, root=repo, title="kvreuse: KV-cache reuse in vLLM, measured")

@@ -92,21 +92,21 @@ def exit_on_signals() -> Iterator[None]:
         _terminating = False
 
 
-sigterm_as_exit = exit_on_signals  # the earlier name
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "pid (comm)": state, ppid, pgrp, ...; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``, from /proc."""
     out = []
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        if d.name.isdigit() and (fields := proc_stat(d.name)) and fields[0] != "Z" \
+                and int(fields[2]) == pgid:
             out.append(int(d.name))
     return out
 
