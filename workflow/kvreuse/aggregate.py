@@ -69,7 +69,6 @@ def counter_rows(metas: list[dict]) -> pd.DataFrame:
     for m in metas:
         for phase, ph in (m.get("phases") or {}).items():
             c = ph["counters"]
-            q = c.get("vllm:prefix_cache_queries", 0.0) + c.get("vllm:external_prefix_cache_queries", 0.0)
             rows.append({"platform": m["platform"], "arm": m["arm"], "phase": phase,
                          "hit_tokens": metrics.hit_tokens(c),
                          "prefix_cache_hits": c.get("vllm:prefix_cache_hits", 0.0),
