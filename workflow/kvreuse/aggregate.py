@@ -2,19 +2,26 @@
 
 Latency statistics use successful requests only; failures are counted (``n_errors``) and an
 experiment whose error fraction exceeds ``max_error_fraction`` fails here, loudly, instead of
-producing a figure. Cache hits come from the server's counters in the metas.
+producing a figure. Cache hits come from the server's counters in the metas. Runs are read
+through the results schema (kvreuse.results) and phases are selected by their fields (kind,
+prefix length, rate), never by their names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import kvmodel, metrics
-from .results_io import meta_path, read_meta, read_records
+from .migrate import read_converted
+from .results import Phase, RequestRecord, RunMeta, meta_path, read_meta, read_records
+
+log = logging.getLogger(__name__)
 
 CI_RESAMPLES = 2000
 
@@ -23,19 +30,27 @@ class TooManyErrors(RuntimeError):
     pass
 
 
-def load(jsonl_files: list[str | Path]) -> tuple[pd.DataFrame, list[dict]]:
+RECORD_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+
+
+def load(jsonl_files: list[str | Path], *, convert_older: bool = False) -> tuple[pd.DataFrame, list[RunMeta]]:
+    """Records (one row per request) and metas of runs, validated by the results schema.
+
+    ``convert_older``: files of an older schema version (a pinned artifact, which cannot be
+    rewritten) are read through kvreuse.migrate's converter, and each conversion is logged;
+    otherwise they fail with the file and field named."""
     records, metas = [], []
     for f in jsonl_files:
-        meta = read_meta(meta_path(f))
+        if convert_older:
+            meta, recs, changes = read_converted(f)
+            if changes:
+                log.warning("%s: read through the converter from schema version 1 (%d changes: "
+                            "phase kinds and fields from the phase names)", f, len(changes))
+        else:
+            meta, recs = read_meta(meta_path(f)), read_records(f)
         metas.append(meta)
-        for r in read_records(f):
-            r.setdefault("platform", meta["platform"])
-            records.append(r)
-    df = pd.DataFrame.from_records(records)
-    if df.empty:
-        df = pd.DataFrame(columns=["platform", "experiment", "arm", "phase", "seq", "ttft_ms",
-                                   "e2e_ms", "itl_ms", "error", "prompt_tokens", "cached_tokens"])
-    return df, metas
+        records += [dataclasses.asdict(r) for r in recs]
+    return pd.DataFrame.from_records(records, columns=RECORD_COLUMNS), metas
 
 
 def bootstrap_ci(values, stat=np.median, n: int = CI_RESAMPLES, seed: int = 0) -> tuple[float, float]:
@@ -64,12 +79,12 @@ def latency_stats(g: pd.DataFrame) -> pd.Series:
     })
 
 
-def counter_rows(metas: list[dict]) -> pd.DataFrame:
+def counter_rows(metas: list[RunMeta]) -> pd.DataFrame:
     rows = []
     for m in metas:
-        for phase, ph in (m.get("phases") or {}).items():
-            c = ph["counters"]
-            rows.append({"platform": m["platform"], "arm": m["arm"], "phase": phase,
+        for phase, ph in m.phases.items():
+            c = ph.counters
+            rows.append({"platform": m.platform, "arm": m.arm, "phase": phase,
                          "hit_tokens": metrics.hit_tokens(c),
                          "prefix_cache_hits": c.get("vllm:prefix_cache_hits", 0.0),
                          "external_prefix_cache_hits": c.get("vllm:external_prefix_cache_hits", 0.0),
@@ -94,8 +109,8 @@ def check_errors(df: pd.DataFrame, limit: float) -> None:
             f"fix the cause (see results/logs/{platform}/) and rerun that job.")
 
 
-def phase_table(df: pd.DataFrame, metas: list[dict], keys: list[str]) -> pd.DataFrame:
-    df = df[~df["phase"].astype(str).str.startswith("warmup")]  # warmup, warmup_post_restart
+def phase_table(df: pd.DataFrame, metas: list[RunMeta], keys: list[str]) -> pd.DataFrame:
+    df = df[df["phase_kind"] != "warmup"]  # before the measurement and after a restart
     if df.empty:
         return pd.DataFrame(columns=keys + ["n"])
     stats = df.groupby(keys, sort=False).apply(latency_stats, include_groups=False).reset_index()
@@ -104,33 +119,33 @@ def phase_table(df: pd.DataFrame, metas: list[dict], keys: list[str]) -> pd.Data
     return stats
 
 
-def restart_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
+def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     """One row per platform and arm: medians per phase, hit tokens after restart, verdicts."""
     long = phase_table(df, metas, ["platform", "arm", "phase"])
     rows = []
     for m in metas:
-        row = {"platform": m["platform"], "arm": m["arm"], "status": m["status"],
-               "reason": m.get("reason", "")}
-        sub = long[(long.platform == m["platform"]) & (long.arm == m["arm"])] if len(long) else long
+        row = {"platform": m.platform, "arm": m.arm, "status": m.status, "reason": m.reason or ""}
+        sub = long[(long.platform == m.platform) & (long.arm == m.arm)] if len(long) else long
         for _, r in sub.iterrows():
             row[f"{r['phase']}_ttft_median_ms"] = r["ttft_median_ms"]
             row[f"{r['phase']}_e2e_median_ms"] = r["e2e_median_ms"]
             row[f"{r['phase']}_ttft_ci95_lo_ms"] = r["ttft_ci95_lo_ms"]
             row[f"{r['phase']}_ttft_ci95_hi_ms"] = r["ttft_ci95_hi_ms"]
             row[f"{r['phase']}_hit_tokens"] = r["hit_tokens"]
-        if m["status"] == "ok":
-            row["persisted"] = bool(m.get("persisted"))
-            row["output_equal"] = bool(m.get("output_equal"))
-            if "persisted_hit_tokens" in m:
-                row["persisted_hit_tokens"] = m["persisted_hit_tokens"]
-            if "output_equal_cold_reference" in m:
-                row["output_equal_cold_reference"] = bool(m["output_equal_cold_reference"])
-            if m.get("store_after_stop"):
-                row["store_files"] = m["store_after_stop"].get("files")
-                row["store_bytes"] = m["store_after_stop"].get("bytes")
-            if m.get("lmcache"):
-                row["cuda_kernels"] = m["lmcache"].get("cuda_kernels")
-            lm = ((m.get("phases") or {}).get("post_restart_first") or {}).get("lmcache_log") or {}
+        if m.status == "ok":
+            row["persisted"] = bool(m.persisted)
+            row["output_equal"] = bool(m.output_equal)
+            if m.persisted_hit_tokens is not None:
+                row["persisted_hit_tokens"] = m.persisted_hit_tokens
+            if m.output_equal_cold_reference is not None:
+                row["output_equal_cold_reference"] = bool(m.output_equal_cold_reference)
+            if m.store_after_stop:
+                row["store_files"] = m.store_after_stop.get("files")
+                row["store_bytes"] = m.store_after_stop.get("bytes")
+            if m.lmcache:
+                row["cuda_kernels"] = m.lmcache.get("cuda_kernels")
+            first = m.phases_of("post_restart_first")
+            lm = (first[0].lmcache_log if first else None) or {}
             if lm.get("retrieves"):  # LMCache's own account of the reload after the restart
                 row["reload_bytes"] = lm["retrieve_bytes"]
                 row["reload_ms"] = lm["retrieve_ms"]
@@ -146,20 +161,20 @@ RELOAD_COLUMNS = ["platform", "arm", "status", "reason", "cuda_kernels", "prefix
                   "model_load_ms"]
 
 
-def _ttft_median(df: pd.DataFrame, platform: str, arm: str, phase: str) -> float:
-    if df.empty:
+def _ttft_median(df: pd.DataFrame, platform: str, arm: str, phase: str | None) -> float:
+    if df.empty or phase is None:
         return np.nan
     s = df[(df.platform == platform) & (df.arm == arm) & (df.phase == phase) & df.error.isna()]
     return float(s["ttft_ms"].astype(float).median()) if len(s) else np.nan
 
 
-def _loaded(ph: dict) -> tuple[float, float, str]:
+def _loaded(ph: Phase) -> tuple[float, float, str]:
     """Bytes loaded and load seconds of a phase: LMCache's retrieve log lines (in-process) or
     the LMCache server's host-to-device DMA counters."""
-    lg = ph.get("lmcache_log") or {}
+    lg = ph.lmcache_log or {}
     if lg.get("retrieves"):
         return float(lg["retrieve_bytes"]), lg["retrieve_ms"] / 1000, "lmcache log: retrieve"
-    c = ph.get("counters") or {}
+    c = ph.counters or {}
     nbytes = sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_bytes{")
                  and "direction=h2d" in k and "phase=staging" in k)
     secs = sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_elapsed")
@@ -169,17 +184,38 @@ def _loaded(ph: dict) -> tuple[float, float, str]:
     return np.nan, np.nan, ""
 
 
-def _kv_bytes_per_token(m: dict) -> int | None:
+def _kv_bytes_per_token(m: RunMeta) -> int | None:
     """From the run (LMCache arms record it), else from the model spec's config.json."""
-    bpt = (m.get("lmcache") or {}).get("kv_bytes_per_token")
-    path = ((m.get("model") or {}).get("spec") or {}).get("config_json")
+    bpt = (m.lmcache or {}).get("kv_bytes_per_token")
+    path = ((m.model or {}).get("spec") or {}).get("config_json")
     if bpt is None and path and Path(path).is_file():
         cfg = json.loads(Path(path).read_text())
         bpt = kvmodel.kv_bytes_per_token(cfg, cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
     return bpt
 
 
-def reload_vs_recompute_table(df: pd.DataFrame, metas: list[dict],
+def _phase_of(m: RunMeta, kind: str, prefix_tokens: int) -> tuple[str, Phase] | tuple[None, None]:
+    """The name and phase of ``kind`` at ``prefix_tokens`` in a run, if there is one."""
+    for name, ph in m.phases.items():
+        if ph.kind == kind and ph.prefix_tokens == prefix_tokens:
+            return name, ph
+    return None, None
+
+
+def _by_length(m: RunMeta, kind: str) -> list[tuple[int, str, Phase]]:
+    """(prefix length, name, phase) of every phase of ``kind`` with a length, shortest first."""
+    return sorted((int(ph.prefix_tokens), name, ph) for name, ph in m.phases.items()
+                  if ph.kind == kind and ph.prefix_tokens is not None)
+
+
+def _prefill_ms(ph: Phase | None) -> float:
+    """vLLM's own mean prefill time of a phase's requests (its histogram's sum / count)."""
+    c = ph.counters if ph is not None else {}
+    count = c.get("vllm:request_prefill_time_seconds_count", 0.0)
+    return 1000 * c["vllm:request_prefill_time_seconds_sum"] / count if count else np.nan
+
+
+def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
                               links_gb_s: dict | None = None) -> pd.DataFrame:
     """Per LMCache arm and prefix length: the reload after a restart (TTFT, bytes, load time,
     GB/s) beside recomputing it, and the analytic load time bytes / link bandwidth per link.
@@ -189,98 +225,91 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[dict],
     links_gb_s = links_gb_s or {}
     apc = {}
     for m in metas:
-        if m["status"] == "ok" and (m.get("arm_config") or {}).get("lmcache") is None:
-            for name, ph in (m.get("phases") or {}).items():
-                if name.startswith("cold_") and "prefix_tokens" in ph:
-                    apc.setdefault((m["platform"], int(ph["prefix_tokens"])),
-                                   _ttft_median(df, m["platform"], m["arm"], name))
+        if m.status == "ok" and (m.arm_config or {}).get("lmcache") is None:
+            for n, name, _ in _by_length(m, "cold"):
+                apc.setdefault((m.platform, n), _ttft_median(df, m.platform, m.arm, name))
     rows = []
     for m in metas:
-        if (m.get("arm_config") or {}).get("lmcache") is None:
+        if (m.arm_config or {}).get("lmcache") is None:
             continue
-        base = {"platform": m["platform"], "arm": m["arm"], "status": m["status"],
-                "reason": m.get("reason", ""), "cuda_kernels": (m.get("lmcache") or {}).get("cuda_kernels")}
-        phases = m.get("phases") or {}
-        lengths = sorted(int(ph["prefix_tokens"]) for name, ph in phases.items()
-                         if name.startswith("reload_") and "prefix_tokens" in ph)
-        if m["status"] != "ok" or not lengths:
+        base = {"platform": m.platform, "arm": m.arm, "status": m.status,
+                "reason": m.reason or "", "cuda_kernels": (m.lmcache or {}).get("cuda_kernels")}
+        reloads = _by_length(m, "reload")
+        if m.status != "ok" or not reloads:
             rows.append(base)
             continue
-        bpt = (m.get("lmcache") or {}).get("kv_bytes_per_token")
-        for n in lengths:
-            ph = phases[f"reload_{n}"]
+        bpt = (m.lmcache or {}).get("kv_bytes_per_token")
+        for n, name, ph in reloads:
             nbytes, secs, source = _loaded(ph)
-            rc = (phases.get(f"recompute_{n}") or {}).get("counters") or {}
-            count = rc.get("vllm:request_prefill_time_seconds_count", 0.0)
+            rc_name, rc = _phase_of(m, "recompute", n)
+            cold_name, _ = _phase_of(m, "cold", n)
             row = {**base, "prefix_tokens": n, "kv_bytes_per_token": bpt,
                    "kv_bytes_model": n * bpt if bpt else np.nan,
-                   "reload_ttft_ms": _ttft_median(df, m["platform"], m["arm"], f"reload_{n}"),
-                   "reload_hit_tokens": ph["counters"].get("vllm:external_prefix_cache_hits", 0.0),
+                   "reload_ttft_ms": _ttft_median(df, m.platform, m.arm, name),
+                   "reload_hit_tokens": ph.counters.get("vllm:external_prefix_cache_hits", 0.0),
                    "loaded_bytes": nbytes, "load_ms": secs * 1000,
                    "achieved_gb_s": nbytes / secs / 1e9 if secs and secs > 0 else np.nan,
                    "load_source": source,
-                   "recompute_ttft_ms": _ttft_median(df, m["platform"], m["arm"], f"recompute_{n}"),
-                   "recompute_prefill_ms": (1000 * rc["vllm:request_prefill_time_seconds_sum"] / count
-                                            if count else np.nan),
-                   "cold_ttft_ms": _ttft_median(df, m["platform"], m["arm"], f"cold_{n}"),
-                   "apc_cold_ttft_ms": apc.get((m["platform"], n), np.nan)}
-            links = links_gb_s.get(m["platform"]) or {}
+                   "recompute_ttft_ms": _ttft_median(df, m.platform, m.arm, rc_name),
+                   "recompute_prefill_ms": _prefill_ms(rc),
+                   "cold_ttft_ms": _ttft_median(df, m.platform, m.arm, cold_name),
+                   "apc_cold_ttft_ms": apc.get((m.platform, n), np.nan)}
+            links = links_gb_s.get(m.platform) or {}
             for link, gb_s in (links.items() if links else [(None, np.nan)]):
                 rows.append({**row, "link": link, "link_gb_s": gb_s,
                              "model_load_ms": (1000 * kvmodel.load_time_s(n, bpt, gb_s)
                                                if bpt and link else np.nan)})
     for m in metas:  # APC-only sweeps: measured prefill beside the model, where links are known
-        links = links_gb_s.get(m["platform"]) or {}
-        if m["status"] != "ok" or (m.get("arm_config") or {}).get("lmcache") is not None or not links:
+        links = links_gb_s.get(m.platform) or {}
+        if m.status != "ok" or (m.arm_config or {}).get("lmcache") is not None or not links:
             continue
         bpt = _kv_bytes_per_token(m)
-        for name, ph in sorted((m.get("phases") or {}).items()):
-            if not (name.startswith("cold_") and "prefix_tokens" in ph):
-                continue
-            n, c = int(ph["prefix_tokens"]), ph.get("counters") or {}
-            count = c.get("vllm:request_prefill_time_seconds_count", 0.0)
-            row = {"platform": m["platform"], "arm": m["arm"], "status": m["status"], "reason": "",
+        for n, name, ph in _by_length(m, "cold"):
+            row = {"platform": m.platform, "arm": m.arm, "status": m.status, "reason": "",
                    "prefix_tokens": n, "kv_bytes_per_token": bpt,
                    "kv_bytes_model": n * bpt if bpt else np.nan,
-                   "recompute_prefill_ms": (1000 * c["vllm:request_prefill_time_seconds_sum"] / count
-                                            if count else np.nan),
-                   "cold_ttft_ms": _ttft_median(df, m["platform"], m["arm"], name),
-                   "apc_cold_ttft_ms": apc.get((m["platform"], n), np.nan)}
+                   "recompute_prefill_ms": _prefill_ms(ph),
+                   "cold_ttft_ms": _ttft_median(df, m.platform, m.arm, name),
+                   "apc_cold_ttft_ms": apc.get((m.platform, n), np.nan)}
             for link, gb_s in links.items():
                 rows.append({**row, "link": link, "link_gb_s": gb_s,
                              "model_load_ms": 1000 * kvmodel.load_time_s(n, bpt, gb_s) if bpt else np.nan})
     return pd.DataFrame(rows, columns=RELOAD_COLUMNS)
 
 
-def runs_table(metas: list[dict]) -> pd.DataFrame:
+def _vllm_starts(m: RunMeta) -> list[float]:
+    return [s["startup_s"] for s in m.server_starts if s["process"] == "vllm"]
+
+
+def runs_table(metas: list[RunMeta]) -> pd.DataFrame:
     rows = []
     for m in metas:
-        acc, v, model = m.get("accelerator") or {}, m.get("versions") or {}, m.get("model") or {}
-        starts = [s["startup_s"] for s in m.get("server_starts", []) if s["process"] == "vllm"]
-        rows.append({"platform": m["platform"], "experiment": m["experiment"], "arm": m["arm"],
-                     "status": m["status"], "reason": m.get("reason", ""),
+        acc, v, model = m.accelerator or {}, m.versions or {}, m.model or {}
+        starts = _vllm_starts(m)
+        rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
+                     "status": m.status, "reason": m.reason or "",
                      "accelerator": acc.get("name"), "driver": acc.get("driver"),
                      "vllm": v.get("vllm"), "lmcache": v.get("lmcache"), "torch": v.get("torch"),
-                     "lmcache_kernels": (m.get("lmcache") or {}).get("cuda_kernels"),
+                     "lmcache_kernels": (m.lmcache or {}).get("cuda_kernels"),
                      "model": model.get("name"), "weights": model.get("weights"),
-                     "n_requests": m.get("n_requests", 0), "n_errors": m.get("n_errors", 0),
+                     "n_requests": m.n_requests, "n_errors": m.n_errors,
                      "server_starts": len(starts),
                      "first_start_s": starts[0] if starts else np.nan,
                      "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
-                     "config_hash": m.get("config_hash"), "git_commit": m.get("git_commit")})
+                     "config_hash": m.config_hash, "git_commit": m.git_commit})
     return pd.DataFrame(rows)
 
 
-def serving_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
+def serving_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     """Per platform and request rate: vLLM bench serve's own summary, with our CI of the TTFT median."""
-    stats = phase_table(df[df["phase"].str.startswith("rate_")], metas, ["platform", "arm", "phase"])
+    stats = phase_table(df[df["phase_kind"] == "rate"], metas, ["platform", "arm", "phase"])
     rows = []
     for m in metas:
-        for phase, ph in (m.get("phases") or {}).items():
-            b = ph.get("bench_summary")
-            if b and phase.startswith("rate_"):
-                rows.append({"platform": m["platform"], "arm": m["arm"], "phase": phase,
-                             "request_rate": ph["request_rate"],
+        for phase, ph in m.phases.items():
+            b = ph.bench_summary
+            if b and ph.kind == "rate":
+                rows.append({"platform": m.platform, "arm": m.arm, "phase": phase,
+                             "request_rate": ph.request_rate,
                              "bench_median_ttft_ms": b.get("median_ttft_ms"),
                              "bench_p99_ttft_ms": b.get("p99_ttft_ms"),
                              "bench_median_itl_ms": b.get("median_itl_ms"),
@@ -295,20 +324,20 @@ def serving_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
     return bench.merge(stats[keep] if len(stats) else pd.DataFrame(columns=keep), on=["platform", "arm", "phase"], how="left")
 
 
-def fidelity_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
+def fidelity_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     """One workload, three TTFTs: our client, vllm bench serve, the server's own histogram."""
     rows = []
     for m in metas:
-        ph = m.get("phases") or {}
-        if "fidelity_client" not in ph or "fidelity_bench" not in ph:
+        client_ph, bench_ph = m.phases_of("fidelity_client"), m.phases_of("fidelity_bench")
+        if not client_ph or not bench_ph:
             continue
-        sub = df[(df.platform == m["platform"]) & (df.arm == m["arm"]) & (df.phase == "fidelity_client")]
+        sub = df[(df.platform == m.platform) & (df.arm == m.arm) & (df.phase_kind == "fidelity_client")]
         client = sub[sub.error.isna()]["ttft_ms"].astype(float)
-        c = ph["fidelity_client"]["counters"]
+        c = client_ph[0].counters
         n = c.get("vllm:time_to_first_token_seconds_count", 0)
         server_median = metrics.histogram_quantile(c, "vllm:time_to_first_token_seconds", 0.5)
-        bench = ph["fidelity_bench"]["bench_summary"]
-        row = {"platform": m["platform"], "n": len(client),
+        bench = bench_ph[0].bench_summary or {}
+        row = {"platform": m.platform, "n": len(client),
                "client_median_ttft_ms": client.median(),
                "bench_median_ttft_ms": bench.get("median_ttft_ms"),
                "server_hist_median_ttft_ms": server_median * 1000 if server_median is not None else np.nan,
@@ -321,21 +350,21 @@ def fidelity_table(df: pd.DataFrame, metas: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def random_overhead_table(df: pd.DataFrame, metas: list[dict], reference: str = "apc") -> pd.DataFrame:
+def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -> pd.DataFrame:
     """Per platform and arm: mean TTFT and e2e over the unique prompts, and the change against
     the APC-only arm on the very same prompts, with a paired bootstrap 95% CI."""
-    df = df[(df["phase"] != "warmup") & df["error"].isna()]
+    df = df[(df["phase_kind"] == "repeat") & df["error"].isna()]
     rows = []
     for m in metas:
-        p, arm = m["platform"], m["arm"]
-        row = {"platform": p, "arm": arm, "status": m["status"], "reason": m.get("reason", "")}
+        p, arm = m.platform, m.arm
+        row = {"platform": p, "arm": arm, "status": m.status, "reason": m.reason or ""}
         sub = df[(df.platform == p) & (df.arm == arm)]
         if len(sub):
             row.update(n=len(sub), ttft_mean_ms=sub.ttft_ms.mean(), e2e_mean_ms=sub.e2e_ms.mean(),
                        ttft_median_ms=sub.ttft_ms.median(), e2e_median_ms=sub.e2e_ms.median())
             ref = df[(df.platform == p) & (df.arm == reference)]
             if arm != reference and len(ref):
-                pair = sub.merge(ref, on=["phase", "seq"], suffixes=("", "_ref"))
+                pair = sub.merge(ref, on=["repeat", "seq"], suffixes=("", "_ref"))
                 for metric in ("e2e_ms", "ttft_ms"):
                     a, b = pair[metric].to_numpy(float), pair[f"{metric}_ref"].to_numpy(float)
                     rng = np.random.default_rng(0)
@@ -349,21 +378,22 @@ def random_overhead_table(df: pd.DataFrame, metas: list[dict], reference: str = 
     return pd.DataFrame(rows)
 
 
-def cost_table(metas: list[dict], benchmarks: dict[tuple, float]) -> pd.DataFrame:
+def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataFrame:
     """GPU-minutes (Snakemake benchmark wall time x GPUs) and server starts per run."""
     rows = []
     for m in metas:
-        if m["status"] != "ok":
+        if m.status != "ok":
             continue
-        starts = [s["startup_s"] for s in m.get("server_starts", []) if s["process"] == "vllm"]
-        wall = benchmarks.get((m["platform"], m["experiment"], m["arm"]), np.nan)
-        gpus = (m.get("accelerator") or {}).get("count", 1) if (m.get("accelerator") or {}).get("kind") == "gpu" else 0
-        rows.append({"platform": m["platform"], "experiment": m["experiment"], "arm": m["arm"],
+        starts = _vllm_starts(m)
+        wall = benchmarks.get((m.platform, m.experiment, m.arm), np.nan)
+        acc = m.accelerator or {}
+        gpus = acc.get("count", 1) if acc.get("kind") == "gpu" else 0
+        rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
                      "wall_s": wall, "gpu_minutes": wall * gpus / 60 if gpus else 0.0,
                      "server_starts": len(starts), "startup_s_total": sum(starts),
                      "first_start_s": starts[0] if starts else np.nan,
                      "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
-                     "requests": m.get("n_requests", 0)})
+                     "requests": m.n_requests})
     t = pd.DataFrame(rows)
     if len(t):
         tot = t.groupby("platform", sort=False)[["wall_s", "gpu_minutes", "server_starts", "startup_s_total", "requests"]].sum().reset_index()
@@ -409,8 +439,8 @@ def with_cited(table: pd.DataFrame, experiment: str, cited: dict | None) -> pd.D
 
 def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
           benchmark_files: list[str] = (), cited: dict | None = None,
-          links_gb_s: dict | None = None) -> pd.DataFrame:
-    df, metas = load(jsonl_files)
+          links_gb_s: dict | None = None, convert_older: bool = False) -> pd.DataFrame:
+    df, metas = load(jsonl_files, convert_older=convert_older)
     if experiment == "runs":
         return runs_table(metas)
     if experiment == "cost":
@@ -428,7 +458,7 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
     if experiment == "random_overhead":
         return with_cited(random_overhead_table(df, metas), experiment, cited)
     if experiment == "prefix_sweep":
-        df = df.assign(kind=df["phase"].str.split("_").str[0])
+        df = df.assign(kind=df["phase_kind"])
         t = phase_table(df, metas, ["platform", "arm", "prefix_tokens", "kind", "phase"])
         return t.drop(columns=["phase"]) if "phase" in t else t
     if experiment == "multiturn":

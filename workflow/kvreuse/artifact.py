@@ -38,7 +38,7 @@ import yaml
 
 from . import __version__
 from .provenance import config_hash
-from .results_io import read_meta
+from .migrate import read_converted
 
 PREFIX = "kvreuse-artifact"
 TAR_NAME = "kvreuse-artifact.tar.gz"
@@ -280,7 +280,9 @@ def build(files: list[Path | str], raw_files: list[Path | str], config: dict, co
         if name in members:
             raise ArtifactError(f"two files would be bundled as {name}")
         members[name] = Path(f).read_bytes()
-    metas = [read_meta(f) for f in sorted(raw_files, key=arcname) if str(f).endswith(".meta.json")]
+    # through the converter: a bundle remade from an older artifact's files keeps their bytes
+    metas = [read_converted(str(f)[: -len(".meta.json")] + ".jsonl")[0].to_dict()
+             for f in sorted(raw_files, key=arcname) if str(f).endswith(".meta.json")]
     if cite.get("results_sha256") is None:
         cite = {**cite, "results_sha256": results_digest(raw_files)}
     if citation_cff_path:

@@ -130,7 +130,7 @@ class RunMeta:
     git_commit: str | None
     started_at: str
     finished_at: str | None
-    phases: dict[str, Phase] = field(default_factory=dict)
+    phases: dict[str, Phase]
     schema_version: int = SCHEMA_VERSION
     reason: str | None = None   # why a run did not run (status not_run)
     server_starts: list[dict] = field(default_factory=list)
@@ -159,7 +159,7 @@ class RunMeta:
 
 
 # -- validation ----------------------------------------------------------------------------
-def _fields(cls) -> tuple[set[str], set[str]]:
+def field_names(cls) -> tuple[set[str], set[str]]:
     all_ = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -169,7 +169,7 @@ def _fields(cls) -> tuple[set[str], set[str]]:
 def _check_fields(cls, data: Any, where: str) -> None:
     if not isinstance(data, dict):
         raise ResultsSchemaError(f"{where}: expected an object, found {type(data).__name__}")
-    all_, required = _fields(cls)
+    all_, required = field_names(cls)
     missing = sorted(required - set(data))
     if missing:
         raise ResultsSchemaError(f"{where}: missing field {missing[0]!r} "

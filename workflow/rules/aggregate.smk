@@ -12,6 +12,9 @@ rule table:
     params:
         max_error_fraction=config["max_error_fraction"],
         extra=table_params,
+        # a pinned artifact's runs cannot be rewritten: older schema versions are converted
+        # on read (logged); results/raw/ must be at the current version
+        convert_older=PINNED,
     wildcard_constraints:
         table="|".join(TABLES),
     log:

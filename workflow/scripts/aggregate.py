@@ -8,5 +8,6 @@ jsonl = [f for f in snakemake.input.raw if f.endswith(".jsonl")]  # noqa: F821
 table = build(snakemake.wildcards.table, jsonl, snakemake.params.max_error_fraction,  # noqa: F821
               benchmark_files=snakemake.input.benchmarks,  # noqa: F821
               cited=yaml.safe_load(open(snakemake.input.cited)),  # noqa: F821
+              convert_older=snakemake.params.convert_older,  # noqa: F821
               **snakemake.params.extra)  # noqa: F821
 write(table, snakemake.output.csv, snakemake.output.md, snakemake.output.tex)  # noqa: F821
