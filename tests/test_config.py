@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from kvreuse import config as kc
+from kvreuse.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,14 @@ def test_schema_rejects(config, schema, mutate, fragment):
 def test_unknown_arm_is_named_with_the_allowed_ones(config):
     bad = copy.deepcopy(config)
     bad["experiments"]["cold_warm"]["arms"] = ["apc", "lmcache_nvme"]
-    with pytest.raises(kc.ConfigError, match=r"lmcache_nvme.*allowed: \['apc'"):
+    with pytest.raises(ConfigError, match=r"lmcache_nvme.*allowed: \['apc'"):
         kc.check(bad)
 
 
 def test_prefix_longer_than_context_is_refused(config):
     bad = copy.deepcopy(config)
     bad["experiments"]["cold_warm"]["prefix_tokens"] = 100_000
-    with pytest.raises(kc.ConfigError, match="max_model_len"):
+    with pytest.raises(ConfigError, match="max_model_len"):
         kc.check(bad)
 
 

@@ -32,13 +32,15 @@ import pytest
 import yaml
 
 import faultkit as fk
-from kvreuse import aggregate, arms
+from kvreuse import aggregate
 from kvreuse import config as kc
+from kvreuse import plan as arm_plan
 from kvreuse.client import completion_payload, stream_completion
+from kvreuse.errors import ConfigError, PreflightError, ServerError
 from kvreuse.experiments import RunSpec, Session, write_pair
 from kvreuse.redact import REDACTED, env_for_record, server_environ
 from kvreuse.results_io import meta_path, read_meta, read_records
-from kvreuse.server import HOST, ManagedProcess, ServerError, free_port, vllm_server
+from kvreuse.server import HOST, ManagedProcess, free_port, vllm_server
 
 REPO = fk.REPO
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -136,7 +138,7 @@ BAD_CONFIGS = [
 def test_bad_config_names_key_and_allowed_values(config, what, mutate, message):
     bad = copy.deepcopy(config)
     mutate(bad)
-    with pytest.raises(kc.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         kc.validate(bad, REPO / "workflow/schemas/config.schema.yaml")
     assert message in str(e.value)
 
@@ -145,7 +147,7 @@ def test_every_problem_is_listed_at_once(config):
     bad = copy.deepcopy(config)
     bad["seed"] = -1
     bad["client"]["temperature"] = "hot"
-    with pytest.raises(kc.ConfigError, match=r"invalid config \(2 problems\)") as e:
+    with pytest.raises(ConfigError, match=r"invalid config \(2 problems\)") as e:
         kc.validate(bad, REPO / "workflow/schemas/config.schema.yaml")
     assert "client.temperature: 'hot'" in str(e.value) and "seed: -1 is out of range" in str(e.value)
 
@@ -306,8 +308,8 @@ def _session(config, tiny_model, tmp_path, server, *, experiment="cold_warm", cl
     spec = fk.run_spec(config, tiny_model, tmp_path, experiment, client=client)
     for key in ("model_dir", "out_jsonl", "log_dir", "repo_dir"):
         spec[key] = Path(spec[key])
-    s = Session(RunSpec(**spec), arms.plan("apc", spec["arm"], server=spec["server"], model=spec["model"],
-                                            run_dir=spec["log_dir"]))
+    s = Session(RunSpec(**spec), arm_plan.plan("apc", spec["arm"], server=spec["server"], model=spec["model"],
+                                               run_dir=spec["log_dir"]))
     s.vllm = server
     return s
 
@@ -427,12 +429,12 @@ def test_request_deadline_not_cut_by_the_http_clients_default(tmp_path, marker):
     fk.assert_none_left(marker)
 
 
-# == 6. store faults (kvreuse.lmcache_arms.preflight, the lmcache_store rule) ===============
+# == 6. store faults (kvreuse.lmcache.store.preflight, the lmcache_store rule) ===============
 def _file_store_arm(config) -> tuple[str, dict]:
-    from kvreuse import lmcache_arms
+    from kvreuse.lmcache import settings
 
     for name, arm in config["arms"].items():
-        if (arm.get("lmcache") or {}).get("store") in lmcache_arms.FILE_STORES:
+        if (arm.get("lmcache") or {}).get("store") in settings.FILE_STORES:
             return name, copy.deepcopy(arm)
     return "lmcache_fs", {"prefix_caching": True,
                           "lmcache": {"mode": "in_process", "store": "fs", "chunk_size": 256,
@@ -440,7 +442,7 @@ def _file_store_arm(config) -> tuple[str, dict]:
 
 
 def test_store_not_writable(config, tmp_path):
-    from kvreuse import lmcache_arms as lm
+    from kvreuse.lmcache import store as lm
 
     name, arm = _file_store_arm(config)
     if os.geteuid() == 0:  # root writes through permission bits: a file where a folder must be
@@ -450,14 +452,14 @@ def test_store_not_writable(config, tmp_path):
         store = tmp_path / "store"
         store.mkdir()
         store.chmod(0o500)
-    with pytest.raises(lm.PreflightError, match=r"LMCache store folder .* is not writable .*set "
-                                                r"paths\.lmcache in config\.yaml to a writable folder"):
+    with pytest.raises(PreflightError, match=r"LMCache store folder .* is not writable .*set "
+                                             r"paths\.lmcache in config\.yaml to a writable folder"):
         lm.preflight(store, {name: arm}, [["cold_warm", name]], has_cuda=True)
 
 
 def test_store_too_small_and_nothing_deleted(config, tmp_path):
     """The disk check runs where LMCache can run (CUDA): has_cuda=True here."""
-    from kvreuse import lmcache_arms as lm
+    from kvreuse.lmcache import store as lm
 
     name, arm = _file_store_arm(config)
     arm["lmcache"]["disk_gb"] = 10 ** 7  # ten petabytes
@@ -465,8 +467,8 @@ def test_store_too_small_and_nothing_deleted(config, tmp_path):
     kept = store / "cold_warm" / name / "earlier-run" / "chunk.bin"
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"kv")
-    with pytest.raises(lm.PreflightError, match=rf"LMCache store .* GiB free but arm '{name}' may use "
-                                                rf"disk_gb=10000000"):
+    with pytest.raises(PreflightError, match=rf"LMCache store .* GiB free but arm '{name}' may use "
+                                             rf"disk_gb=10000000"):
         lm.preflight(store, {name: arm}, [["cold_warm", name]], has_cuda=True)
     assert kept.read_bytes() == b"kv", "the preflight deleted an earlier run's store"
 
@@ -475,7 +477,7 @@ def test_store_too_small_and_nothing_deleted(config, tmp_path):
 def test_a_store_is_deleted_only_when_the_config_asks(tmp_path, monkeypatch, delete_store):
     from types import SimpleNamespace
 
-    from kvreuse import lmcache_arms as lm
+    from kvreuse.lmcache import logs as lm
 
     monkeypatch.setattr(lm, "probe_kernels", lambda env: {"kernels": "unknown"})
     store = tmp_path / "store" / "run1"
@@ -490,7 +492,7 @@ def test_a_store_is_deleted_only_when_the_config_asks(tmp_path, monkeypatch, del
 def test_arm_naming_no_known_store(config):
     bad = copy.deepcopy(config)
     bad["arms"]["lmcache_x"] = {"prefix_caching": True, "lmcache": {"mode": "in_process", "store": "nvme"}}
-    with pytest.raises(kc.ConfigError, match=r"arms\.lmcache_x\.lmcache.*nvme"):
+    with pytest.raises(ConfigError, match=r"arms\.lmcache_x\.lmcache.*nvme"):
         kc.validate(bad, REPO / "workflow/schemas/config.schema.yaml")
 
 

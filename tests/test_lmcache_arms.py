@@ -14,9 +14,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from kvreuse import arms, experiments, lmcache_arms, metrics
+from kvreuse import experiments, metrics
+from kvreuse import plan as arm_plan
 from kvreuse.aggregate import reload_vs_recompute_table
-from kvreuse.config import ConfigError, check, server_config
+from kvreuse.config import check, server_config
+from kvreuse.errors import ConfigError, PreflightError
+from kvreuse.lmcache import flags, logs, settings
+from kvreuse.lmcache import store as lmcache_store
 from kvreuse.server import vllm_argv
 
 LMCACHE_ARMS = ["lmcache_cpu", "lmcache_disk", "lmcache_fs", "lmcache_mp", "lmcache_mp_l2"]
@@ -31,7 +35,7 @@ def h100(config):
 
 def make_plan(config, h100, arm, tmp_path):
     server, model = h100
-    return arms.plan(arm, config["arms"][arm], server=server, model=model, run_dir=tmp_path / "logs",
+    return arm_plan.plan(arm, config["arms"][arm], server=server, model=model, run_dir=tmp_path / "logs",
                      has_cuda=True, store_root=tmp_path / "store" / "restart", run_id="r1",
                      ports=dict(PORTS))
 
@@ -50,7 +54,7 @@ def test_config_has_the_five_arms_in_the_restart_experiment(config, repo):
     check(config)
     assert set(LMCACHE_ARMS) <= set(config["experiments"]["restart"]["arms"])
     for a in LMCACHE_ARMS:
-        lmcache_arms.check_arm(a, config["arms"][a]["lmcache"])
+        settings.check_arm(a, config["arms"][a]["lmcache"])
 
 
 @pytest.mark.parametrize("cfg, key, allowed", [
@@ -69,8 +73,24 @@ def test_config_has_the_five_arms_in_the_restart_experiment(config, repo):
 ])
 def test_check_arm_names_the_key_and_what_is_allowed(cfg, key, allowed):
     with pytest.raises(ConfigError) as e:
-        lmcache_arms.check_arm("x", cfg)
+        settings.check_arm("x", cfg)
     assert f"arms.x.lmcache.{key}" in str(e.value) and allowed in str(e.value)
+
+
+def test_arm_keys_and_defaults_are_the_schemas(repo):
+    """One definition: the schema's lmcache_arm block; the code adds only cross-key rules."""
+    arm = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())[
+        "definitions"]["lmcache_arm"]["properties"]
+    assert settings.ARM_KEYS == tuple(arm)
+    defaults = {k: p["default"] for k, p in arm.items() if "default" in p}
+    assert settings.settings({"mode": "in_process"}) == {**defaults, "mode": "in_process",
+                                                         "hash_algorithm": "sha256_cbor"}
+    assert settings.settings({"mode": "server"})["hash_algorithm"] == "blake3"
+    assert settings.MODES == tuple(arm["mode"]["enum"]) == tuple(settings.STORES)
+    assert {st for stores in settings.STORES.values() for st in stores} == set(arm["store"]["enum"])
+    assert set(settings.IN_PROCESS_HASHES) | set(settings.SERVER_HASHES) == set(
+        arm["hash_algorithm"]["enum"])
+    assert all(p.get("description") for p in arm.values())
 
 
 def test_restart_lmcache_server_needs_a_server_arm(config):
@@ -139,7 +159,7 @@ def test_vllm_command_line_carries_the_connector(config, h100, tmp_path):
     assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     i = argv.index("--kv-transfer-config")
     assert json.loads(argv[i + 1])["kv_connector"] == "LMCacheConnectorV1"
-    args, env = lmcache_arms.apc_only(p)
+    args, env = flags.apc_only(p)
     j = p.vllm_args.index("--kv-transfer-config")
     assert args == p.vllm_args[:j] + p.vllm_args[j + 2:] and "--enable-prefix-caching" in args
     assert "LMCACHE_CONFIG_FILE" not in env and env["PYTHONHASHSEED"] == "0"
@@ -147,9 +167,9 @@ def test_vllm_command_line_carries_the_connector(config, h100, tmp_path):
 
 def test_each_run_gets_its_own_store_folder(config, h100, tmp_path):
     server, model = h100
-    a = arms.plan("lmcache_fs", config["arms"]["lmcache_fs"], server=server, model=model,
+    a = arm_plan.plan("lmcache_fs", config["arms"]["lmcache_fs"], server=server, model=model,
                   run_dir=tmp_path / "a", has_cuda=True, store_root=tmp_path / "s")
-    b = arms.plan("lmcache_fs", config["arms"]["lmcache_fs"], server=server, model=model,
+    b = arm_plan.plan("lmcache_fs", config["arms"]["lmcache_fs"], server=server, model=model,
                   run_dir=tmp_path / "b", has_cuda=True, store_root=tmp_path / "s", run_id="other")
     assert a.lmcache["store_dir"] != b.lmcache["store_dir"]
     assert a.lmcache["ports"]["internal_api"] > 1024
@@ -250,7 +270,7 @@ def test_restart_fresh_apc_reference_and_server_restart(config, h100, tmp_path):
 
 def test_restart_apc_arm_unchanged_verdict(config, h100, tmp_path):
     server, model = h100
-    p = arms.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
+    p = arm_plan.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
     s = FakeSession(p, config["arms"]["apc"], {"post_restart_first": {"vllm:prefix_cache_hits": 16.0}})
     asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "none"}))
     assert s.extra_meta["persisted"] is True and "store_after_stop" not in s.extra_meta
@@ -279,18 +299,18 @@ def test_list_store_counts_files_and_bytes(config, h100, tmp_path):
     for i in range(3):
         with open(os.path.join(root, f"chunk{i}.pt"), "wb") as f:
             f.write(b"x" * (100 + i))
-    got = lmcache_arms.list_store(p)
+    got = lmcache_store.list_store(p)
     assert got["files"] == 3 and got["bytes"] == 303 and got["paths"][root]["files"] == 3
     assert got["page_cache_evicted_files"] in (0, 3)
     p = make_plan(config, h100, "lmcache_mp", tmp_path)
-    assert lmcache_arms.list_store(p)["files"] == 0 and "note" in lmcache_arms.list_store(p)
+    assert lmcache_store.list_store(p)["files"] == 0 and "note" in lmcache_store.list_store(p)
 
 
 def test_log_stats_reads_lmcache_retrieve_and_store_lines(tmp_path):
     log = tmp_path / "vllm.log"
     log.write_text("old line: Retrieved 9 out of 9 required tokens (from 9 total tokens). "
                    "size: 1.0000 gb, cost 1.0000 ms, throughput: 1.0 GB/s;\n")
-    marks = lmcache_arms.log_marks(tmp_path)
+    marks = logs.log_marks(tmp_path)
     with open(log, "a") as f:
         f.write("\x1b[32m[2026-11-24 10:00:00,000] LMCache INFO:\x1b[0m [req_id=cmpl-1] Retrieved 1024 "
                 "out of 1024 required tokens (from 1040 total tokens). size: 0.1250 gb, cost "
@@ -298,7 +318,7 @@ def test_log_stats_reads_lmcache_retrieve_and_store_lines(tmp_path):
         f.write("[req_id=cmpl-2] Stored 1024 out of total 1024 tokens. size: 0.1250 GB, cost 3.0000 ms, "
                 "throughput: 41.6 GB/s; offload_time: 2.0 ms, put_time: 1.0 ms\n")
         f.write("lmcache.cuda_ops compiled extension not found; CudaDeviceOps stays on the torch baseline\n")
-    got = lmcache_arms.log_stats(marks)
+    got = logs.log_stats(marks)
     assert got["retrieves"] == 1 and got["retrieved_tokens"] == 1024
     assert got["retrieve_bytes"] == 1 << 27 and got["retrieve_ms"] == 20.5
     assert got["stores"] == 1 and got["store_bytes"] == 1 << 27
@@ -340,23 +360,23 @@ def test_scraper_skips_an_optional_url_that_does_not_answer():
 
 
 def test_finish_records_kernels_and_deletes_only_when_asked(config, h100, tmp_path, monkeypatch):
-    monkeypatch.setattr(lmcache_arms, "probe_kernels",
+    monkeypatch.setattr(logs, "probe_kernels",
                         lambda env: {"kernels": "loaded", "lmcache.cuda_ops": "loaded"})
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
     (tmp_path / "logs" / "vllm.log").write_text("lmcache.cuda_ops compiled extension not found; ...\n")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(REPO_LLAMA.read_text())
-    got = lmcache_arms.finish(p, tmp_path / "logs", tmp_path / "model")
+    got = logs.finish(p, tmp_path / "logs", tmp_path / "model")
     assert got["cuda_kernels"] == "fallback" and got["fallback_log_line_seen"] is True
     assert got["kv_bytes_per_token"] == 128 * 1024  # Llama-3.1-8B in bf16
     assert os.path.isdir(p.lmcache["store_dir"])
     p.lmcache["delete_store"] = True
-    assert lmcache_arms.finish(p, tmp_path / "logs")["store_deleted"] is True
+    assert logs.finish(p, tmp_path / "logs")["store_deleted"] is True
     assert not os.path.exists(p.lmcache["store_dir"])
 
 
 def test_probe_kernels_without_lmcache_reports_unknown():
-    got = lmcache_arms.probe_kernels({})
+    got = logs.probe_kernels({})
     assert got["kernels"] in ("unknown", "loaded", "fallback")
     if "lmcache_error" in got:
         assert got["kernels"] == "unknown"
@@ -366,7 +386,7 @@ def test_probe_kernels_without_lmcache_reports_unknown():
 def test_preflight_makes_folders_and_writes_configs(config, tmp_path):
     arms_used = {a: config["arms"][a] for a in LMCACHE_ARMS}
     runs = [["restart", a] for a in LMCACHE_ARMS] + [["prefix_sweep", "lmcache_fs"]]
-    got = lmcache_arms.preflight(tmp_path / "lm", arms_used, runs, has_cuda=False)
+    got = lmcache_store.preflight(tmp_path / "lm", arms_used, runs, has_cuda=False)
     assert got["status"] == "skipped" and got["reason"] == "LMCache needs CUDA"
     assert (tmp_path / "lm" / "prefix_sweep" / "lmcache_fs").is_dir()
     shown = json.loads((tmp_path / "lm" / "configs" / "lmcache_mp_l2.json").read_text())
@@ -374,19 +394,19 @@ def test_preflight_makes_folders_and_writes_configs(config, tmp_path):
     assert yaml.safe_load((tmp_path / "lm" / "configs" / "lmcache_disk" / "lmcache.yaml").read_text())[
         "max_local_disk_size"] == 24.0
     small = {a: {**c, "lmcache": {**c["lmcache"], "cpu_gb": 0.001}} for a, c in arms_used.items()}
-    got = lmcache_arms.preflight(tmp_path / "lm", small, runs, has_cuda=True)
+    got = lmcache_store.preflight(tmp_path / "lm", small, runs, has_cuda=True)
     assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 24 << 30
 
 
 def test_preflight_fails_clearly(config, tmp_path):
     fs = {"lmcache_fs": config["arms"]["lmcache_fs"]}
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(lmcache_arms.PreflightError, match="not writable.*paths.lmcache"):
-        lmcache_arms.preflight(tmp_path / "file" / "lm", fs, [["restart", "lmcache_fs"]], has_cuda=True)
+    with pytest.raises(PreflightError, match="not writable.*paths.lmcache"):
+        lmcache_store.preflight(tmp_path / "file" / "lm", fs, [["restart", "lmcache_fs"]], has_cuda=True)
     huge = {"lmcache_fs": {**fs["lmcache_fs"], "lmcache": {**fs["lmcache_fs"]["lmcache"],
                                                             "disk_gb": 1e9, "cpu_gb": 0.001}}}
-    with pytest.raises(lmcache_arms.PreflightError, match="disk_gb"):
-        lmcache_arms.preflight(tmp_path / "lm", huge, [["restart", "lmcache_fs"]], has_cuda=True)
+    with pytest.raises(PreflightError, match="disk_gb"):
+        lmcache_store.preflight(tmp_path / "lm", huge, [["restart", "lmcache_fs"]], has_cuda=True)
 
 
 # -- reload vs recompute table ----------------------------------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 from . import redact
+from .errors import ConfigError
+from .lmcache import settings as lmcache_settings
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
                "random_overhead")
@@ -29,10 +31,6 @@ RESERVED_SERVER_ARGS = ("--host", "--port", "--uds", "--model", "--served-model-
 
 #: the same for the LMCache server (``arms.<arm>.lmcache.server_args``)
 RESERVED_LMCACHE_SERVER_ARGS = ("--host", "--port", "--http-host", "--http-port")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _refuse_reserved(where: str, args, reserved: tuple[str, ...], why: str) -> None:
@@ -252,8 +250,7 @@ def check(config: dict) -> None:
                     f"tokens); shorten the prefix or raise the limit")
     for name, arm in config["arms"].items():
         if arm.get("lmcache") is not None:
-            from . import lmcache_arms
-            lmcache_arms.check_arm(name, arm["lmcache"])
+            lmcache_settings.check_arm(name, arm["lmcache"])
             _refuse_reserved(f"arms.{name}.lmcache.server_args", arm["lmcache"].get("server_args", []),
                              RESERVED_LMCACHE_SERVER_ARGS,
                              "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")

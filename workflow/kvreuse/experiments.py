@@ -23,10 +23,15 @@ from pathlib import Path
 
 import httpx
 
-from . import arms, metrics, models, provenance, redact
+from . import metrics, models, provenance, redact
+from . import plan as arm_plan
 from .client import RequestResult, completion_payload, stream_completion
+from .errors import ServerError
+from .lmcache import flags as lmcache_flags
+from .lmcache import logs as lmcache_logs
+from .lmcache import store as lmcache_store
 from .results_io import meta_path, write_meta, write_records
-from .server import ManagedProcess, ServerError, exit_on_signals, log_tail, vllm_server
+from .server import ManagedProcess, exit_on_signals, log_tail, vllm_server
 from .workloads import PromptMaker, shared_prefix_prompts
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,7 @@ def now_iso() -> str:
 @dataclass
 class Session:
     spec: RunSpec
-    plan: arms.ServerPlan
+    plan: arm_plan.ServerPlan
     records: list[dict] = field(default_factory=list)
     phases: dict[str, dict] = field(default_factory=dict)
     starts: list[dict] = field(default_factory=list)
@@ -92,8 +97,7 @@ class Session:
         """Start vLLM (and the LMCache server first); ``connector=False``: APC only, no LMCache."""
         args, env = self.plan.vllm_args, self.plan.env
         if not connector:
-            from . import lmcache_arms
-            args, env = lmcache_arms.apc_only(self.plan)
+            args, env = lmcache_flags.apc_only(self.plan)
         elif self.plan.lmcache_server and self.sidecar is None:
             self._start_sidecar()
         self.connected = connector
@@ -189,8 +193,7 @@ class Session:
         self.phases[name] = {"counters": counters, "n_requests": len(prompts),
                              "wall_s": round(wall, 3), **extra}
         if marks is not None:  # LMCache's per-request retrieve/store lines (bytes, ms)
-            from . import lmcache_arms
-            self.phases[name]["lmcache_log"] = lmcache_arms.log_stats(marks)
+            self.phases[name]["lmcache_log"] = lmcache_logs.log_stats(marks)
         ok = [r.ttft_ms for r in out if r.ttft_ms is not None]
         log.info("%s/%s/%s: %d requests, median TTFT %s ms, hit tokens %d", self.spec.experiment,
                  self.spec.arm_name, name, len(prompts),
@@ -210,8 +213,7 @@ class Session:
     def _lmcache_log_marks(self) -> dict | None:
         if self.plan.lmcache is None:
             return None
-        from . import lmcache_arms
-        return lmcache_arms.log_marks(self.spec.log_dir)
+        return lmcache_logs.log_marks(self.spec.log_dir)
 
     def shared(self, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
         p = self.spec.params
@@ -319,8 +321,7 @@ async def restart(s: Session, p: dict) -> None:
     await s.phase("warm", warm)
     s.stop(sidecar=s.plan.lmcache_server is not None and s.spec.arm.get("restart_lmcache_server", False))
     if lmcache:
-        from . import lmcache_arms
-        s.extra_meta["store_after_stop"] = lmcache_arms.list_store(s.plan)
+        s.extra_meta["store_after_stop"] = lmcache_store.list_store(s.plan)
     s.start()
     if warmup:  # the warm-up prompts again (LMCache arms reload them: the load path is warm too)
         await s.warmup("warmup_post_restart")
@@ -373,9 +374,8 @@ async def prefix_sweep(s: Session, p: dict) -> None:
         await s.phase(f"warm_{length}", prompts[1:], prefix_tokens=length)
     if s.plan.lmcache is None or not p.get("post_restart_reload", True):
         return
-    from . import lmcache_arms
     s.stop(sidecar=s.plan.lmcache_server is not None and s.spec.arm.get("restart_lmcache_server", False))
-    s.extra_meta["store_after_stop"] = lmcache_arms.list_store(s.plan)
+    s.extra_meta["store_after_stop"] = lmcache_store.list_store(s.plan)
     s.start()
     # one-time costs of the new process and of its first load stay out of the sweep: the
     # warm-up prompts again (reloaded, as they were stored before the restart)
@@ -433,7 +433,7 @@ EXPERIMENTS: dict[str, Callable[[Session, dict], Awaitable[None]]] = {
 }
 
 
-def base_meta(spec: RunSpec, plan: arms.ServerPlan) -> dict:
+def base_meta(spec: RunSpec, plan: arm_plan.ServerPlan) -> dict:
     model_manifest = models.read_manifest(spec.model_dir)
     return {
         "status": "ok", "platform": spec.platform, "experiment": spec.experiment,
@@ -453,9 +453,9 @@ def base_meta(spec: RunSpec, plan: arms.ServerPlan) -> dict:
 def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
     """Run one experiment for one arm and write its JSONL and meta; returns the meta."""
     spec.log_dir.mkdir(parents=True, exist_ok=True)
-    plan = arms.plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
-                     run_dir=spec.log_dir, has_cuda=has_cuda,
-                     store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment)
+    plan = arm_plan.plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
+                         run_dir=spec.log_dir, has_cuda=has_cuda,
+                         store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment)
     meta = base_meta(spec, plan)
     if plan.not_run_reason:
         log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform,
@@ -475,8 +475,7 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
     with exit_on_signals(), session._stack:
         asyncio.run(main())
     if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
-        from . import lmcache_arms
-        meta["lmcache"] = lmcache_arms.finish(plan, spec.log_dir, spec.model_dir)
+        meta["lmcache"] = lmcache_logs.finish(plan, spec.log_dir, spec.model_dir)
     meta.update(finished_at=now_iso(), phases=session.phases, server_starts=session.starts,
                 n_requests=len(session.records),
                 n_errors=sum(1 for r in session.records if r["error"]), **session.extra_meta)

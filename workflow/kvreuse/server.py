@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from . import redact
+from .errors import ServerError
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ HOST = "127.0.0.1"
 #: seconds a server may take to stop after SIGINT once this process was told to stop
 TERM_GRACE_S = 10.0
 _terminating = False  # set by exit_on_signals' handler
-
-
-class ServerError(RuntimeError):
-    """A server did not start or died; the message carries the tail of its log."""
 
 
 def free_port(host: str = HOST) -> int:

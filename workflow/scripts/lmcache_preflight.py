@@ -1,8 +1,8 @@
 import json
 from pathlib import Path
 
-from kvreuse.arms import cuda_available
-from kvreuse.lmcache_arms import preflight
+from kvreuse.lmcache.store import preflight
+from kvreuse.plan import cuda_available
 from kvreuse.results_io import atomic_write_text
 from kvreuse.rulelog import to_rule_log
 

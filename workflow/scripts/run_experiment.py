@@ -1,8 +1,8 @@
 import os
 from pathlib import Path
 
-from kvreuse.arms import cuda_available
 from kvreuse.experiments import RunSpec, run
+from kvreuse.plan import cuda_available
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821

@@ -1,14 +1,18 @@
 """An arm is a server and store configuration; this module turns one into processes and flags.
 
 Adding an arm is a config entry (``arms:`` in config.yaml) and, for a new kind of store, one
-small function here.
+small function here or in the kvreuse.lmcache package (which fills the plan: lmcache.flags).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .lmcache import flags as lmcache_flags
+from .lmcache.flags import kv_transfer_json
+
+__all__ = ["ServerPlan", "base_vllm_args", "cuda_available", "kv_transfer_json", "plan"]
 
 
 @dataclass
@@ -21,12 +25,12 @@ class ServerPlan:
     lmcache_config: dict | None = None
     lmcache_server: dict | None = None  # a standalone LMCache server (MP mode), if any
     notes: list[str] = field(default_factory=list)
-    lmcache: dict | None = None  # LMCache arms: mode, store paths, ports (lmcache_arms.apply)
+    lmcache: dict | None = None  # LMCache arms: mode, store paths, ports (lmcache.flags.apply)
 
 
 def cuda_available() -> bool:
     try:
-        import torch
+        import torch  # heavy and optional: only where the question is asked
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
@@ -55,15 +59,9 @@ def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
     args = base_vllm_args(arm, server, model)
     p = ServerPlan(vllm_args=args, env=env)
     if arm.get("lmcache"):
-        from . import lmcache_arms  # LMCache-specific flags and config files
-
         if not (cuda_available() if has_cuda is None else has_cuda):
             p.not_run_reason = "LMCache needs CUDA"
             return p
-        lmcache_arms.apply(p, arm_name, arm["lmcache"], run_dir=run_dir, store_root=store_root,
-                           **lmcache_kw)
+        lmcache_flags.apply(p, arm_name, arm["lmcache"], run_dir=run_dir, store_root=store_root,
+                            **lmcache_kw)
     return p
-
-
-def kv_transfer_json(cfg: dict) -> str:
-    return json.dumps(cfg, separators=(",", ":"), sort_keys=True)
