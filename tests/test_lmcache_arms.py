@@ -410,6 +410,19 @@ def test_preflight_fails_clearly(config, tmp_path):
 
 
 # -- reload vs recompute table ----------------------------------------------------------------
+def run_meta(d: dict):
+    """A meta written as a version-1 dict (phases by name), as the schema's RunMeta."""
+    from kvreuse.migrate import v1_phase
+    from kvreuse.results import Phase, RunMeta
+
+    base = dict(experiment="prefix_sweep", params={}, accelerator={}, versions={}, model={},
+                server={}, client={}, config_hash=None, git_commit=None, started_at="",
+                finished_at=None)
+    phases = {n: Phase(**{"n_requests": 1, "wall_s": 0.0, **v1_phase(n, ph, "test")})
+              for n, ph in d["phases"].items()}
+    return RunMeta(**{**base, **d, "phases": phases})
+
+
 def test_reload_vs_recompute_table():
     import pandas as pd
 
@@ -433,7 +446,7 @@ def test_reload_vs_recompute_table():
     recs = [{"platform": "h100", "arm": a, "phase": ph, "ttft_ms": v, "error": None}
             for a, ph, v in [("lmcache_fs", "cold_1024", 100.0), ("lmcache_fs", "reload_1024", 30.0),
                              ("lmcache_fs", "recompute_1024", 95.0), ("apc", "cold_1024", 90.0)]]
-    t = reload_vs_recompute_table(pd.DataFrame(recs), metas, {"h100": {"pcie_gen5_x16": 64}})
+    t = reload_vs_recompute_table(pd.DataFrame(recs), [run_meta(m) for m in metas], {"h100": {"pcie_gen5_x16": 64}})
     ok = t[t.status == "ok"].iloc[0]
     assert ok.prefix_tokens == 1024 and ok.reload_ttft_ms == 30.0 and ok.recompute_ttft_ms == 95.0
     assert ok.apc_cold_ttft_ms == 90.0 and ok.cold_ttft_ms == 100.0 and ok.reload_hit_tokens == 1024
@@ -446,6 +459,6 @@ def test_reload_vs_recompute_table():
     apc = t[t.arm == "apc"].iloc[0]
     assert apc.cold_ttft_ms == 90.0 and pd.isna(apc.reload_ttft_ms) and pd.isna(apc.kv_bytes_per_token)
     metas[1]["model"] = {"spec": {"config_json": str(REPO_LLAMA)}}
-    apc = reload_vs_recompute_table(pd.DataFrame(recs), metas, {"h100": {"pcie_gen5_x16": 64}})
+    apc = reload_vs_recompute_table(pd.DataFrame(recs), [run_meta(m) for m in metas], {"h100": {"pcie_gen5_x16": 64}})
     apc = apc[apc.arm == "apc"].iloc[0]
     assert apc.kv_bytes_per_token == bpt and apc.model_load_ms == pytest.approx(1024 * bpt / 64e9 * 1000)

