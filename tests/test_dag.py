@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from kvreuse import platforms
+
 
 def smk(cwd, *args):
     r = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True,
@@ -23,15 +25,20 @@ def jobs(out: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-@pytest.fixture(scope="module")
-def done_copy(repo, tmp_path_factory):
-    dst = tmp_path_factory.mktemp("dag") / "kvreuse"
+def copy_checkout(repo, dst):
+    """A copy of the checkout's files (tracked, and untracked but not ignored) in ``dst``."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if (repo / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / f, dst / f)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def done_copy(repo, tmp_path_factory):
+    dst = copy_checkout(repo, tmp_path_factory.mktemp("dag") / "kvreuse")
     shutil.rmtree(dst / "results", ignore_errors=True)
     out = smk(dst, "-n")
     # benchmark files too: the cost table and the artifact read them
@@ -72,3 +79,29 @@ def test_analysis_code_never_reruns_a_measurement(done_copy):
     out = smk(done_copy, "-n")
     assert not [j for j in jobs(out) if j.startswith("run_") or j == "model"], out
     smk(done_copy, "--touch", "--cores", "1")
+
+
+def test_a_gpu_platform_without_its_gpu_stops_before_any_job(repo, tmp_path):
+    """`-F` of a committed H200 raw file on a machine without an H200: the dry run lists the
+    job; the real run stops before any job starts, and the committed files are untouched."""
+    if not platforms.missing_gpus(["h200"], platforms.visible_gpus()[0]):
+        pytest.skip("this machine has an H200: the run would measure")
+    dst = copy_checkout(repo, tmp_path / "kvreuse")
+    raw = dst / "results/raw/h200"
+
+    def committed():
+        return {p.relative_to(raw): p.read_bytes() for p in sorted(raw.rglob("*")) if p.is_file()}
+
+    before = committed()
+    target = "results/raw/h200/baseline/no_cache.jsonl"
+    assert (dst / target).is_file() and len(before) > 2
+    ask = ["-F", target, "--config", 'run_platforms=["h200"]']
+    assert jobs(smk(dst, "-n", *ask))["run_baseline_h200"] == 1  # a dry run still works
+    r = subprocess.run([sys.executable, "-m", "snakemake", *ask, "--cores", "1"], cwd=dst,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "run_platforms asks for h200 on this machine, but h200 needs an H200 GPU" in out, out
+    assert "Error in rule" not in out and not (dst / "results/logs").exists(), out  # no job ran
+    assert not (dst / "resources/models").exists(), out
+    assert committed() == before

@@ -212,6 +212,22 @@ def test_defaults_account_qos_and_overlay(tmp_path):
     assert "slurm_partition='short'" in profile["default-resources"]
 
 
+def test_the_profile_has_one_entry_per_platform_of_the_one_list(tmp_path):
+    """profiles/pace reads kvreuse.platforms: its table covers every platform, and an overlay
+    that names an unknown one (a typo) stops at load, before any job."""
+    from kvreuse.platforms import NAMES, needs_gpu
+
+    assert set(GPU_CLASSES) == {p for p in NAMES if needs_gpu(p)}
+    partitions = {item.split(":", 1)[0].removeprefix("run_baseline_"): item.split("=", 1)[1]
+                  for item in load_profile()["set-resources"]
+                  if item.startswith("run_baseline_") and ":slurm_partition=" in item}
+    assert set(partitions) == set(NAMES)
+    overlay = tmp_path / "cluster.yaml"
+    overlay.write_text("platforms: {h10: {partition: gpu, gpu: H100, cpus: 8, mem_mb: 1000, max_jobs: 1}}\n")
+    with pytest.raises(Exception, match=r"unknown: h10 \(a typo\? check KVREUSE_CLUSTER\)"):
+        load_profile({"KVREUSE_CLUSTER": str(overlay)})
+
+
 def test_aggregation_figures_and_paper_are_local_rules():
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness

@@ -7,7 +7,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PLATFORM_ORDER = ["cpu", "h100", "h200", "a100", "l40s"]
+from .platforms import NAMES  # noqa: E402
+
+PLATFORM_ORDER = list(NAMES)  # kvreuse.platforms: the one list
 COLORS = {"cpu": "#7f7f7f", "h100": "#1f77b4", "h200": "#2ca02c", "a100": "#9467bd",
           "l40s": "#d62728", "rtx6000": "#8c564b"}
 

@@ -3,13 +3,14 @@ from pathlib import Path
 
 from kvreuse.experiments import RunSpec, run
 from kvreuse.plan import cuda_available
+from kvreuse.platforms import needs_gpu
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821
 spec = snakemake.params.run  # noqa: F821
 # A GPU platform measured without a GPU would be the CPU under a GPU's name: a job sent to
 # the wrong partition, without its GPU request, or in a CPU-only vLLM environment stops here.
-if spec["platform"] != "cpu" and not cuda_available():
+if needs_gpu(spec["platform"]) and not cuda_available():
     raise SystemExit(f"platform {spec['platform']} needs a GPU, but this job sees none "
                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
                      f"SLURM partition {os.environ.get('SLURM_JOB_PARTITION')!r})")

@@ -1,0 +1,284 @@
+"""The workflow's targets and input functions as plain functions of ``config`` (workflow/rules/
+common.smk wraps them for Snakemake): which raw files are measured here and which are
+committed, what each rule reads, the parameters of a run (and its config hash), the tables and
+figures, and whether the results come from a pinned artifact.
+
+Paths are relative to the working directory; the functions that look for committed files take
+``root``, the directory to look in (the working directory when None). Those that may read a
+pinned artifact take ``unpacked``, a function that returns the folder it is unpacked in (in the
+workflow, a checkpoint), called only when an artifact is pinned.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable
+from pathlib import Path
+
+from . import artifact as ka
+from . import config as kc
+from . import platforms
+from .provenance import config_hash
+
+FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
+           "reload_vs_recompute"]
+#: tables built from another experiment's raw files (besides runs, cost and fidelity)
+DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
+#: tables of every run (the provenance of each, the cost) and of the serving fidelity check
+STUDY_TABLES = ["runs", "cost", "fidelity"]
+FIGURE_TITLES = {
+    "cold_warm": "Cold vs warm prefix (APC)",
+    "restart": "Restart persistence",
+    "prefix_sweep": "Prefix length",
+    "multiturn": "Multi-turn chat",
+    "baseline": "Baseline (no cache)",
+    "serving": "Serving under load",
+    "random_overhead": "Unique prompts (LMCache overhead)",
+    "reload_vs_recompute": "Reload vs recompute after a restart",
+}
+#: what `rule all` builds besides the tables and figures (the artifact is built on request:
+#: `snakemake ... artifact`, README)
+DOCUMENTS = ["results/notebooks/analysis.ipynb", "paper/build/kvreuse.pdf", "paper/build/kvreuse.md"]
+
+Unpacked = Callable[[], str]
+
+
+def _not_pinned() -> str:
+    raise AssertionError("no artifact is pinned (artifact.source is empty)")
+
+
+# -- the pinned artifact ---------------------------------------------------------------------
+def artifact(config: dict) -> dict:
+    """The ``artifact`` section with its defaults: doi, source and sha256 ("" when unset)."""
+    return {"doi": "", "source": "", "sha256": "", **config.get("artifact", {})}
+
+
+def pinned(config: dict) -> bool:
+    """With artifact.source set, the raw results come from that artifact and nothing is measured."""
+    return bool(artifact(config)["source"])
+
+
+def check_pinned(config: dict) -> None:
+    """A pinned artifact's source is a local path or a Zenodo record file; a local one must have
+    artifact.sha256 (ArtifactError / ArtifactChecksumError otherwise). Run before any job."""
+    art = artifact(config)
+    ka.check_source(art["source"])
+    if not ka.is_remote(art["source"]):
+        ka.verify(art["source"], art["sha256"])
+
+
+def pinned_dir(config: dict) -> str:
+    """Where the pinned artifact is unpacked: one folder per sha256."""
+    root = config["paths"].get("artifacts", "resources/artifacts")
+    return f"{root}/{artifact(config)['sha256'].lower()[:16]}"
+
+
+def artifact_citation(config: dict) -> dict:
+    """What the write-up and the manifest cite (the results digest is added by the scripts)."""
+    art = artifact(config)
+    return {
+        "doi": art["doi"] or None,
+        "source": art["source"] or None,
+        "sha256": art["sha256"].lower() if pinned(config) else None,
+    }
+
+
+def artifact_config(config: dict) -> dict:
+    """The study's configuration as this invocation used it (for the manifest and its hash)."""
+    return {**ka.study_config(config), "run_platforms": run_platforms(config)}
+
+
+# -- what is measured and reported -----------------------------------------------------------
+def run_platforms(config: dict) -> list[str]:
+    """Platforms measured by this invocation: none when the results come from a pinned artifact."""
+    return [] if pinned(config) else list(config["run_platforms"])
+
+
+def report_platforms(config: dict) -> list[str]:
+    return list(config["report_platforms"])
+
+
+def experiments(config: dict) -> list[str]:
+    """The configured experiments, in the study's order (config.EXPERIMENTS)."""
+    return [e for e in kc.EXPERIMENTS if e in config["experiments"]]
+
+
+def tables(config: dict) -> list[str]:
+    return experiments(config) + STUDY_TABLES + list(DERIVED_TABLES)
+
+
+def figure_title(figure: str) -> str:
+    return FIGURE_TITLES.get(figure, figure)
+
+
+def all_targets(config: dict) -> list[str]:
+    return ([f"results/tables/{t}.csv" for t in tables(config)]
+            + [f"results/figures/{f}.pdf" for f in FIGURES]
+            + DOCUMENTS)
+
+
+def model_dir(config: dict, platform: str) -> str:
+    return f"{config['paths']['models']}/{kc.model_name(config, platform)}"
+
+
+def lmcache_dir(config: dict, platform: str) -> str:
+    """The LMCache stores of a platform (and its preflight.json)."""
+    return f"{config['paths']['lmcache']}/{platform}"
+
+
+def gpu_problem(config: dict, gpu_names: list[str], why_none: str | None = None) -> str | None:
+    """Why this machine cannot measure run_platforms, if it cannot: a GPU platform whose GPU
+    is not among ``gpu_names`` (those this machine's jobs would see; ``why_none``: why there
+    are none). None when every platform can run here."""
+    missing = platforms.missing_gpus(run_platforms(config), gpu_names)
+    if not missing:
+        return None
+    seen = ", ".join(gpu_names) if gpu_names else f"none: {why_none or 'no GPU'}"
+    names = ", ".join(p.name for p in missing)
+    return (f"run_platforms asks for {names} on this machine, but "
+            + "; ".join(f"{p.name} needs an {p.gpu} GPU" for p in missing)
+            + f" (GPUs seen here: {seen}). Nothing was run and no file was touched. "
+            f"Run on a node with that GPU (profiles/gpu-node), or submit the jobs to a cluster "
+            f"(--profile profiles/pace), or remove {names} from run_platforms "
+            f"(e.g. --config 'run_platforms=[\"cpu\"]') to rebuild from the committed results.")
+
+
+# -- raw files -------------------------------------------------------------------------------
+def run_targets(config: dict, experiment: str) -> list[str]:
+    """Raw files that this invocation measures."""
+    return [
+        f"results/raw/{p}/{experiment}/{arm}.jsonl"
+        for p in run_platforms(config)
+        for arm in kc.arms_for(config, experiment, p)
+    ]
+
+
+def committed_targets(config: dict, experiment: str, root: Path | str | None = None) -> list[str]:
+    """Raw files of other platforms, committed to the repository (e.g. the GPU host's runs)."""
+    found = []
+    measured = run_platforms(config)
+    for p in report_platforms(config):
+        if p not in measured:
+            found += sorted(glob.glob(f"results/raw/{p}/{experiment}/*.jsonl", root_dir=root))
+    return found
+
+
+def meta_file(jsonl: str) -> str:
+    """The provenance file beside a raw JSONL file."""
+    return jsonl[: -len(".jsonl")] + ".meta.json"
+
+
+def raw_inputs(config: dict, experiment: str, unpacked: Unpacked = _not_pinned,
+               root: Path | str | None = None) -> list[str]:
+    """An experiment's raw files (measured here, committed, or from the pinned artifact), then
+    their metas."""
+    if pinned(config):
+        files = ka.raw_files(unpacked(), experiment, report_platforms(config))
+    else:
+        files = run_targets(config, experiment) + committed_targets(config, experiment, root)
+    return files + [meta_file(f) for f in files]
+
+
+def benchmark_files(config: dict, unpacked: Unpacked = _not_pinned,
+                    root: Path | str | None = None) -> list[str]:
+    """Snakemake benchmark: files of the runs measured here and of committed platforms."""
+    if pinned(config):
+        return ka.benchmark_files(unpacked(), report_platforms(config))
+    files = [
+        t.replace("results/raw/", "results/benchmarks/").replace(".jsonl", ".tsv")
+        for e in experiments(config)
+        for t in run_targets(config, e)
+    ]
+    measured = run_platforms(config)
+    for p in report_platforms(config):
+        if p not in measured:
+            files += sorted(glob.glob(f"results/benchmarks/{p}/*/*.tsv", root_dir=root))
+    return files
+
+
+def all_raw_inputs(config: dict, unpacked: Unpacked = _not_pinned,
+                   root: Path | str | None = None) -> list[str]:
+    """Every raw record and meta, and the runs' benchmark timings (the cost table's data)."""
+    return (_every_raw_input(config, unpacked, root)
+            + benchmark_files(config, unpacked, root))
+
+
+def _every_raw_input(config: dict, unpacked: Unpacked, root) -> list[str]:
+    return sorted({f for e in experiments(config) for f in raw_inputs(config, e, unpacked, root)})
+
+
+def table_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
+                 root: Path | str | None = None) -> list[str]:
+    """The raw files (and metas) a table is made from."""
+    if table in ("runs", "cost"):
+        return _every_raw_input(config, unpacked, root)
+    if table == "fidelity":
+        return raw_inputs(config, "serving", unpacked, root)
+    return raw_inputs(config, DERIVED_TABLES.get(table, table), unpacked, root)
+
+
+def benchmark_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
+                     root: Path | str | None = None) -> list[str]:
+    """The benchmark timings a table reads: the cost table's only."""
+    return benchmark_files(config, unpacked, root) if table == "cost" else []
+
+
+def table_params(config: dict, table: str) -> dict:
+    """Extra inputs of a derived table (reload_vs_recompute: the platforms' link bandwidths)."""
+    if table == "reload_vs_recompute":
+        return {"links_gb_s": {p: pc.get("links_gb_s", {}) for p, pc in config["platforms"].items()}}
+    return {}
+
+
+def attempts_files(root: Path | str | None = None) -> list[str]:
+    """results/raw/<platform>/attempts.yaml: runs tried elsewhere that left no raw file."""
+    return sorted(glob.glob("results/raw/*/attempts.yaml", root_dir=root))
+
+
+# -- one run ---------------------------------------------------------------------------------
+def run_params(config: dict, experiment: str, platform: str, arm: str) -> dict:
+    """What one run rule needs from config; a change here reruns only the runs it touches."""
+    name = kc.model_name(config, platform)
+    spec = {
+        "platform": platform,
+        "experiment": experiment,
+        "arm_name": arm,
+        "arm": config["arms"][arm],
+        "params": kc.experiment_params(config, platform, experiment),
+        "model_name": name,
+        "model": config["models"][name],
+        "server": kc.server_config(config, platform),
+        "client": config["client"],
+        "seed": config["seed"],
+        "lmcache_dir": lmcache_dir(config, platform),
+    }
+    spec["config_hash"] = config_hash(spec)
+    return spec
+
+
+def uses_lmcache(config: dict, arm: str) -> bool:
+    return config["arms"][arm].get("lmcache") is not None
+
+
+def preflight_file(config: dict, platform: str) -> str:
+    """The LMCache preflight of a platform (rule lmcache_store)."""
+    return f"{lmcache_dir(config, platform)}/preflight.json"
+
+
+def lmcache_runs(config: dict, platform: str) -> list[list[str]]:
+    """[experiment, arm] pairs with an LMCache arm that this platform measures."""
+    return [
+        [e, arm]
+        for e in experiments(config)
+        for arm in kc.arms_for(config, e, platform)
+        if uses_lmcache(config, arm)
+    ]
+
+
+def lmcache_preflight_params(config: dict, platform: str) -> dict:
+    runs = lmcache_runs(config, platform)
+    return {
+        "store_root": lmcache_dir(config, platform),
+        "runs": runs,
+        "arms": {arm: config["arms"][arm] for _, arm in runs},
+    }
