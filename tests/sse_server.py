@@ -6,6 +6,10 @@ Run as a script: ``python sse_server.py PORT``. Behaviour per request body:
 - ``prompt == "too-long"``: HTTP 400 with vLLM's error body;
 - ``prompt == "hang"``: never answers;
 - ``prompt == "drop"``: sends one chunk, then closes the connection.
+
+``GET /metrics`` serves Prometheus text with vLLM's prefix-cache counters: each default request
+adds its prompt length to ``vllm:prefix_cache_queries`` and its cached tokens (16) to
+``vllm:prefix_cache_hits``.
 """
 
 import asyncio
@@ -13,6 +17,9 @@ import json
 import sys
 
 from aiohttp import web
+
+CACHED_TOKENS = 16
+COUNTERS = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -40,7 +47,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(gap_ms / 1000)
         await send({"choices": [{"index": 0, "text": f"t{i} ", "token_ids": [100 + i]}]})
     await send({"choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": n,
-                                         "prompt_tokens_details": {"cached_tokens": 16}}})
+                                         "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS}}})
+    COUNTERS["vllm:prefix_cache_queries"] += len(prompt)
+    COUNTERS["vllm:prefix_cache_hits"] += CACHED_TOKENS
     await resp.write(b"data: [DONE]\n\n")
     return resp
 
@@ -49,10 +58,19 @@ async def health(request):
     return web.Response(text="ok")
 
 
+async def metrics(request):
+    lines = []
+    for name, value in COUNTERS.items():
+        # as prometheus_client writes a counter: the family's TYPE line names its _total sample
+        lines += [f"# HELP {name}_total {name}", f"# TYPE {name}_total counter", f"{name}_total {float(value)}"]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
 def main():
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 
 

@@ -1,24 +1,10 @@
 """The streaming client against a local server with known timings."""
 
 import asyncio
-import sys
-from pathlib import Path
 
 import httpx
-import pytest
 
 from kvreuse.client import completion_payload, stream_completion
-from kvreuse.server import ManagedProcess, free_port
-
-
-@pytest.fixture(scope="module")
-def sse_server(tmp_path_factory):
-    port = free_port()
-    proc = ManagedProcess("sse", [sys.executable, str(Path(__file__).with_name("sse_server.py")), str(port)],
-                          health_url=f"http://127.0.0.1:{port}/health",
-                          log_path=tmp_path_factory.mktemp("sse") / "sse.log", startup_timeout_s=30)
-    with proc:
-        yield f"http://127.0.0.1:{port}"
 
 
 def call(base_url, prompt, timeout_s=30.0):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import importlib.util
 import os
 import re
@@ -33,14 +34,18 @@ import yaml
 
 import faultkit as fk
 from kvreuse import aggregate
-from kvreuse import config as kc
 from kvreuse import plan as arm_plan
-from kvreuse.client import completion_payload, stream_completion
 from kvreuse.errors import ConfigError, PreflightError, ServerError
-from kvreuse.experiments import RunSpec, Session, write_pair
+from kvreuse import config as kc
+from kvreuse.client import completion_payload, stream_completion
+from kvreuse.experiments import Context, RunSpec, base_meta, shared, write_pair
+from kvreuse.recorder import ClientSettings, Recorder
 from kvreuse.redact import REDACTED, env_for_record, server_environ
+from kvreuse.results import RequestRecord, RunMeta
 from kvreuse.results_io import meta_path, read_meta, read_records
 from kvreuse.server import HOST, ManagedProcess, free_port, vllm_server
+from kvreuse.servers import MAIN, Servers
+from kvreuse.workloads import PromptMaker
 
 REPO = fk.REPO
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -52,13 +57,29 @@ def marker() -> str:
     return fk.new_marker()
 
 
+def run_meta(**fields) -> RunMeta:
+    """A meta with every required field (empty unless given)."""
+    return RunMeta(**{"status": "ok", "platform": "cpu", "experiment": "exp", "arm": "apc", "arm_config": {},
+                      "params": {}, "accelerator": {}, "versions": {}, "model": {}, "server": {}, "client": {},
+                      "config_hash": None, "git_commit": None, "started_at": "", "finished_at": None, "phases": {},
+                      **fields})
+
+
+def request_record(**fields) -> RequestRecord:
+    """A record with every required field (empty unless given)."""
+    return RequestRecord(**{"platform": "cpu", "experiment": "exp", "arm": "apc", "phase": "warm",
+                            "phase_kind": "warm", "seq": 0, "prompt_tokens": None, "cached_tokens": None,
+                            "output_tokens": None, "ttft_ms": None, "itl_ms": [], "e2e_ms": None,
+                            "error": None, **fields})
+
+
 @pytest.fixture
 def root(tmp_path) -> Path:
     """A results folder that already holds another job's results."""
     other = tmp_path / "results/raw/cpu/other_exp/apc.jsonl"
-    write_pair(other, [{"experiment": "other_exp", "arm": "apc", "phase": "warm", "seq": 0,
-                        "ttft_ms": 12.5, "error": None}],
-               {"status": "ok", "platform": "cpu", "experiment": "other_exp", "arm": "apc", "phases": {}})
+    write_pair(other, [request_record(experiment="other_exp", arm="apc", phase="warm", seq=0,
+                                      ttft_ms=12.5, error=None)],
+               run_meta(status="ok", platform="cpu", experiment="other_exp", arm="apc", phases={}))
     return tmp_path
 
 
@@ -304,19 +325,41 @@ def test_crash_mid_stream_is_seen_on_that_request(config, tiny_model, root, mark
 
 
 # == 5./8. request faults: prompt too long, timeout, dropped connection ========================
-def _session(config, tiny_model, tmp_path, server, *, experiment="cold_warm", client=None) -> Session:
+class _Session:
+    """An experiment's Context on a server the test started, with short names for the test."""
+
+    def __init__(self, ctx: Context):
+        self.ctx, self.spec, self.prompts = ctx, ctx.spec, ctx.prompts
+
+    def shared(self, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
+        return shared(self.ctx, self.spec.params, name, n, prefix_tokens)
+
+    async def phase(self, kind: str, prompts: list[list[int]]):
+        return await self.ctx.recorder.phase(self.ctx.servers.target(), kind, prompts)
+
+    async def aclose(self) -> None:
+        await self.ctx.recorder.aclose()
+
+    @property
+    def records(self) -> list[dict]:
+        return [dataclasses.asdict(r) for r in self.ctx.recorder.records]
+
+
+def _session(config, tiny_model, tmp_path, server, *, experiment="cold_warm", client=None) -> _Session:
     spec = fk.run_spec(config, tiny_model, tmp_path, experiment, client=client)
     for key in ("model_dir", "out_jsonl", "log_dir", "repo_dir"):
         spec[key] = Path(spec[key])
-    s = Session(RunSpec(**spec), arm_plan.plan("apc", spec["arm"], server=spec["server"], model=spec["model"],
-                                               run_dir=spec["log_dir"]))
-    s.vllm = server
-    return s
+    spec = RunSpec(**spec)
+    plan = arm_plan.plan("apc", spec.arm, server=spec.server, model=spec.model, run_dir=spec.log_dir)
+    servers = Servers(plan, model_dir=spec.model_dir, model_name=spec.model_name, log_dir=spec.log_dir,
+                      server=spec.server)
+    servers.vllm[MAIN] = server  # the test's server, started and stopped by its fixture
+    recorder = Recorder(base_meta(spec, plan), ClientSettings.from_config(spec.model_name, spec.client, spec.seed))
+    return _Session(Context(spec, plan, servers, recorder, None, PromptMaker.for_model(spec.model_dir, spec.seed)))
 
 
-def _table_of(s: Session, limit: float) -> "aggregate.pd.DataFrame":
-    write_pair(s.spec.out_jsonl, s.records, {"status": "ok", "platform": "cpu", "experiment": s.spec.experiment,
-                                             "arm": "apc", "phases": s.phases, "n_errors": 0})
+def _table_of(s: _Session, limit: float) -> "aggregate.pd.DataFrame":
+    write_pair(s.spec.out_jsonl, s.ctx.recorder.records, s.ctx.meta)  # status ok, n_errors 0
     return aggregate.build(s.spec.experiment, [str(s.spec.out_jsonl)], limit)
 
 
@@ -453,7 +496,7 @@ def test_store_not_writable(config, tmp_path):
         store.mkdir()
         store.chmod(0o500)
     with pytest.raises(PreflightError, match=r"LMCache store folder .* is not writable .*set "
-                                             r"paths\.lmcache in config\.yaml to a writable folder"):
+                                                r"paths\.lmcache in config\.yaml to a writable folder"):
         lm.preflight(store, {name: arm}, [["cold_warm", name]], has_cuda=True)
 
 
@@ -468,7 +511,7 @@ def test_store_too_small_and_nothing_deleted(config, tmp_path):
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"kv")
     with pytest.raises(PreflightError, match=rf"LMCache store .* GiB free but arm '{name}' may use "
-                                             rf"disk_gb=10000000"):
+                                                rf"disk_gb=10000000"):
         lm.preflight(store, {name: arm}, [["cold_warm", name]], has_cuda=True)
     assert kept.read_bytes() == b"kv", "the preflight deleted an earlier run's store"
 
@@ -714,8 +757,8 @@ def test_a_server_never_sees_the_hub_token(tmp_path, marker, monkeypatch):
 def test_meta_scrubs_a_secret_that_slipped_into_a_value(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", fk.FAKE_TOKEN)
     out = tmp_path / "r.jsonl"
-    write_pair(out, [{"error": f"HTTP 401: bad token {fk.FAKE_TOKEN}"}],
-               {"server": {"vllm_args": ["--x", fk.FAKE_TOKEN]}, "client": {"max_tokens": 16}})
+    write_pair(out, [request_record(error=f"HTTP 401: bad token {fk.FAKE_TOKEN}")],
+               run_meta(server={"vllm_args": ["--x", fk.FAKE_TOKEN]}, client={"max_tokens": 16}))
     for p in (out, meta_path(out)):
         assert fk.FAKE_TOKEN not in p.read_text() and REDACTED in p.read_text()
     assert read_meta(meta_path(out))["client"] == {"max_tokens": 16}

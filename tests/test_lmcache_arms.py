@@ -5,6 +5,7 @@ metric parsing, the preflight and the reload-vs-recompute table."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from kvreuse import experiments, metrics
+from kvreuse import experiments, metrics, results
 from kvreuse import plan as arm_plan
 from kvreuse.aggregate import reload_vs_recompute_table
 from kvreuse.config import check, server_config
@@ -200,32 +201,63 @@ def test_not_run_without_cuda_writes_an_empty_jsonl_and_a_meta(config, tmp_path,
 
 
 # -- the experiments on a stand-in session ------------------------------------------------------
-class FakeSession:
-    """Records what restart()/prefix_sweep() do; hit counters come from ``hits``."""
+class FakeServers:
+    """Records starts and stops; no process."""
 
-    def __init__(self, plan, arm, hits, outputs=None):
-        self.plan, self.spec = plan, SimpleNamespace(arm=arm, server={"max_model_len": 4096},
-                                                     client={"max_tokens": 16}, log_dir=None)
-        self.hits, self.outputs = hits, outputs or {}
-        self.phases, self.extra_meta, self.events = {}, {}, []
-        self.prompts = SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n)
+    def __init__(self, events):
+        self.events = events
 
-    def shared(self, name, n, prefix_tokens=None):
-        return [[1] * (prefix_tokens or 1024) + [i] * 16 for i in range(n)]
-
-    def start(self, *, connector=True):
+    def start(self, name="main", *, connector=True):
         self.events.append(("start", connector))
 
-    def stop(self, *, sidecar=False):
-        self.events.append(("stop", sidecar))
+    def stop(self, *names, lmcache_server=False):
+        self.events.append(("stop", lmcache_server))
 
-    async def warmup(self, name="warmup"):
-        await self.phase(name, [[0]])
+    def target(self, name="main"):
+        return None
 
-    async def phase(self, name, prompts, **extra):
-        self.phases[name] = {"counters": dict(self.hits.get(name, {})), **extra}
+
+class FakeRecorder:
+    """Books each phase with the counters of ``hits`` and answers with ``outputs``; no request."""
+
+    def __init__(self, meta, hits, outputs, events):
+        self.meta, self.hits, self.outputs, self.events = meta, hits, outputs, events
+
+    async def phase(self, target, kind, prompts, *, name=None, **fields):
+        name = name or results.phase_name(kind)
+        self.meta.add_phase(name, results.Phase(kind=kind, n_requests=len(prompts), wall_s=0.0,
+                                                counters=dict(self.hits.get(name, {})), **fields))
         self.events.append(("phase", name))
         return [SimpleNamespace(output_token_ids=self.outputs.get(name, [7, 8, 9])) for _ in prompts]
+
+
+OUTCOME = ("store_after_stop", "persisted", "persisted_hit_tokens", "output_equal", "output_equal_cold_reference")
+
+
+class FakeSession:
+    """Records what restart()/prefix_sweep() do (``ctx``: the experiments' Context, with stand-in
+    servers and recorder); hit counters come from ``hits``."""
+
+    def __init__(self, plan, arm, hits, outputs=None):
+        self.events = []
+        meta = results.RunMeta(status="ok", platform="h100", experiment="restart", arm="a", arm_config=arm,
+                               params={}, accelerator={}, versions={}, model={}, server={}, client={},
+                               config_hash=None, git_commit=None, started_at="", finished_at=None,
+                               phases={})
+        spec = SimpleNamespace(arm=arm, server={"max_model_len": 4096}, client={"max_tokens": 16},
+                               log_dir=None, params={})
+        self.ctx = experiments.Context(spec, plan, FakeServers(self.events),
+                                       FakeRecorder(meta, hits, outputs or {}, self.events), None,
+                                       SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
+
+    @property
+    def phases(self) -> dict:
+        return {name: dataclasses.asdict(ph) for name, ph in self.ctx.meta.phases.items()}
+
+    @property
+    def extra_meta(self) -> dict:
+        """The run's outcome fields that the experiment set."""
+        return {k: getattr(self.ctx.meta, k) for k in OUTCOME if getattr(self.ctx.meta, k) is not None}
 
 
 RESTART = {"n_warm": 2, "n_post_restart_steady": 2, "prefix_tokens": 1024, "suffix_tokens": 16}
@@ -236,7 +268,7 @@ def test_restart_verdict_comes_from_external_hits_for_lmcache(config, h100, tmp_
     # vLLM's own prefix hits after the restart do not count for an LMCache arm
     s = FakeSession(p, config["arms"]["lmcache_fs"],
                     {"post_restart_first": {"vllm:prefix_cache_hits": 512.0}})
-    asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "unseen_prefix"}))
+    asyncio.run(experiments.restart(s.ctx, {**RESTART, "cold_reference": "unseen_prefix"}))
     assert s.extra_meta["persisted"] is False and s.extra_meta["output_equal"] is True
     assert [e for e in s.events if e[0] != "phase"] == [("start", True), ("stop", False), ("start", True)]
     assert list(s.phases) == ["populate", "warm", "post_restart_first", "post_restart_steady",
@@ -245,7 +277,7 @@ def test_restart_verdict_comes_from_external_hits_for_lmcache(config, h100, tmp_
     s = FakeSession(p, config["arms"]["lmcache_fs"],
                     {"post_restart_first": {"vllm:external_prefix_cache_hits": 1024.0}},
                     outputs={"post_restart_first": [1, 2]})
-    asyncio.run(experiments.restart(s, RESTART))
+    asyncio.run(experiments.restart(s.ctx, RESTART))
     assert s.extra_meta["persisted"] is True and s.extra_meta["persisted_hit_tokens"] == 1024.0
     assert s.extra_meta["output_equal"] is False
 
@@ -253,7 +285,7 @@ def test_restart_verdict_comes_from_external_hits_for_lmcache(config, h100, tmp_
 def test_restart_warmups_come_before_populate_and_after_the_restart(config, h100, tmp_path):
     p = make_plan(config, h100, "lmcache_mp", tmp_path)
     s = FakeSession(p, config["arms"]["lmcache_mp"], {})
-    asyncio.run(experiments.restart(s, {**RESTART, "warmup_requests": 5}))
+    asyncio.run(experiments.restart(s.ctx, {**RESTART, "warmup_requests": 5}))
     assert list(s.phases)[:3] == ["warmup", "populate", "warm"]
     assert list(s.phases)[3:5] == ["warmup_post_restart", "post_restart_first"]
     assert ("stop", False) in s.events  # lmcache_mp: only vLLM restarts
@@ -262,7 +294,7 @@ def test_restart_warmups_come_before_populate_and_after_the_restart(config, h100
 def test_restart_fresh_apc_reference_and_server_restart(config, h100, tmp_path):
     p = make_plan(config, h100, "lmcache_mp_l2", tmp_path)
     s = FakeSession(p, config["arms"]["lmcache_mp_l2"], {})
-    asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "fresh_apc"}))
+    asyncio.run(experiments.restart(s.ctx, {**RESTART, "cold_reference": "fresh_apc"}))
     assert [e for e in s.events if e[0] != "phase"] == [
         ("start", True), ("stop", True), ("start", True), ("stop", True), ("start", False)]
     assert "cold_reference" in s.phases and s.extra_meta["output_equal_cold_reference"] is True
@@ -272,7 +304,7 @@ def test_restart_apc_arm_unchanged_verdict(config, h100, tmp_path):
     server, model = h100
     p = arm_plan.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
     s = FakeSession(p, config["arms"]["apc"], {"post_restart_first": {"vllm:prefix_cache_hits": 16.0}})
-    asyncio.run(experiments.restart(s, {**RESTART, "cold_reference": "none"}))
+    asyncio.run(experiments.restart(s.ctx, {**RESTART, "cold_reference": "none"}))
     assert s.extra_meta["persisted"] is True and "store_after_stop" not in s.extra_meta
     assert "post_restart_cold" not in s.phases
 
@@ -282,13 +314,13 @@ def test_prefix_sweep_reloads_after_a_restart_for_lmcache_arms(config, h100, tmp
     params = {"prefix_tokens_list": [256, 1024], "n_warm": 1, "suffix_tokens": 16,
               "warmup_requests": 0, "post_restart_reload": True}
     s = FakeSession(p, config["arms"]["lmcache_fs"], {})
-    asyncio.run(experiments.prefix_sweep(s, params))
+    asyncio.run(experiments.prefix_sweep(s.ctx, params))
     assert list(s.phases) == ["warmup", "cold_256", "warm_256", "cold_1024", "warm_1024",
                               "warmup_post_restart", "reload_256", "recompute_256", "reload_1024",
                               "recompute_1024"]
     assert s.phases["reload_1024"]["prefix_tokens"] == 1024
     s = FakeSession(p, config["arms"]["lmcache_fs"], {})
-    asyncio.run(experiments.prefix_sweep(s, {**params, "post_restart_reload": False}))
+    asyncio.run(experiments.prefix_sweep(s.ctx, {**params, "post_restart_reload": False}))
     assert "reload_256" not in s.phases and ("stop", False) not in s.events
 
 

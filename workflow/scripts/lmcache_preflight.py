@@ -3,7 +3,7 @@ from pathlib import Path
 
 from kvreuse.lmcache.store import preflight
 from kvreuse.plan import cuda_available
-from kvreuse.results_io import atomic_write_text
+from kvreuse.results import atomic_write_text
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821

@@ -1,0 +1,109 @@
+"""vLLM's own load generator (``vllm bench serve``) as a phase.
+
+:class:`BenchServe` runs ``python -m kvreuse.bench_serve`` (see :mod:`kvreuse.bench_serve`)
+against a :class:`kvreuse.servers.Target` at one request rate; its per-request TTFTs and ITLs
+become records (source ``vllm_bench_serve``), its summary goes into the phase
+(``Phase.bench_summary``), beside the counters the :class:`kvreuse.recorder.Recorder` reads
+around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import redact
+from .recorder import Recorder
+from .server import log_tail
+from .servers import Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Load:
+    """One run of the load generator: random prompts of fixed sizes at a request rate."""
+
+    request_rate: float | str  # requests per second, or "inf": all at once
+    num_prompts: int
+    input_len: int
+    output_len: int
+    max_concurrency: int | None = None
+
+
+class BenchServe:
+    """Runs ``vllm bench serve`` as phases of ``recorder``; its output goes to ``log_dir``."""
+
+    def __init__(self, recorder: Recorder, *, tokenizer: Path, log_dir: Path, seed: int = 0):
+        self.recorder = recorder
+        self.tokenizer = tokenizer
+        self.log_dir = Path(log_dir)
+        self.seed = seed
+
+    def argv(self, target: Target, load: Load, out_dir: Path) -> list[str]:
+        argv = [sys.executable, "-m", "kvreuse.bench_serve", "--backend", "openai",
+                "--base-url", target.base_url, "--endpoint", "/v1/completions",
+                "--model", self.recorder.settings.model, "--tokenizer", str(self.tokenizer),
+                "--dataset-name", "random", "--random-input-len", str(load.input_len),
+                "--random-output-len", str(load.output_len), "--random-range-ratio", "0",
+                "--num-prompts", str(load.num_prompts), "--request-rate", str(load.request_rate),
+                "--seed", str(self.seed), "--ignore-eos", "--disable-tqdm",
+                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+                "--save-result", "--save-detailed", "--result-dir", str(out_dir),
+                "--result-filename", "result.json"]
+        if load.max_concurrency:
+            argv += ["--max-concurrency", str(load.max_concurrency)]
+        return argv
+
+    async def phase(self, target: Target, kind: str, load: Load, *, name: str | None = None) -> dict:
+        """One run as phase ``name`` of ``kind`` (``rate`` or ``fidelity_bench``); returns the summary.
+
+        Counters come from the required scrape URLs only (vLLM's, the LMCache server's), and
+        LMCache's log is not read for these phases."""
+        async with self.recorder.measure(target.required_only(), kind, name=name, lmcache_log=False,
+                                         request_rate=load.request_rate,
+                                         max_concurrency=load.max_concurrency) as run:
+            res = await self._bench(target, load)
+            for i, ttft in enumerate(res.get("ttfts", [])):
+                itl = [x * 1000 for x in res["itls"][i]]
+                err = res["errors"][i] or None
+                run.record(i, source="vllm_bench_serve", prompt_tokens=res["input_lens"][i],
+                           cached_tokens=None, output_tokens=res["output_lens"][i],
+                           ttft_ms=ttft * 1000 if not err else None, itl_ms=itl,
+                           e2e_ms=(ttft * 1000 + sum(itl)) if not err else None,  # derived: TTFT + ITLs
+                           error=err)
+            run.n_requests = load.num_prompts
+            run.bench_summary = summary = {k: v for k, v in res.items() if not isinstance(v, list)}
+        m = self.recorder.meta
+        log.info("%s/%s: bench serve rate %s: median TTFT %.1f ms, median ITL %.2f ms, %.1f output tok/s",
+                 m.experiment, run.name, load.request_rate, summary.get("median_ttft_ms", float("nan")),
+                 summary.get("median_itl_ms", float("nan")), summary.get("output_throughput", float("nan")))
+        return summary
+
+    async def _bench(self, target: Target, load: Load) -> dict:
+        """Run the load generator in its own process group; its full result file."""
+        out_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=self.log_dir))
+        bench_log = self.log_dir / "bench_serve.log"
+        with open(bench_log, "ab") as logf:
+            proc = await asyncio.create_subprocess_exec(*self.argv(target, load, out_dir), stdout=logf,
+                                                        stderr=logf, start_new_session=True,
+                                                        env=redact.server_environ())
+            try:
+                rc = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+        if rc != 0:
+            target.check(1.0)  # the server's death is the cause, if it died
+            raise RuntimeError(f"vllm bench serve failed (exit {rc}).\nLast lines of {bench_log}:\n"
+                               f"{log_tail(bench_log)}")
+        return json.loads((out_dir / "result.json").read_text())

@@ -1,0 +1,183 @@
+"""The servers of one run and their lifetimes: named vLLM instances and an LMCache server.
+
+:class:`Servers` starts them (the LMCache server first, when the arm's plan has one), stops
+them gracefully (SIGINT to each process group, see :class:`kvreuse.server.ManagedProcess`),
+restarts them, checks that they are alive (a dead one fails the job with its log tail), names
+the URLs to scrape, and keeps the record of every start and stop for the meta. Used as a
+context manager, it stops whatever it started on the way out, exception or not.
+
+Instances are named (``servers.vllm["main"]``), so a run may hold two vLLM servers at once;
+today's experiments use one, :data:`MAIN`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .errors import ServerError
+from .lmcache import flags as lmcache_flags
+from .plan import ServerPlan
+from .server import ManagedProcess, vllm_server
+
+#: the instance today's experiments use
+MAIN = "main"
+LMCACHE_SERVER = "lmcache-server"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _no_check(wait_s: float = 0.0) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a phase sends its requests and reads its counters.
+
+    ``scrape_urls`` must answer; a failure of one of ``optional_scrape_urls`` (LMCache's own
+    metrics) is logged and skipped. ``check(wait_s)`` raises :class:`ServerError` with the log
+    tail if a server behind the target has died (waiting up to ``wait_s`` for it to)."""
+
+    base_url: str
+    scrape_urls: tuple[str, ...]
+    optional_scrape_urls: tuple[str, ...] = ()
+    check: Callable[[float], None] = field(default=_no_check, compare=False)
+
+    def required_only(self) -> "Target":
+        """The same target without the optional scrape URLs."""
+        return replace(self, optional_scrape_urls=())
+
+
+def process_label(name: str) -> str:
+    """The process name in logs, errors and the meta: ``vllm`` for :data:`MAIN`, else ``vllm-<name>``."""
+    return "vllm" if name == MAIN else f"vllm-{name}"
+
+
+class Servers:
+    """The running servers of one arm: ``vllm`` (by instance name) and ``lmcache_server``."""
+
+    def __init__(self, plan: ServerPlan, *, model_dir: Path, model_name: str, log_dir: Path,
+                 server: dict):
+        self.plan = plan
+        self.model_dir = model_dir
+        self.model_name = model_name
+        self.log_dir = Path(log_dir)
+        self.startup_timeout_s = server.get("startup_timeout_s", 600)
+        self.stop_timeout_s = server.get("stop_timeout_s", 30)
+        self.vllm: dict[str, ManagedProcess] = {}
+        self.connected: dict[str, bool] = {}  # an instance has the arm's KV connector (False: APC only)
+        self.lmcache_server: ManagedProcess | None = None
+        self.starts: list[dict] = []  # {process, at, startup_s[, connector]}
+        self.stops: list[dict] = []   # {process, at, returncode} (-9: it was killed)
+        self._stack = contextlib.ExitStack()
+
+    # -- lifetimes -------------------------------------------------------------------------
+    def __enter__(self) -> "Servers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process started, latest first (vLLM before the LMCache server). Idempotent."""
+        self._stack.close()
+
+    def start(self, name: str = MAIN, *, connector: bool = True) -> ManagedProcess:
+        """Start vLLM instance ``name`` (and the LMCache server first, if the plan has one and
+        it is not running); ``connector=False``: APC only, no LMCache."""
+        if name in self.vllm:
+            raise ServerError(f"{process_label(name)} is already running; stop it before starting it again")
+        args, env = self.plan.vllm_args, self.plan.env
+        if not connector:
+            args, env = lmcache_flags.apc_only(self.plan)
+        elif self.plan.lmcache_server and self.lmcache_server is None:
+            self._start_lmcache_server()
+        label = process_label(name)
+        proc = vllm_server(self.model_dir, self.model_name, args, log_path=self.log_dir / f"{label}.log",
+                           env=env, startup_timeout_s=self.startup_timeout_s,
+                           stop_timeout_s=self.stop_timeout_s)
+        proc.name = label
+        self._stack.callback(proc.stop)
+        proc.start()
+        self.vllm[name] = proc
+        self.connected[name] = connector
+        self.starts.append({"process": label, "at": now_iso(), "connector": connector,
+                            "startup_s": round(proc.startup_s, 3)})
+        return proc
+
+    def _start_lmcache_server(self) -> None:
+        spec = self.plan.lmcache_server
+        proc = ManagedProcess(
+            LMCACHE_SERVER, spec["argv"], health_url=spec["health_url"],
+            log_path=self.log_dir / f"{LMCACHE_SERVER}.log", env={**self.plan.env, **spec.get("env", {})},
+            startup_timeout_s=self.startup_timeout_s, stop_timeout_s=self.stop_timeout_s)
+        self._stack.callback(proc.stop)
+        proc.start()
+        self.lmcache_server = proc
+        self.starts.append({"process": LMCACHE_SERVER, "at": now_iso(), "startup_s": round(proc.startup_s, 3)})
+
+    def stop(self, *names: str, lmcache_server: bool = False) -> None:
+        """Graceful stop of the vLLM instances ``names`` (none named: all), and of the LMCache
+        server too with ``lmcache_server``; exit codes go to :attr:`stops`."""
+        for name in names or list(self.vllm):
+            proc = self.vllm.pop(name, None)
+            self.connected.pop(name, None)
+            if proc is not None and proc.proc is not None:
+                self.stops.append({"process": proc.name, "at": now_iso(), "returncode": proc.stop()})
+        if lmcache_server and self.lmcache_server is not None:
+            self.stops.append({"process": LMCACHE_SERVER, "at": now_iso(),
+                               "returncode": self.lmcache_server.stop()})
+            self.lmcache_server = None
+
+    def restart(self, *names: str, lmcache_server: bool = False) -> None:
+        """Graceful stop and a fresh start (with the connector); ``lmcache_server`` restarts the
+        LMCache server too."""
+        names = names or tuple(self.vllm)
+        self.stop(*names, lmcache_server=lmcache_server)
+        for name in names:
+            self.start(name)
+
+    # -- liveness and targets --------------------------------------------------------------
+    def check(self, name: str | None = MAIN, wait_s: float = 0.0) -> None:
+        """Fail the job (ServerError with the log tail) if a server has died: instance ``name``
+        waited on up to ``wait_s``, the other instances and the LMCache server looked at."""
+        for n, proc in self.vllm.items():
+            proc.check_alive(wait_s=wait_s if n == name else 0.0)
+        if self.lmcache_server is not None:
+            self.lmcache_server.check_alive()
+
+    def scrape_urls(self, name: str = MAIN) -> tuple[str, ...]:
+        """Counters that must answer: vLLM's and the LMCache server's."""
+        urls = (f"{self._running(name).base_url}/metrics",)
+        if self.lmcache_server is not None and self.plan.lmcache_server.get("metrics_url"):
+            urls += (self.plan.lmcache_server["metrics_url"],)
+        return urls
+
+    def optional_scrape_urls(self, name: str = MAIN) -> tuple[str, ...]:
+        """LMCache's own metrics (in-process server, LMCache server): a failure to answer is
+        logged, not fatal; the hit verdict rests on vLLM's counters."""
+        if self.plan.lmcache is None or not self.connected.get(name):
+            return ()
+        urls = tuple(self.plan.lmcache.get("metrics_urls", ()))
+        if self.lmcache_server is not None and self.plan.lmcache_server.get("metrics_url"):
+            urls += (self.plan.lmcache_server["metrics_url"],)
+        return urls
+
+    def target(self, name: str = MAIN) -> Target:
+        """Instance ``name`` as it runs now (a restart gives it a new port: ask again after one)."""
+        return Target(self._running(name).base_url, self.scrape_urls(name), self.optional_scrape_urls(name),
+                      check=lambda wait_s=0.0: self.check(name, wait_s))
+
+    def _running(self, name: str) -> ManagedProcess:
+        try:
+            return self.vllm[name]
+        except KeyError:
+            running = ", ".join(self.vllm) or "none"
+            raise ServerError(f"{process_label(name)} is not running (running instances: {running}); "
+                              f"start it with Servers.start({name!r}) first") from None
