@@ -283,8 +283,10 @@ def stop_recorded(folder: Path, grace_s: float = 3.0, kill_wait_s: float = 10.0)
     for path in sorted(Path(folder).glob("*.json")):
         try:
             entry = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("skipping %s: not a readable record (%s)", path, e)
+            int(entry["pgid"]), int(entry["start_time"])
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log.warning("skipping %s: not a process group record of kvreuse (%s: %s); "
+                        "nothing was signalled for it", path, type(e).__name__, e)
             continue
         if entry.get("host") != host:
             log.info("skipping %s: recorded on %s, this is %s", path, entry.get("host"), host)
