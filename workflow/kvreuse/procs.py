@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import server  # proc_stat, group_members; used at call time (server imports this module)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kvreuse.procs")  # also when run as __main__
 
 PGID_DIR_ENV = "KVREUSE_PGID_DIR"
 TOKEN_ENV = "KVREUSE_PGID_TOKEN"
