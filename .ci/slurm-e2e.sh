@@ -202,7 +202,7 @@ targets=(results/tables/baseline.csv results/tables/cold_warm.csv
 log "snakemake --profile profiles/pace (overlay .ci/slurm/) ${targets[*]}"
 t0=$(date +%s)
 set +e
-timeout -s KILL "$TIMEOUT" env KVREUSE_CLUSTER="$REPO/.ci/slurm/cluster.yaml" \
+timeout -s INT -k 60 "$TIMEOUT" env KVREUSE_CLUSTER="$REPO/.ci/slurm/cluster.yaml" \
   snakemake --profile profiles/pace --configfile "$REPO/.ci/slurm/config.yaml" --jobs 4 \
   --verbose "${targets[@]}" > "$B/log/snakemake.log" 2>&1
 rc=$?

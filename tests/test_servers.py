@@ -55,6 +55,8 @@ def test_restart_gives_a_fresh_server_and_records_both_ends(tmp_path, marker):
         assert srv.vllm[MAIN].proc.pid != before
         assert [s["process"] for s in srv.starts] == ["vllm", "vllm"]
         assert [(s["process"], s["returncode"]) for s in srv.stops] == [("vllm", 0)]  # graceful
+        members = srv.stops[0]["members"]  # how each process of the group ended
+        assert members and {m["ended"] for m in members} == {"exited_after_sigint"}
         assert httpx.get(f"{srv.target().base_url}/health").status_code == 200
     fk.assert_none_left(marker)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from . import redact
+from . import procs, redact
+from .procs import group_members, proc_stat  # noqa: F401  (used here and by callers)
 from .errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -89,25 +89,6 @@ def exit_on_signals() -> Iterator[None]:
         _terminating = False
 
 
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after "pid (comm)": state, ppid, pgrp, ...; None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and (fields := proc_stat(d.name)) and fields[0] != "Z" \
-                and int(fields[2]) == pgid:
-            out.append(int(d.name))
-    return out
-
-
 class ManagedProcess:
     """A server process in its own process group; use as a context manager."""
 
@@ -124,6 +105,9 @@ class ManagedProcess:
         self.poll_interval_s = poll_interval_s
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
+        #: how the group's members ended at the last stop() (None before the first)
+        self.last_stop: procs.GroupStop | None = None
+        self._record: Path | None = None  # this group's entry in $KVREUSE_PGID_DIR, if any
         self.port = urllib.parse.urlsplit(health_url).port
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -136,6 +120,7 @@ class ManagedProcess:
                 f"{self.name}: port {self.port} on {HOST} is already in use by another process; "
                 f"stop that process or choose another port (nothing was started)")
         env = redact.server_environ(self.env)  # no hub token in a server's environment
+        token = procs.tag_environ(env)  # marks the group's processes when they are recorded
         log.info("starting %s: %s", self.name, " ".join(self.argv))
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== kvreuse: start {self.name} at {time.strftime('%FT%T%z')}\n"
@@ -147,6 +132,7 @@ class ManagedProcess:
                                          start_new_session=True)
         t0 = time.perf_counter()
         try:
+            self._record = procs.record(self.name, self.proc.pid, self.argv, token)
             self._wait_healthy(t0)
         except BaseException:
             self.stop()
@@ -200,26 +186,35 @@ class ManagedProcess:
                               f"Last lines of {self.log_path}:\n{log_tail(self.log_path)}")
 
     def stop(self) -> int | None:
-        """SIGINT to the whole group, then SIGKILL after ``stop_timeout_s``. Idempotent."""
+        """SIGINT to the whole group, up to ``stop_timeout_s`` for every member to end, then
+        SIGKILL to the rest. Returns the leader's exit status; :attr:`last_stop` tells how each
+        member ended. Idempotent."""
         proc = self.proc
         if proc is None:
             return None
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
         grace = min(self.stop_timeout_s, TERM_GRACE_S) if _terminating else self.stop_timeout_s
-        if proc.poll() is None:
+        # The leader is reaped only after the watch: its zombie keeps the pgid from reuse.
+        watch = procs.GroupWatch(pgid)
+        leader_gone = proc.returncode is not None or pgid not in watch.alive
+        if not leader_gone:
             log.info("stopping %s (SIGINT to process group %d)", self.name, pgid)
-            _signal_group(pgid, signal.SIGINT)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGINT for %.0f s; sending SIGKILL", self.name, grace)
-        # children (engine core, workers) may outlive the leader: end the whole group
-        _signal_group(pgid, signal.SIGKILL)
+        # with the leader gone, its children (engine core, workers) get SIGKILL at once
+        stop = procs.stop_group(watch, self.name, grace, interrupt=not leader_gone)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        _wait_group_gone(pgid, timeout_s=10)
+        leader = next((m for m in stop.members if m.pid == pgid), None)
+        if leader is None:  # exited (and reaped) before this stop
+            leader = procs.MemberEnd(pgid, Path(self.argv[0]).name, procs.ALREADY_GONE)
+            stop.members.insert(0, leader)
+        leader.returncode = proc.returncode
+        self.last_stop = stop
+        log.info("stopped %s: %s", self.name, stop.summary())
+        if not stop.left:
+            procs.forget(self._record)
+            self._record = None
         self.proc = None  # only now: an interrupted stop() is finished by the next call
         return proc.returncode
 
@@ -228,25 +223,6 @@ class ManagedProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _wait_group_gone(pgid: int, timeout_s: float) -> None:
-    """Wait until no live process is left in the group (zombies awaiting their reaper do not count)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        if not group_members(pgid):
-            return
-        time.sleep(0.1)
-    log.warning("process group %d still has members after SIGKILL: %s", pgid, group_members(pgid))
 
 
 def vllm_argv(model_dir: Path, served_name: str, port: int, args: Sequence[str]) -> list[str]:

@@ -74,7 +74,7 @@ class Servers:
         self.connected: dict[str, bool] = {}  # an instance has the arm's KV connector (False: APC only)
         self.lmcache_server: ManagedProcess | None = None
         self.starts: list[dict] = []  # {process, at, startup_s[, connector]}
-        self.stops: list[dict] = []   # {process, at, returncode} (-9: it was killed)
+        self.stops: list[dict] = []   # {process, at, returncode (-9: killed), members}
         self._stack = contextlib.ExitStack()
 
     # -- lifetimes -------------------------------------------------------------------------
@@ -124,16 +124,21 @@ class Servers:
 
     def stop(self, *names: str, lmcache_server: bool = False) -> None:
         """Graceful stop of the vLLM instances ``names`` (none named: all), and of the LMCache
-        server too with ``lmcache_server``; exit codes go to :attr:`stops`."""
+        server too with ``lmcache_server``; exit codes and how each member of the process
+        group ended go to :attr:`stops`."""
         for name in names or list(self.vllm):
             proc = self.vllm.pop(name, None)
             self.connected.pop(name, None)
             if proc is not None and proc.proc is not None:
-                self.stops.append({"process": proc.name, "at": now_iso(), "returncode": proc.stop()})
+                self._record_stop(proc.name, proc)
         if lmcache_server and self.lmcache_server is not None:
-            self.stops.append({"process": LMCACHE_SERVER, "at": now_iso(),
-                               "returncode": self.lmcache_server.stop()})
+            self._record_stop(LMCACHE_SERVER, self.lmcache_server)
             self.lmcache_server = None
+
+    def _record_stop(self, process: str, proc: ManagedProcess) -> None:
+        rc = proc.stop()
+        members = proc.last_stop.as_meta() if proc.last_stop is not None else []
+        self.stops.append({"process": process, "at": now_iso(), "returncode": rc, "members": members})
 
     def restart(self, *names: str, lmcache_server: bool = False) -> None:
         """Graceful stop and a fresh start (with the connector); ``lmcache_server`` restarts the
