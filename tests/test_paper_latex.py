@@ -101,7 +101,7 @@ def test_tables_use_booktabs_and_labels(built):
     tex = built["tex"].read_text()
     assert tex.count(r"\toprule") == tex.count(r"\bottomrule") >= 10
     assert r"\colhead{TTFT median\\(ms)}" in tex and r"\colhead{TTFT 95\% CI\\(ms)}" in tex
-    assert r"\includegraphics" in tex and r"\label{fig:cold_warm}" in tex and r"\ref{fig:cold_warm}" in tex
+    assert r"\includegraphics" in tex and r"\label{fig:baseline}" in tex and r"\ref{fig:baseline}" in tex
 
 
 def test_the_pdf_is_the_same_when_rebuilt(built, tmp_path):
