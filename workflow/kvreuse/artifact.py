@@ -11,7 +11,7 @@ so that the write-up's relative links work inside it)::
       results/benchmarks/<platform>/<experiment>/<arm>.tsv   the runs' wall times (cost table)
       results/tables/*.csv, *.md, *.tex
       results/figures/*.pdf, *.png
-      paper/build/kvreuse.md, kvreuse.pdf
+      paper/build/kvreuse.md, .tex, .bib, .pdf  the write-up: Markdown; LaTeX and BibTeX, and their PDF
 
 Determinism: members are sorted by name, every header has mtime 0, uid/gid 0, empty owner
 names and mode 0644; the gzip header has no file name and mtime 0; manifest.json is canonical

@@ -1,4 +1,6 @@
-"""The write-up: one Jinja template filled from the generated tables, figures and metas.
+"""The write-up: one context, built from the generated tables, figures and metas, fills two
+Jinja templates: Markdown (paper/kvreuse.md.j2, for the web) and LaTeX (paper/kvreuse.tex.j2,
+with its BibTeX paper/kvreuse.bib.j2), which latexmk compiles to the PDF.
 
 No number in the write-up is typed by hand: measurements come from results/tables/, the
 studies' claims from workflow/resources/cited.yaml, the KV model from the model's config.
@@ -14,7 +16,16 @@ import jinja2
 import pandas as pd
 import yaml
 
-from . import __version__, kvmodel, provenance
+from . import __version__, kvmodel, labels, latex, latexmk, provenance
+
+TITLE = "kvreuse: KV-cache reuse in vLLM, measured with counters"
+
+# what the references say of the software the runs used (their versions come from the runs table)
+SOFTWARE = {
+    "vllm": {"title": "vLLM", "url": "https://github.com/vllm-project/vllm"},
+    "lmcache": {"title": "LMCache", "url": "https://github.com/LMCache/LMCache"},
+    "snakemake": {"title": "Snakemake", "url": "https://snakemake.github.io"},
+}
 
 
 def fmt(x, digits: int = 1) -> str:
@@ -31,7 +42,7 @@ def mdtable(df: pd.DataFrame, cols: list[str] | None = None, digits: int = 1) ->
         return "(no rows)"
     if cols:
         df = df[[c for c in cols if c in df.columns]]
-    return df.round(digits).to_markdown(index=False, floatfmt=f".{digits}f")
+    return df.round(digits).rename(columns=labels.label).to_markdown(index=False, floatfmt=f".{digits}f")
 
 
 def _rows(df: pd.DataFrame) -> list[dict]:
@@ -86,7 +97,21 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
           "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
     commit = provenance.git_commit(repo)
-    return {"t": t, "platforms": platforms, "not_run": _rows(not_run), "cited_only": cited_only, "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
+    versions = provenance.versions()
+    gpus = [p for p in platforms if p["platform"] != "cpu"]
+    cff = repo / "CITATION.cff"
+    kvreuse_title = (yaml.safe_load(cff.read_text()) or {}).get("title") if cff.exists() else None
+    software = {key: {**meta, "versions": _versions(platforms, key)} for key, meta in SOFTWARE.items()
+                if key != "snakemake"}
+    software["snakemake"] = {**SOFTWARE["snakemake"], "versions": [
+        {"version": versions["snakemake"], "where": "built this write-up"}] if versions.get("snakemake") else []}
+    software["kvreuse"] = {"title": kvreuse_title or "kvreuse", "url": None, "versions": [
+        {"version": __version__, "where": f"commit {commit[:12]}" if commit else None}]}
+    weights: dict[str, list[str]] = {}
+    for p in platforms:
+        weights.setdefault(str(p["weights"]), []).append(p["platform"])
+    return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run), "cited_only": cited_only,
+            "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "cited": cited, "kv": kv, "compat": compat, "fig": {k: str(v) for k, v in figures.items()},
@@ -95,42 +120,60 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "artifact": {"id": "unpublished", "short": "unpublished", "kind": "none", "doi": None,
                          "url": None, "source": None, "sha256": None, "results_sha256": None,
                          "bundled_at": None, **(cite or {})},
-            "versions": provenance.versions()}
+            "versions": versions, "software": software,
+            "gpu_stack": {key: ", ".join(v["version"] for v in _versions(gpus, key)) or "n/a"
+                          for key in ("vllm", "lmcache", "torch")},
+            "weights": [{"weights": w, "platforms": ps} for w, ps in weights.items()]}
+
+
+def _versions(platforms: list[dict], key: str) -> list[dict]:
+    """The versions of ``key`` (a runs-table column) the platforms' runs recorded, each with where."""
+    where: dict[str, list[str]] = {}
+    for p in platforms:
+        v = p.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            where.setdefault(str(v), []).append(p["platform"])
+    return [{"version": v, "where": ", ".join(ps)} for v, ps in where.items()]
+
+
+def _known(x) -> bool:
+    return not isinstance(x, jinja2.Undefined) and x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
 def render(template: Path, ctx: dict) -> str:
+    """The Markdown write-up."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
     env.filters["mdtable"] = mdtable
-    env.tests["known"] = lambda x: not isinstance(x, jinja2.Undefined) and x is not None \
-        and not (isinstance(x, float) and math.isnan(x))
+    env.tests["known"] = _known
     return env.get_template(template.name).render(**ctx)
 
 
-def to_pdf(markdown: str, pdf_path: Path, root: Path, title: str) -> None:
-    from markdown_pdf import MarkdownPdf, Section
-
-    pdf = MarkdownPdf(toc_level=2, optimize=True)
-    pdf.meta["title"] = title
-    pdf.meta["creationDate"] = ""
-    pdf.meta["modDate"] = ""
-    css = "table, th, td {border: 1px solid #999; border-collapse: collapse; font-size: 7pt; padding: 2px;} img {width: 100%;}"
-    pdf.add_section(Section(markdown, root=str(root), toc=True), user_css=css)
-    pdf.save(str(pdf_path))
+def render_tex(template: Path, ctx: dict) -> str:
+    """The LaTeX write-up or its BibTeX (kvreuse.latex: every value escaped)."""
+    env = latex.environment(template.parent, fmt=fmt)
+    env.tests["known"] = _known
+    return env.get_template(template.name).render(**ctx)
 
 
-def build(template: Path, tables: dict[str, Path], figures: dict[str, Path], cited: Path,
-          llama_config: Path, out_md: Path, out_pdf: Path, repo: Path = Path("."),
+def build(templates: dict[str, Path], tables: dict[str, Path], figures: dict[str, Path], cited: Path,
+          llama_config: Path, out: dict[str, Path], repo: Path = Path("."),
           cite: dict | None = None, attempts: list[str] | None = None) -> None:
-    """``cite``: the artifact to cite (kvreuse.artifact.citation), shown in the references
+    """``templates``: md, tex, bib; ``out``: md, tex, bib, pdf (the .tex and .bib beside each other).
+    ``figures``: name -> results/figures/<name>.png; the LaTeX includes the .pdf beside it.
+    ``cite``: the artifact to cite (kvreuse.artifact.citation), shown in the references
     and in every figure's caption."""
-    rel = Path(*[".."] * len(out_md.parent.relative_to(repo.resolve()) .parts)) if out_md.is_absolute() else \
-        Path(*[".."] * len(out_md.parent.parts))
+    folder = out["md"].parent
+    rel = Path(*[".."] * len(folder.relative_to(repo.resolve()).parts)) if folder.is_absolute() else \
+        Path(*[".."] * len(folder.parts))
     ctx = context(tables, figures, cited, llama_config, repo, cite, load_attempts(attempts))
-    # the Markdown sits in out_md's folder: its figure paths go up to the repository root
-    md_text = render(template, {**ctx, "fig": {k: f"{rel.as_posix()}/{v}" for k, v in ctx["fig"].items()}})
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(md_text)
-    pdf_text = render(template, ctx)
-    to_pdf(pdf_text, out_pdf, root=repo, title="kvreuse: KV-cache reuse in vLLM, measured")
+    folder.mkdir(parents=True, exist_ok=True)
+    # the write-up sits in out's folder: its figure paths go up to the repository root
+    up = {k: f"{rel.as_posix()}/{v}" for k, v in ctx["fig"].items()}
+    out["md"].write_text(render(templates["md"], {**ctx, "fig": up}))
+    tex_ctx = {**ctx, "fig": {k: Path(v).with_suffix(".pdf").as_posix() for k, v in up.items()},
+               "bib": out["bib"].stem}
+    out["bib"].write_text(render_tex(templates["bib"], tex_ctx))
+    out["tex"].write_text(render_tex(templates["tex"], tex_ctx))
+    latexmk.compile_pdf(out["tex"], out["pdf"])

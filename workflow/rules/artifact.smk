@@ -9,7 +9,7 @@ rule artifact:
         raw=all_raw_inputs,
         tables=expand("results/tables/{t}.{ext}", t=TABLES, ext=["csv", "md", "tex"]),
         figures=expand("results/figures/{f}.{ext}", f=FIGURES, ext=["pdf", "png"]),
-        paper=["paper/build/kvreuse.md", "paper/build/kvreuse.pdf"],
+        paper=expand("paper/build/kvreuse.{ext}", ext=["md", "tex", "bib", "pdf"]),
         citation="CITATION.cff",
     output:
         tar=f"results/artifact/{ka.TAR_NAME}",

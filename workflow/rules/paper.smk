@@ -15,13 +15,18 @@ rule notebook:
 
 
 rule paper:
-    """The write-up, Markdown and PDF, from the template, tables, figures and cited claims."""
+    """The write-up from the tables, figures and cited claims: Markdown (for the web) and LaTeX
+    with its BibTeX, compiled to the PDF by latexmk (kvreuse/paper.py, kvreuse/latexmk.py)."""
     localrule: True  # on a cluster, runs where snakemake runs
     input:
         template="paper/kvreuse.md.j2",
+        tex_template="paper/kvreuse.tex.j2",
+        bib_template="paper/kvreuse.bib.j2",
+        citation_cff="CITATION.cff",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
+        figures_pdf=expand("results/figures/{f}.pdf", f=FIGURES),
         cited="workflow/resources/cited.yaml",
         attempts=attempts_files(),
         llama_config="workflow/resources/llama-3.1-8b/config.json",
@@ -29,6 +34,8 @@ rule paper:
         pinned_manifest=pinned_manifest,
     output:
         md="paper/build/kvreuse.md",
+        tex="paper/build/kvreuse.tex",
+        bib="paper/build/kvreuse.bib",
         pdf=report(
             "paper/build/kvreuse.pdf", caption="../report/paper.rst", category="Write-up"
         ),

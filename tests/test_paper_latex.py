@@ -1,0 +1,137 @@
+"""The write-up's LaTeX: built from a real (small) artifact's tables and figures, compiled with
+latexmk, checked in LaTeX's own log (nothing runs off the page) and in the PDF (made by pdfTeX).
+
+latexmk is required, not skipped: envs/install-cpu.sh installs it (README), and CI runs that first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pymupdf
+import pytest
+import yaml
+
+from kvreuse import artifact, labels, latex, latexmk, paper
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO / "tests/data/artifact-small.tar.gz"
+SMALL_SHA = (REPO / "tests/data/artifact-small.tar.gz.sha256").read_text().split()[0]
+NASTY = r"50% of a_b & c #1 {x} ~y ^z \ <w> $5 --flag"
+TOLERANCE_PT = 5.0
+
+
+def test_latexmk_is_installed():
+    assert shutil.which("latexmk"), latexmk.INSTALL
+
+
+def _write_up(root: Path) -> dict[str, Path]:
+    """The write-up of the small artifact's results under ``root`` (a repository layout), with a
+    source study and a failed attempt whose texts hold every LaTeX special character."""
+    artifact.unpack(SMALL, SMALL_SHA, root)
+    tables = {p.stem: p.relative_to(root) for p in (root / "results/tables").glob("*.csv")}
+    figs = root / "results/figures"
+    if not (figs / "reload_vs_recompute.pdf").exists():  # the small artifact predates this figure
+        for ext in ("pdf", "png"):
+            shutil.copyfile(figs / f"restart.{ext}", figs / f"reload_vs_recompute.{ext}")
+    figures = {p.stem: p.relative_to(root) for p in figs.glob("*.png")}
+    cited = yaml.safe_load((REPO / "workflow/resources/cited.yaml").read_text())
+    cited["studies"]["seed001"]["title"] += f" [{NASTY}]"
+    (root / "cited.yaml").write_text(yaml.safe_dump(cited))
+    attempts = root / "results/raw/cpu/attempts.yaml"
+    attempts.parent.mkdir(parents=True, exist_ok=True)
+    attempts.write_text(yaml.safe_dump([{"experiment": "restart", "arm": "lmcache_x", "outcome": "failed",
+                                         "reason": NASTY, "evidence": "results/gpu-logs/a_b%c.tgz"}]))
+    for t in (REPO / "paper").glob("*.j2"):
+        shutil.copyfile(t, root / "paper" / t.name)
+    shutil.copyfile(REPO / "CITATION.cff", root / "CITATION.cff")
+    out = {k: Path(f"paper/build/kvreuse.{k}") for k in ("md", "tex", "bib", "pdf")}
+    cite = artifact.citation(results_sha256="ab" * 32)
+    cwd = os.getcwd()
+    os.chdir(root)  # as in the paper rule: relative paths from the repository root
+    try:
+        paper.build({k: Path(f"paper/kvreuse.{k}.j2") for k in ("md", "tex", "bib")}, tables, figures,
+                    Path("cited.yaml"), REPO / "workflow/resources/llama-3.1-8b/config.json", out,
+                    repo=root, cite=cite, attempts=[str(attempts.relative_to(root))])
+    finally:
+        os.chdir(cwd)
+    return {k: root / v for k, v in out.items()} | {"log": root / "paper/build/kvreuse.log"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return _write_up(tmp_path_factory.mktemp("latex"))
+
+
+def test_no_box_runs_off_the_page(built):
+    log = built["log"].read_text(errors="replace")
+    assert not latexmk.overfull(log, TOLERANCE_PT), "\n".join(latexmk.overfull(log, TOLERANCE_PT))
+    assert not latexmk.float_problems(log), "\n".join(latexmk.float_problems(log))
+
+
+def test_pdf_is_made_by_pdftex_with_numbered_figures_and_tables(built):
+    with pymupdf.open(built["pdf"]) as pdf:
+        assert pdf.metadata["producer"].startswith("pdfTeX"), pdf.metadata
+        assert pdf.metadata["creationDate"] == "" and pdf.metadata["modDate"] == ""
+        text = "".join(page.get_text() for page in pdf)
+    for n in range(1, 9):
+        assert f"Figure {n}:" in text
+    assert "Table 1:" in text and "TTFT median" in text and "(ms)" in text
+    assert "ttft_median_ms" not in text  # headers are labels, not column names
+    assert "References" in text and "Level Up Coding" in text  # BibTeX ran
+    assert "ab" * 32 in text.replace("\n", "")  # the long hash broke across lines, unhyphenated
+
+
+def test_data_strings_are_escaped(built):
+    tex, bib = built["tex"].read_text(), built["bib"].read_text()
+    want = latex.escape(NASTY)
+    assert want in tex and want in bib
+    for raw in ("a_b &", "50% of", "c #1", "{x} ~y"):
+        assert raw not in tex
+    with pymupdf.open(built["pdf"]) as pdf:
+        text = " ".join(" ".join(page.get_text().split()) for page in pdf)
+    assert "50% of a_b & c #1 {x} ~y ^z \\ <w> $5 --flag" in text
+
+
+def test_tables_use_booktabs_and_labels(built):
+    tex = built["tex"].read_text()
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") >= 10
+    assert r"\colhead{TTFT median\\(ms)}" in tex and r"\colhead{TTFT 95\% CI\\(ms)}" in tex
+    assert r"\includegraphics" in tex and r"\label{fig:baseline}" in tex and r"\ref{fig:baseline}" in tex
+
+
+def test_the_pdf_is_the_same_when_rebuilt(built, tmp_path):
+    again = _write_up(tmp_path)
+    assert hashlib.sha256(again["pdf"].read_bytes()).hexdigest() == \
+        hashlib.sha256(built["pdf"].read_bytes()).hexdigest()
+
+
+def test_markdown_tables_use_the_same_labels():
+    md = paper.mdtable(pd.DataFrame({"platform": ["h100"], "ttft_median_ms": [12.345]}))
+    assert labels.label("ttft_median_ms") == "TTFT median (ms)" and "TTFT median (ms)" in md
+
+
+def test_table_cells_ranges_and_missing_values():
+    df = pd.DataFrame({"arm": ["no_cache"], "n": [20.0], "ttft_ci95_lo_ms": [1.25], "ttft_ci95_hi_ms": [2.5],
+                       "e2e_delta_pct": [-3.2], "persisted": [True], "hit_rate": [float("nan")]})
+    tex = str(latex.table(df, ["arm", "n", "ttft_ci95_ms", "e2e_delta_pct", "persisted", "hit_rate", "absent"]))
+    assert r"no\_cache & 20 & 1.2 to 2.5 & \textminus{}3.2 & yes & -- \\" in tex
+    assert tex.splitlines()[0] == r"\begin{tabular}{lrrrlr}"
+    assert str(latex.table(pd.DataFrame(), ["arm"])) == r"\emph{(no rows)}"
+
+
+def test_a_failed_tex_run_fails_with_the_end_of_its_log(tmp_path):
+    tex = tmp_path / "broken.tex"
+    tex.write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}\n")
+    with pytest.raises(latexmk.LatexError, match="Undefined control sequence"):
+        latexmk.compile_pdf(tex, tmp_path / "broken.pdf")
+
+
+def test_missing_latexmk_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(latexmk.shutil, "which", lambda name: None)
+    with pytest.raises(latexmk.LatexError, match="apt-get install --no-install-recommends latexmk"):
+        latexmk.compile_pdf(tmp_path / "x.tex", tmp_path / "x.pdf")

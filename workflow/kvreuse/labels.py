@@ -1,0 +1,126 @@
+"""What a reader sees for a column: its header and its unit, one mapping for every table.
+
+The write-up's tables (Markdown and LaTeX) name their columns by the tables' column names
+(``ttft_median_ms``); the header shown is ``label(name)``, e.g. "TTFT median (ms)".
+A *range* column (``ttft_ci95_ms``) is made of two columns, low and high, shown as one.
+"""
+
+from __future__ import annotations
+
+# column -> (header, unit or None)
+COLUMNS: dict[str, tuple[str, str | None]] = {
+    # who, what, how many
+    "platform": ("Platform", None),
+    "gpu": ("GPU", None),
+    "experiment": ("Experiment", None),
+    "arm": ("Arm", None),
+    "phase": ("Phase", None),
+    "kind": ("Kind", None),
+    "status": ("Status", None),
+    "provenance": ("Source", None),
+    "accelerator": ("Accelerator", None),
+    "driver": ("Driver", None),
+    "vllm": ("vLLM", None),
+    "lmcache": ("LMCache", None),
+    "torch": ("torch", None),
+    "model": ("Model", None),
+    "weights": ("Weights", None),
+    "n_runs": ("Runs", None),
+    "n": ("Requests", None),
+    "n_errors": ("Errors", None),
+    "requests": ("Requests", None),
+    "completed": ("Completed", None),
+    "failed": ("Failed", None),
+    "turn": ("Turn", None),
+    # sizes
+    "prompt_tokens": ("Prompt", "tokens"),
+    "prefix_tokens": ("Prefix", "tokens"),
+    "context_tokens": ("Context", "tokens"),
+    "hit_tokens": ("Cache hits", "tokens"),
+    "query_tokens": ("Queried", "tokens"),
+    "hit_rate": ("Hit rate", None),
+    # latency of our client
+    "ttft_median_ms": ("TTFT median", "ms"),
+    "ttft_mean_ms": ("TTFT mean", "ms"),
+    "ttft_p99_ms": ("TTFT p99", "ms"),
+    "ttft_ci95_lo_ms": ("TTFT 95% CI low", "ms"),
+    "ttft_ci95_hi_ms": ("TTFT 95% CI high", "ms"),
+    "ttft_ci95_ms": ("TTFT 95% CI", "ms"),
+    "e2e_median_ms": ("E2E median", "ms"),
+    "e2e_mean_ms": ("E2E mean", "ms"),
+    "itl_median_ms": ("ITL median", "ms"),
+    # vllm bench serve
+    "request_rate": ("Request rate", "req/s"),
+    "bench_median_ttft_ms": ("Bench TTFT median", "ms"),
+    "bench_median_itl_ms": ("Bench ITL median", "ms"),
+    "output_throughput_tok_s": ("Output", "tok/s"),
+    # restart
+    "populate_ttft_median_ms": ("Populate TTFT", "ms"),
+    "warm_ttft_median_ms": ("Warm TTFT", "ms"),
+    "post_restart_first_ttft_median_ms": ("First after restart", "ms"),
+    "post_restart_first_hit_tokens": ("First after restart hits", "tokens"),
+    "post_restart_cold_ttft_median_ms": ("New prompt after restart", "ms"),
+    "post_restart_steady_ttft_median_ms": ("Steady after restart", "ms"),
+    "persisted": ("Persisted", None),
+    "output_equal": ("Same output", None),
+    "store_files": ("Store files", None),
+    "store_bytes": ("Store", "bytes"),
+    "reload_bytes": ("Reloaded", "bytes"),
+    "reload_ms": ("Reload", "ms"),
+    "reload_gb_s": ("Reload rate", "GB/s"),
+    "cuda_kernels": ("LMCache kernels", None),
+    # random prompts: LMCache against APC only
+    "ttft_delta_pct": ("TTFT change", "%"),
+    "ttft_delta_ci95_lo_pct": ("TTFT change 95% CI low", "%"),
+    "ttft_delta_ci95_hi_pct": ("TTFT change 95% CI high", "%"),
+    "ttft_delta_ci95_pct": ("TTFT change 95% CI", "%"),
+    "e2e_delta_pct": ("E2E change", "%"),
+    "e2e_delta_ci95_lo_pct": ("E2E change 95% CI low", "%"),
+    "e2e_delta_ci95_hi_pct": ("E2E change 95% CI high", "%"),
+    "e2e_delta_ci95_pct": ("E2E change 95% CI", "%"),
+    # fidelity
+    "client_median_ttft_ms": ("Client TTFT median", "ms"),
+    "server_hist_median_ttft_ms": ("Server histogram TTFT median", "ms"),
+    "client_mean_ttft_ms": ("Client TTFT mean", "ms"),
+    "server_mean_ttft_ms": ("Server TTFT mean", "ms"),
+    "client_minus_server_mean_ms": ("Client minus server, mean", "ms"),
+    "client_minus_bench_median_ms": ("Client minus bench, median", "ms"),
+    # cost
+    "wall_s": ("Wall time", "s"),
+    "gpu_minutes": ("GPU time", "min"),
+    "server_starts": ("Server starts", None),
+    "first_start_s": ("First start", "s"),
+    "later_start_s": ("Later starts", "s"),
+    # the source studies' tables (workflow/resources/cited.yaml)
+    "output_tok_s": ("Output", "tok/s"),
+    "apc_ms": ("APC only", "ms"),
+    "apc_lmcache_ms": ("APC + LMCache", "ms"),
+    "delta_pct": ("Change", "%"),
+}
+
+# range column -> (low column, high column)
+RANGES: dict[str, tuple[str, str]] = {
+    "ttft_ci95_ms": ("ttft_ci95_lo_ms", "ttft_ci95_hi_ms"),
+    "ttft_delta_ci95_pct": ("ttft_delta_ci95_lo_pct", "ttft_delta_ci95_hi_pct"),
+    "e2e_delta_ci95_pct": ("e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"),
+}
+
+
+def name(column: str) -> str:
+    """The header without its unit ("TTFT median"); the column's own name where none is set."""
+    return COLUMNS.get(column, (column, None))[0]
+
+
+def unit(column: str) -> str | None:
+    return COLUMNS.get(column, (column, None))[1]
+
+
+def label(column: str) -> str:
+    """The header with its unit: "TTFT median (ms)"."""
+    u = unit(column)
+    return f"{name(column)} ({u})" if u else name(column)
+
+
+def signed(column: str) -> bool:
+    """Changes in percent are shown with their sign (+3.2, -1.0)."""
+    return column.endswith("_pct")
