@@ -4,8 +4,25 @@
 # State (results, models, .snakemake) is kept in $KEEP between calls on the same node; the raw
 # results, benchmarks and logs of the platform are packed into $OUT (if set) at the end.
 # BUDGET_S bounds the run: at the limit Snakemake gets SIGINT, which stops its jobs' servers.
+# Every run's meta records the commit of the code (git_commit). This host's copy of the tree has
+# no .git, so the commit is passed in: $KVREUSE_GIT_COMMIT, else a .kvreuse-commit file at the
+# tree's root (written where the tree was packed: `git rev-parse HEAD > .kvreuse-commit`, with
+# `-dirty` appended when tracked files differ), else git where there is a .git. Without one, no
+# GPU run starts (kvreuse.provenance.commit_problem).
 set -uo pipefail
 platform="${1:?usage: run-targets.sh PLATFORM TARGET...}"; shift
+commit="${KVREUSE_GIT_COMMIT:-}"
+if [[ -z "$commit" && -s .kvreuse-commit ]]; then commit="$(head -n1 .kvreuse-commit | tr -d '[:space:]')"; fi
+if [[ -z "$commit" && -e .git ]]; then
+  commit="$(git rev-parse HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo -dirty)"
+fi
+if [[ -z "$commit" ]]; then
+  echo "run-targets: no commit to record: set KVREUSE_GIT_COMMIT=<sha> (where the tree was packed:" \
+       "git rev-parse HEAD) or write it to .kvreuse-commit at the tree's root. Nothing was run." >&2
+  exit 2
+fi
+export KVREUSE_GIT_COMMIT="$commit"
+echo "run-targets: recording commit $commit"
 keep="${KEEP:-/root/keep}"
 mkdir -p "$keep" && cp -a "$keep/." . 2>/dev/null || true
 export PYTHONHASHSEED=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
