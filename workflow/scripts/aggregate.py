@@ -9,5 +9,6 @@ table = build(snakemake.wildcards.table, jsonl, snakemake.params.max_error_fract
               benchmark_files=snakemake.input.benchmarks,  # noqa: F821
               cited=yaml.safe_load(open(snakemake.input.cited)),  # noqa: F821
               convert_older=snakemake.params.convert_older,  # noqa: F821
-              **snakemake.params.extra)  # noqa: F821
+              context_files=list(snakemake.input.context),  # noqa: F821
+              **snakemake.params.extra, **snakemake.params.freshness)  # noqa: F821
 write(table, snakemake.output.csv, snakemake.output.md, snakemake.output.tex)  # noqa: F821
