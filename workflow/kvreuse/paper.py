@@ -47,6 +47,32 @@ def load_attempts(paths) -> list[dict]:
     return rows
 
 
+def _records(df: pd.DataFrame | None, cols: list[str]) -> list[dict]:
+    if df is None or df.empty:
+        return []
+    return df.reindex(columns=cols).astype(object).fillna("").to_dict("records")
+
+
+def accounting_context(runs: pd.DataFrame, accounting: pd.DataFrame | None) -> dict:
+    """What the write-up says about every configured run (paper/accounting.md.j2), from
+    accounting.csv and runs.csv: the runs without a measurement (missing, failed, not run), the
+    stale runs kept out of the tables, the archived ones in them, and whether every configured
+    run was measured with the current configuration (only then does it say so)."""
+    acc = accounting if accounting is not None else pd.DataFrame(columns=["status"])
+    fresh = runs["freshness"] if "freshness" in runs.columns else pd.Series("", index=runs.index)
+    return {
+        "accounting_total": len(acc),
+        "accounting_counts": acc["status"].value_counts().to_dict(),
+        "all_measured": len(acc) > 0 and bool((acc["status"] == "measured").all()),
+        "unmeasured": _records(acc[~acc["status"].isin(["measured", "stale", "archived"])],
+                               ["platform", "experiment", "arm", "status", "reason", "evidence", "context"]),
+        "stale_runs": _records(runs[fresh == "stale"], ["platform", "experiment", "arm", "config_hash",
+                                                        "expected_config_hash", "git_commit"]),
+        "archived_runs": _records(runs[fresh == "archived"], ["platform", "experiment", "arm",
+                                                              "git_commit", "archived_note"]),
+    }
+
+
 def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             llama_config: Path, repo: Path, cite: dict | None = None,
             attempts: list[dict] | None = None) -> dict:
@@ -95,7 +121,8 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "artifact": {"id": "unpublished", "short": "unpublished", "kind": "none", "doi": None,
                          "url": None, "source": None, "sha256": None, "results_sha256": None,
                          "bundled_at": None, **(cite or {})},
-            "versions": provenance.versions()}
+            "versions": provenance.versions(),
+            **accounting_context(runs, t.get("accounting"))}
 
 
 def render(template: Path, ctx: dict) -> str:

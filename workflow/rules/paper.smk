@@ -19,6 +19,7 @@ rule paper:
     localrule: True  # on a cluster, runs where snakemake runs
     input:
         template="paper/kvreuse.md.j2",
+        accounting_template="paper/accounting.md.j2",  # included by the template
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
