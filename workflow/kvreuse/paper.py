@@ -81,7 +81,10 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     cited = yaml.safe_load(cited_path.read_text())
     runs = t["runs"]
     platforms = []
-    for p, g in runs[runs.status == "ok"].groupby("platform", sort=False):
+    in_tables = runs.status == "ok"
+    if "freshness" in runs.columns:  # stale runs are kept out of the tables (accounting_context)
+        in_tables &= runs.freshness != "stale"
+    for p, g in runs[in_tables].groupby("platform", sort=False):
         r = g.iloc[0]
         platforms.append({"platform": p, "accelerator": r.accelerator, "driver": r.driver,
                           "vllm": r.vllm, "lmcache": r.lmcache, "torch": r.torch, "model": r.model,
