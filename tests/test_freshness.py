@@ -198,6 +198,26 @@ def test_the_accounting_is_a_table_of_the_workflow_made_from_every_raw_meta(cfg)
     assert dag.table_freshness(cfg, "cost") == {}
 
 
+def test_a_pinned_artifacts_runs_answer_the_config_it_was_bundled_with(tmp_path, config):
+    """Rebuilt from a pinned artifact, the tables check its runs against its manifest's config
+    (the checkout's config may differ): the small artifact's runs are all current."""
+    import json
+
+    from kvreuse import artifact
+
+    pinned = copy.deepcopy(config)
+    pinned["artifact"] = {"source": "a.tar.gz", "sha256": "0" * 64}
+    assert dag.table_freshness(pinned, "runs") == {}
+    members = artifact.read_members(REPO / "tests/data/artifact-small.tar.gz")
+    for name, data in members.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    files = sorted(str(f) for f in tmp_path.glob("results/raw/*/*/*.jsonl"))
+    fresh = dag.pinned_freshness(json.loads(members["manifest.json"]), "runs")
+    runs = aggregate.build("runs", files, 0.05, convert_older=True, **fresh)
+    assert len(runs) and set(runs["freshness"]) == {"current"}
+
+
 def render_accounting(runs, acc) -> str:
     import pandas as pd
 

@@ -262,10 +262,17 @@ def archived(config: dict) -> list[dict]:
 
 def table_freshness(config: dict, table: str) -> dict:
     """What a table needs to tell current runs from stale ones (aggregate.build's keywords):
-    every table but cost (whose GPU-minutes were spent either way)."""
-    if table == "cost":
+    every table but cost (whose GPU-minutes were spent either way). With a pinned artifact,
+    nothing here: its runs answer the config it was bundled with (:func:`pinned_freshness`)."""
+    if table == "cost" or pinned(config):
         return {}
     return {"expected_hashes": expected_hashes(config), "archived": archived(config)}
+
+
+def pinned_freshness(manifest: dict, table: str) -> dict:
+    """table_freshness against the config a pinned artifact was bundled with (its manifest's
+    ``config``), so that a rebuild keeps out exactly what the bundled tables kept out."""
+    return table_freshness(manifest["config"], table)
 
 
 def context_inputs(table: str, root: Path | str | None = None) -> list[str]:

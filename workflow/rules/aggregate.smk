@@ -7,6 +7,8 @@ rule table:
         # accounting.csv: attempts.yaml files and committed job-log archives (results/gpu-logs/);
         # the job logs under results/logs/ are read where they are, not as inputs
         context=context_inputs,
+        # a pinned artifact's manifest: its config says which runs are current
+        manifest=pinned_manifest,
         cited="workflow/resources/cited.yaml",
     output:
         csv="results/tables/{table}.csv",
