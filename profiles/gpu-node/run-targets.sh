@@ -8,8 +8,25 @@
 # run); groups still recorded once Snakemake has ended (a job killed before it could stop its
 # servers) get SIGINT, then SIGKILL, from `python -m kvreuse.procs stop-recorded`. Nothing else
 # on the node is signalled: other jobs' servers are left alone.
+# Every run's meta records the commit of the code (git_commit). This host's copy of the tree has
+# no .git, so the commit is passed in: $KVREUSE_GIT_COMMIT, else a .kvreuse-commit file at the
+# tree's root (written where the tree was packed: `git rev-parse HEAD > .kvreuse-commit`, with
+# `-dirty` appended when tracked files differ), else git where there is a .git. Without one, no
+# GPU run starts (kvreuse.provenance.commit_problem).
 set -uo pipefail
 platform="${1:?usage: run-targets.sh PLATFORM TARGET...}"; shift
+commit="${KVREUSE_GIT_COMMIT:-}"
+if [[ -z "$commit" && -s .kvreuse-commit ]]; then commit="$(head -n1 .kvreuse-commit | tr -d '[:space:]')"; fi
+if [[ -z "$commit" && -e .git ]]; then
+  commit="$(git rev-parse HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo -dirty)"
+fi
+if [[ -z "$commit" ]]; then
+  echo "run-targets: no commit to record: set KVREUSE_GIT_COMMIT=<sha> (where the tree was packed:" \
+       "git rev-parse HEAD) or write it to .kvreuse-commit at the tree's root. Nothing was run." >&2
+  exit 2
+fi
+export KVREUSE_GIT_COMMIT="$commit"
+echo "run-targets: recording commit $commit"
 keep="${KEEP:-/root/keep}"
 mkdir -p "$keep" && cp -a "$keep/." . 2>/dev/null || true
 export KVREUSE_PGID_DIR

@@ -5,6 +5,11 @@ experiment whose error fraction exceeds ``max_error_fraction`` fails here, loudl
 producing a figure. Cache hits come from the server's counters in the metas. Runs are read
 through the results schema (kvreuse.results) and phases are selected by their fields (kind,
 prefix length, rate), never by their names.
+
+Given the current config's expected config hashes (kvreuse.dag.table_freshness), each run is
+current, stale or archived (kvreuse.freshness): runs.csv lists every run with its freshness,
+stale runs are kept out of the comparison tables, which carry a ``freshness`` column, and
+accounting.csv says what became of every configured run (kvreuse.accounting).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from . import kvmodel, metrics
+from .accounting import JobLogs, accounting_table, load_attempts
+from .freshness import Freshness, comparable, freshness
 from .migrate import read_converted
 from .results import Phase, RequestRecord, RunMeta, meta_path, read_meta, read_records
 
@@ -281,9 +288,11 @@ def _vllm_starts(m: RunMeta) -> list[float]:
     return [s["startup_s"] for s in m.server_starts if s["process"] == "vllm"]
 
 
-def runs_table(metas: list[RunMeta]) -> pd.DataFrame:
+def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd.DataFrame:
+    """Every run and its provenance; with ``fresh``, whether it answers the current config
+    (``freshness``: current | stale | archived, the expected hash beside the recorded one)."""
     rows = []
-    for m in metas:
+    for i, m in enumerate(metas):
         acc, v, model = m.accelerator or {}, m.versions or {}, m.model or {}
         starts = _vllm_starts(m)
         rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
@@ -297,7 +306,38 @@ def runs_table(metas: list[RunMeta]) -> pd.DataFrame:
                      "first_start_s": starts[0] if starts else np.nan,
                      "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
                      "config_hash": m.config_hash, "git_commit": m.git_commit})
+        if fresh is not None:
+            rows[-1].update(freshness=fresh[i].freshness,
+                            expected_config_hash=fresh[i].expected_config_hash,
+                            archived_note=fresh[i].archived_note)
     return pd.DataFrame(rows)
+
+
+def comparable_runs(df: pd.DataFrame, metas: list[RunMeta], fresh: list[Freshness]):
+    """The records, metas and freshness of the runs that enter a comparison table (not stale)."""
+    keep = [i for i, f in enumerate(fresh) if comparable(f)]
+    for i, f in enumerate(fresh):
+        if i not in keep:
+            m = metas[i]
+            log.warning("%s/%s/%s is stale (config hash %s, the current config gives %s): kept "
+                        "out of the table; rerun it, or name it under `archived` in config.yaml",
+                        m.platform, m.experiment, m.arm, m.config_hash,
+                        f.expected_config_hash or "none: not configured")
+    kept = {(metas[i].platform, metas[i].experiment, metas[i].arm) for i in keep}
+    if len(df):
+        df = df[[k in kept for k in zip(df.platform, df.experiment, df.arm)]]
+    return df, [metas[i] for i in keep], [fresh[i] for i in keep]
+
+
+def mark_freshness(table: pd.DataFrame, metas: list[RunMeta], fresh: list[Freshness]) -> pd.DataFrame:
+    """A ``freshness`` column (current | archived) on a comparison table's measured rows."""
+    if table.empty or "platform" not in table.columns:
+        return table
+    keys = ["platform", "arm"] if "arm" in table.columns else ["platform"]
+    marks = pd.DataFrame([{"platform": m.platform, "arm": m.arm, "freshness": f.freshness}
+                          for m, f in zip(metas, fresh)], columns=["platform", "arm", "freshness"])
+    marks = marks[keys + ["freshness"]].drop_duplicates(keys)
+    return table.merge(marks, on=keys, how="left").fillna({"freshness": ""})
 
 
 def serving_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
@@ -439,12 +479,32 @@ def with_cited(table: pd.DataFrame, experiment: str, cited: dict | None) -> pd.D
 
 def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
           benchmark_files: list[str] = (), cited: dict | None = None,
-          links_gb_s: dict | None = None, convert_older: bool = False) -> pd.DataFrame:
+          links_gb_s: dict | None = None, convert_older: bool = False,
+          expected_hashes: dict[str, str] | None = None, archived: list[dict] | None = None,
+          context_files: list[str] = ()) -> pd.DataFrame:
+    """``expected_hashes`` (kvreuse.freshness.run_key -> the current config's hash) and
+    ``archived`` (config.yaml's section): stale runs are kept out of the comparison tables;
+    None: every run is taken as it is (freshness ``unchecked``). ``context_files``: the
+    accounting's attempts.yaml files and committed log archives (results/gpu-logs/*.tgz)."""
     df, metas = load(jsonl_files, convert_older=convert_older)
+    fresh = [freshness(m, expected_hashes, archived) for m in metas]
     if experiment == "runs":
-        return runs_table(metas)
+        return runs_table(metas, fresh if expected_hashes is not None else None)
+    if experiment == "accounting":
+        return accounting_table(
+            metas, fresh, expected_hashes or {},
+            attempts=load_attempts([f for f in context_files if str(f).endswith(".yaml")]),
+            logs=JobLogs(archives=[f for f in context_files if str(f).endswith(".tgz")]))
     if experiment == "cost":
         return cost_table(metas, read_benchmarks(list(benchmark_files)))
+    df, metas, fresh = comparable_runs(df, metas, fresh)
+    table = _comparison_table(experiment, df, metas, max_error_fraction, cited, links_gb_s)
+    return mark_freshness(table, metas, fresh) if expected_hashes is not None else table
+
+
+def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
+                      max_error_fraction: float, cited: dict | None,
+                      links_gb_s: dict | None) -> pd.DataFrame:
     for (platform, arm), g in df.groupby(["platform", "arm"]) if len(df) else []:
         check_errors(g, max_error_fraction)
     if experiment == "reload_vs_recompute":

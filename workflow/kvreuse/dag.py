@@ -24,8 +24,11 @@ FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "ser
            "reload_vs_recompute"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
 DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
-#: tables of every run (the provenance of each, the cost) and of the serving fidelity check
-STUDY_TABLES = ["runs", "cost", "fidelity"]
+#: tables of every run (the provenance of each, the cost), of the serving fidelity check, and
+#: of what became of every configured run (kvreuse.accounting)
+STUDY_TABLES = ["runs", "cost", "fidelity", "accounting"]
+#: committed archives of GPU hosts' job logs (the accounting reads why a run failed in them)
+LOG_ARCHIVES = "results/gpu-logs/*.tgz"
 FIGURE_TITLES = {
     "cold_warm": "Cold vs warm prefix (APC)",
     "restart": "Restart persistence",
@@ -210,7 +213,7 @@ def _every_raw_input(config: dict, unpacked: Unpacked, root) -> list[str]:
 def table_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
                  root: Path | str | None = None) -> list[str]:
     """The raw files (and metas) a table is made from."""
-    if table in ("runs", "cost"):
+    if table in ("runs", "cost", "accounting"):
         return _every_raw_input(config, unpacked, root)
     if table == "fidelity":
         return raw_inputs(config, "serving", unpacked, root)
@@ -233,6 +236,50 @@ def table_params(config: dict, table: str) -> dict:
 def attempts_files(root: Path | str | None = None) -> list[str]:
     """results/raw/<platform>/attempts.yaml: runs tried elsewhere that left no raw file."""
     return sorted(glob.glob("results/raw/*/attempts.yaml", root_dir=root))
+
+
+# -- freshness and accounting (kvreuse.freshness, kvreuse.accounting) -------------------------
+def expected_platforms(config: dict) -> list[str]:
+    """The platforms whose runs the config asks for: report_platforms, then run_platforms."""
+    return list(dict.fromkeys(report_platforms(config) + run_platforms(config)))
+
+
+def expected_hashes(config: dict) -> dict[str, str]:
+    """``platform/experiment/arm`` -> the config hash the CURRENT config gives that run, for
+    every configured run (expected_platforms x experiments x their arms)."""
+    from .freshness import run_key
+
+    return {run_key(p, e, arm): run_params(config, e, p, arm)["config_hash"]
+            for p in expected_platforms(config)
+            for e in experiments(config)
+            for arm in kc.arms_for(config, e, p)}
+
+
+def archived(config: dict) -> list[dict]:
+    """config.yaml's ``archived`` section: stale results kept on purpose, with their commit."""
+    return list(config.get("archived") or [])
+
+
+def table_freshness(config: dict, table: str) -> dict:
+    """What a table needs to tell current runs from stale ones (aggregate.build's keywords):
+    every table but cost (whose GPU-minutes were spent either way). With a pinned artifact,
+    nothing here: its runs answer the config it was bundled with (:func:`pinned_freshness`)."""
+    if table == "cost" or pinned(config):
+        return {}
+    return {"expected_hashes": expected_hashes(config), "archived": archived(config)}
+
+
+def pinned_freshness(manifest: dict, table: str) -> dict:
+    """table_freshness against the config a pinned artifact was bundled with (its manifest's
+    ``config``), so that a rebuild keeps out exactly what the bundled tables kept out."""
+    return table_freshness(manifest["config"], table)
+
+
+def context_inputs(table: str, root: Path | str | None = None) -> list[str]:
+    """The accounting's context: attempts.yaml files and the committed job-log archives."""
+    if table != "accounting":
+        return []
+    return attempts_files(root) + sorted(glob.glob(LOG_ARCHIVES, root_dir=root))
 
 
 # -- one run ---------------------------------------------------------------------------------

@@ -58,6 +58,32 @@ def load_attempts(paths) -> list[dict]:
     return rows
 
 
+def _records(df: pd.DataFrame | None, cols: list[str]) -> list[dict]:
+    if df is None or df.empty:
+        return []
+    return df.reindex(columns=cols).astype(object).fillna("").to_dict("records")
+
+
+def accounting_context(runs: pd.DataFrame, accounting: pd.DataFrame | None) -> dict:
+    """What the write-up says about every configured run (paper/accounting.md.j2), from
+    accounting.csv and runs.csv: the runs without a measurement (missing, failed, not run), the
+    stale runs kept out of the tables, the archived ones in them, and whether every configured
+    run was measured with the current configuration (only then does it say so)."""
+    acc = accounting if accounting is not None else pd.DataFrame(columns=["status"])
+    fresh = runs["freshness"] if "freshness" in runs.columns else pd.Series("", index=runs.index)
+    return {
+        "accounting_total": len(acc),
+        "accounting_counts": acc["status"].value_counts().to_dict(),
+        "all_measured": len(acc) > 0 and bool((acc["status"] == "measured").all()),
+        "unmeasured": _records(acc[~acc["status"].isin(["measured", "stale", "archived"])],
+                               ["platform", "experiment", "arm", "status", "reason", "evidence", "context"]),
+        "stale_runs": _records(runs[fresh == "stale"], ["platform", "experiment", "arm", "config_hash",
+                                                        "expected_config_hash", "git_commit"]),
+        "archived_runs": _records(runs[fresh == "archived"], ["platform", "experiment", "arm",
+                                                              "git_commit", "archived_note"]),
+    }
+
+
 def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             llama_config: Path, repo: Path, cite: dict | None = None,
             attempts: list[dict] | None = None) -> dict:
@@ -66,7 +92,10 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     cited = yaml.safe_load(cited_path.read_text())
     runs = t["runs"]
     platforms = []
-    for p, g in runs[runs.status == "ok"].groupby("platform", sort=False):
+    in_tables = runs.status == "ok"
+    if "freshness" in runs.columns:  # stale runs are kept out of the tables (accounting_context)
+        in_tables &= runs.freshness != "stale"
+    for p, g in runs[in_tables].groupby("platform", sort=False):
         r = g.iloc[0]
         platforms.append({"platform": p, "accelerator": r.accelerator, "driver": r.driver,
                           "vllm": r.vllm, "lmcache": r.lmcache, "torch": r.torch, "model": r.model,
@@ -123,7 +152,8 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "versions": versions, "software": software,
             "gpu_stack": {key: ", ".join(v["version"] for v in _versions(gpus, key)) or "n/a"
                           for key in ("vllm", "lmcache", "torch")},
-            "weights": [{"weights": w, "platforms": ps} for w, ps in weights.items()]}
+            "weights": [{"weights": w, "platforms": ps} for w, ps in weights.items()],
+            **accounting_context(runs, t.get("accounting"))}
 
 
 def _versions(platforms: list[dict], key: str) -> list[dict]:

@@ -70,18 +70,48 @@ def accelerator() -> dict:
     return {"kind": "cpu", "name": cpu, "count": os.cpu_count(), "driver": None}
 
 
+#: the commit a copy of the tree was made from, for a host whose checkout has no .git
+#: (profiles/gpu-node/run-targets.sh sets it; see README, "Running on one GPU node")
+COMMIT_ENV = "KVREUSE_GIT_COMMIT"
+
+
 def git_commit(repo: Path | str = ".") -> str | None:
-    """HEAD's commit, with ``-dirty`` when tracked files differ. Outside a checkout (a copy of
-    the tree sent to a GPU host), the commit the copy was made from: $KVREUSE_GIT_COMMIT."""
+    """HEAD's commit, with ``-dirty`` when tracked files differ (``git status --porcelain``).
+    Outside a checkout (a copy of the tree sent to a GPU host), the commit the copy was made
+    from, passed in $KVREUSE_GIT_COMMIT (marked `` (copy)``). None when neither says."""
     import os
 
-    if not (Path(repo) / ".git").exists() and os.environ.get("KVREUSE_GIT_COMMIT"):
-        return os.environ["KVREUSE_GIT_COMMIT"] + " (copy)"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (subprocess.SubprocessError, OSError):
+    if (Path(repo) / ".git").exists():
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+        except (subprocess.SubprocessError, OSError):
+            pass
+    passed = os.environ.get(COMMIT_ENV, "").strip()
+    return f"{passed} (copy)" if passed else None
+
+
+def commit_sha(recorded: str | None) -> str | None:
+    """The bare commit of a recorded ``git_commit`` (without `` (copy)`` and ``-dirty``)."""
+    if not recorded:
         return None
+    return recorded.split()[0].removesuffix("-dirty")
+
+
+def commit_problem(platform: str, commit: str | None) -> str | None:
+    """Why a run may not start without a commit: a GPU platform's results are committed and
+    compared across hosts, so they must say which code made them. None when it may start
+    (a commit is known, or the platform is the CPU, which records null)."""
+    from .platforms import needs_gpu
+
+    if commit or not needs_gpu(platform):
+        return None
+    return (f"platform {platform} needs a GPU, and a GPU run must record the commit of the code "
+            f"that made it, but none is known: this checkout has no .git and ${COMMIT_ENV} is "
+            f"not set. Nothing was run. Run from a git checkout, or pass the commit the tree was "
+            f"copied from: `{COMMIT_ENV}=$(git rev-parse HEAD) profiles/gpu-node/run-targets.sh "
+            f"{platform} ...` (run-targets.sh also reads it from .git or from a .kvreuse-commit "
+            f"file at the tree's root).")

@@ -4,6 +4,11 @@ rule table:
     input:
         raw=table_inputs,
         benchmarks=benchmark_inputs,
+        # accounting.csv: attempts.yaml files and committed job-log archives (results/gpu-logs/);
+        # the job logs under results/logs/ are read where they are, not as inputs
+        context=context_inputs,
+        # a pinned artifact's manifest: its config says which runs are current
+        manifest=pinned_manifest,
         cited="workflow/resources/cited.yaml",
     output:
         csv="results/tables/{table}.csv",
@@ -12,6 +17,9 @@ rule table:
     params:
         max_error_fraction=config["max_error_fraction"],
         extra=table_params,
+        # the current config's hash of every configured run and the `archived` section: a
+        # committed run made with another config is stale (kept out of the comparison tables)
+        freshness=table_freshness,
         # a pinned artifact's runs cannot be rewritten: older schema versions are converted
         # on read (logged); results/raw/ must be at the current version
         convert_older=PINNED,

@@ -118,6 +118,14 @@ def table_params(wildcards):
     return dag.table_params(config, wildcards.table)
 
 
+def table_freshness(wildcards):
+    return dag.table_freshness(config, wildcards.table)
+
+
+def context_inputs(wildcards):
+    return dag.context_inputs(wildcards.table)
+
+
 def all_targets():
     return dag.all_targets(config)  # the artifact is built on request: `snakemake ... artifact` (README)
 

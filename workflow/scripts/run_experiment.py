@@ -1,6 +1,8 @@
+import logging
 import os
 from pathlib import Path
 
+from kvreuse import provenance
 from kvreuse.experiments import RunSpec, run
 from kvreuse.plan import cuda_available
 from kvreuse.platforms import needs_gpu
@@ -14,6 +16,16 @@ if needs_gpu(spec["platform"]) and not cuda_available():
     raise SystemExit(f"platform {spec['platform']} needs a GPU, but this job sees none "
                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
                      f"SLURM partition {os.environ.get('SLURM_JOB_PARTITION')!r})")
+# The meta records the commit (kvreuse.provenance.git_commit: git, or $KVREUSE_GIT_COMMIT on a
+# host without .git); a GPU run without one stops here, a CPU run records null.
+commit = provenance.git_commit(".")
+problem = provenance.commit_problem(spec["platform"], commit)
+if problem:
+    raise SystemExit(problem)
+if commit is None:
+    logging.getLogger("kvreuse").warning(
+        "no commit known (no .git here and $%s unset): the meta records git_commit null",
+        provenance.COMMIT_ENV)
 run(RunSpec(**spec,
             model_dir=Path(snakemake.input.model),  # noqa: F821
             out_jsonl=Path(snakemake.output.jsonl),  # noqa: F821
