@@ -89,6 +89,9 @@ def value(rule: dict, tables: dict[str, pd.DataFrame], platform: str | None, lla
             if b == 0:
                 raise Missing("division by zero")
             return (a / b, None) if op == "ratio" else (100 * (a / b - 1), None)
+    if rule.get("compat") == "words":  # the study's prompt as `compat: true` sends it
+        from .workloads import COMPAT_SYSTEM
+        return float(len(COMPAT_SYSTEM.split())), None
     if "kvmodel" in rule:
         k = rule["kvmodel"]
         return float(kvmodel.kv_bytes_per_token(llama) * k["tokens"] * k.get("copies", 1)), None
@@ -140,6 +143,11 @@ def verdict(claim: dict, ours: float, ci: tuple | None) -> tuple[str, float | No
     raise ValueError(f"claim {claim['id']}: unknown kind {kind!r}")
 
 
+def _offline(rule: dict) -> bool:
+    """A rule computed from the model's config or our code, not from a table."""
+    return "kvmodel" in rule or "compat" in rule
+
+
 def _rule_text(rule: dict | None) -> str:
     if not rule:
         return ""
@@ -169,14 +177,17 @@ def table(cited: dict, tables: dict[str, pd.DataFrame], llama: dict | None = Non
             else:
                 rule = c["rule"]
                 try:
-                    ours, ci = value(rule, tables, None if "kvmodel" in rule else platform, llama)
+                    ours, ci = value(rule, tables, None if _offline(rule) else platform, llama)
                 except Missing as e:
                     row.update(verdict="not measured", reason=str(e))
                 else:
                     v, ratio = verdict(c, ours, ci)
                     row.update(ours=ours, ours_ci_low=ci[0] if ci else None, ours_ci_high=ci[1] if ci else None,
                                ratio=ratio, verdict=v, reason=c.get("note"))
-                    if "kvmodel" in rule:
+                    if rule.get("compat") == "words":  # the study's prompt as `compat: true` sends it
+        from .workloads import COMPAT_SYSTEM
+        return float(len(COMPAT_SYSTEM.split())), None
+    if "kvmodel" in rule:
                         row["platform"] = "model config"
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
