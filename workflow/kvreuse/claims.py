@@ -184,11 +184,8 @@ def table(cited: dict, tables: dict[str, pd.DataFrame], llama: dict | None = Non
                     v, ratio = verdict(c, ours, ci)
                     row.update(ours=ours, ours_ci_low=ci[0] if ci else None, ours_ci_high=ci[1] if ci else None,
                                ratio=ratio, verdict=v, reason=c.get("note"))
-                    if rule.get("compat") == "words":  # the study's prompt as `compat: true` sends it
-        from .workloads import COMPAT_SYSTEM
-        return float(len(COMPAT_SYSTEM.split())), None
-    if "kvmodel" in rule:
-                        row["platform"] = "model config"
+                    if _offline(rule):
+                        row["platform"] = "model config" if "kvmodel" in rule else "workloads.py"
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -23,7 +23,8 @@ rule paper:
         tex_template="paper/kvreuse.tex.j2",
         bib_template="paper/kvreuse.bib.j2",
         citation_cff="CITATION.cff",
-        accounting_template="paper/accounting.md.j2",  # included by the template
+        accounting_template="paper/accounting.md.j2",  # included by the templates
+        accounting_tex_template="paper/accounting.tex.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
