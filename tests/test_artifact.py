@@ -278,6 +278,8 @@ def test_rebuilt_tables_equal_the_artifacts(rebuilt, tmp_path):
     for csv in sorted((root / "results/tables").glob("*.csv")):
         ours = pd.read_csv(rebuilt["folder"] / "results/tables" / csv.name)
         theirs = pd.read_csv(csv)
+        if "provenance" in theirs:  # the small artifact predates separating cited rows from measurements
+            theirs = theirs[~theirs.provenance.fillna("").str.startswith("cited")].reset_index(drop=True)
         cols = [c for c in theirs.columns if c in ours.columns]
         assert len(cols) >= len(theirs.columns) // 2, csv.name
         pd.testing.assert_frame_equal(ours[cols], theirs[cols], check_dtype=False, obj=csv.name)

@@ -31,6 +31,9 @@ from .results import Phase, RequestRecord, RunMeta, meta_path, read_meta, read_r
 log = logging.getLogger(__name__)
 
 CI_RESAMPLES = 2000
+#: the confidence level of every bootstrap CI (the columns' names say ci95)
+CI_LEVEL = 95
+_CI_Q = ((100 - CI_LEVEL) / 2, 100 - (100 - CI_LEVEL) / 2)
 
 
 class TooManyErrors(RuntimeError):
@@ -67,7 +70,7 @@ def bootstrap_ci(values, stat=np.median, n: int = CI_RESAMPLES, seed: int = 0) -
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     stats = stat(rng.choice(v, size=(n, len(v)), replace=True), axis=1)
-    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+    return float(np.percentile(stats, _CI_Q[0])), float(np.percentile(stats, _CI_Q[1]))
 
 
 def latency_stats(g: pd.DataFrame) -> pd.Series:
@@ -412,8 +415,8 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
                     boot = 100 * (a[idx].mean(axis=1) / b[idx].mean(axis=1) - 1)
                     key = metric.replace("_ms", "")
                     row[f"{key}_delta_pct"] = 100 * (a.mean() / b.mean() - 1)
-                    row[f"{key}_delta_ci95_lo_pct"] = float(np.percentile(boot, 2.5))
-                    row[f"{key}_delta_ci95_hi_pct"] = float(np.percentile(boot, 97.5))
+                    row[f"{key}_delta_ci95_lo_pct"] = float(np.percentile(boot, _CI_Q[0]))
+                    row[f"{key}_delta_ci95_hi_pct"] = float(np.percentile(boot, _CI_Q[1]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -451,34 +454,8 @@ def read_benchmarks(files: list[str]) -> dict[tuple, float]:
     return out
 
 
-def cited_rows(experiment: str, cited: dict | None) -> pd.DataFrame:
-    """The source studies' rows for a table, marked as cited (workflow/resources/cited.yaml)."""
-    if not cited:
-        return pd.DataFrame()
-    if experiment == "serving":
-        c = cited["baseline_table"]
-        return pd.DataFrame([{"platform": r["gpu"], "arm": "no_cache (cited)", "phase": "rate_2",
-                              "request_rate": 2, "bench_median_ttft_ms": r["ttft_median_ms"],
-                              "bench_median_itl_ms": r["itl_median_ms"], "output_throughput_tok_s": r["output_tok_s"],
-                              "provenance": f"cited: {c['source']} ({c['measures']})"} for r in c["rows"]])
-    if experiment == "random_overhead":
-        c = cited["random_overhead"]
-        return pd.DataFrame([{"platform": r["gpu"], "arm": "apc+lmcache (cited)", "status": "cited",
-                              "e2e_mean_ms": r["apc_lmcache_ms"], "e2e_delta_pct": r["delta_pct"],
-                              "provenance": f"cited: {c['source']} ({c['measures']})"} for r in c["rows"]])
-    return pd.DataFrame()
-
-
-def with_cited(table: pd.DataFrame, experiment: str, cited: dict | None) -> pd.DataFrame:
-    extra = cited_rows(experiment, cited)
-    if extra.empty:
-        return table
-    table = table.assign(provenance="measured (kvreuse)") if len(table) else table
-    return pd.concat([table, extra], ignore_index=True)
-
-
 def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
-          benchmark_files: list[str] = (), cited: dict | None = None,
+          benchmark_files: list[str] = (),
           links_gb_s: dict | None = None, convert_older: bool = False,
           expected_hashes: dict[str, str] | None = None, archived: list[dict] | None = None,
           context_files: list[str] = ()) -> pd.DataFrame:
@@ -498,13 +475,12 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
     if experiment == "cost":
         return cost_table(metas, read_benchmarks(list(benchmark_files)))
     df, metas, fresh = comparable_runs(df, metas, fresh)
-    table = _comparison_table(experiment, df, metas, max_error_fraction, cited, links_gb_s)
+    table = _comparison_table(experiment, df, metas, max_error_fraction, links_gb_s)
     return mark_freshness(table, metas, fresh) if expected_hashes is not None else table
 
 
 def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
-                      max_error_fraction: float, cited: dict | None,
-                      links_gb_s: dict | None) -> pd.DataFrame:
+                      max_error_fraction: float, links_gb_s: dict | None) -> pd.DataFrame:
     for (platform, arm), g in df.groupby(["platform", "arm"]) if len(df) else []:
         check_errors(g, max_error_fraction)
     if experiment == "reload_vs_recompute":
@@ -512,11 +488,11 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
     if experiment == "restart":
         return restart_table(df, metas)
     if experiment == "serving":
-        return with_cited(serving_table(df, metas), experiment, cited)
+        return serving_table(df, metas)
     if experiment == "fidelity":
         return fidelity_table(df, metas)
     if experiment == "random_overhead":
-        return with_cited(random_overhead_table(df, metas), experiment, cited)
+        return random_overhead_table(df, metas)
     if experiment == "prefix_sweep":
         df = df.assign(kind=df["phase_kind"])
         t = phase_table(df, metas, ["platform", "arm", "prefix_tokens", "kind", "phase"])

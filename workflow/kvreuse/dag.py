@@ -15,6 +15,8 @@ import glob
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from . import artifact as ka
 from . import config as kc
 from . import platforms
@@ -27,6 +29,10 @@ DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
 #: tables of every run (the provenance of each, the cost), of the serving fidelity check, and
 #: of what became of every configured run (kvreuse.accounting)
 STUDY_TABLES = ["runs", "cost", "fidelity", "accounting"]
+#: the source studies' claims (workflow/resources/cited.yaml) beside our measurements
+#: (kvreuse.claims, rule claims): made from the tables its rules name, not from raw files
+CITED = "workflow/resources/cited.yaml"
+CLAIMS_TABLE = "results/tables/claims.csv"
 #: committed archives of GPU hosts' job logs (the accounting reads why a run failed in them)
 LOG_ARCHIVES = "results/gpu-logs/*.tgz"
 FIGURE_TITLES = {
@@ -108,6 +114,27 @@ def experiments(config: dict) -> list[str]:
 
 def tables(config: dict) -> list[str]:
     return experiments(config) + STUDY_TABLES + list(DERIVED_TABLES)
+
+
+def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
+    """The configured tables that cited.yaml's rules read (the claims rule's inputs)."""
+    named = set()
+
+    def walk(rule):
+        if isinstance(rule, dict):
+            if "table" in rule:
+                named.add(rule["table"])
+            for v in rule.values():
+                walk(v)
+        elif isinstance(rule, list):
+            for v in rule:
+                walk(v)
+
+    for group in (yaml.safe_load(Path(cited_path).read_text()) or {}).get("claims", []):
+        walk(group.get("ours"))
+        for c in group["claims"]:
+            walk(c.get("ours"))
+    return [t for t in tables(config) if t in named]
 
 
 def figure_title(figure: str) -> str:

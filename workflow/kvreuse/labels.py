@@ -96,6 +96,23 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "apc_ms": ("APC only", "ms"),
     "apc_lmcache_ms": ("APC + LMCache", "ms"),
     "delta_pct": ("Change", "%"),
+    # the claims table (kvreuse.claims)
+    "id": ("Claim", None),
+    "source": ("Study", None),
+    "quantity": ("Quantity", None),
+    "claimed_text": ("Claimed", None),
+    "ours_text": ("Ours", None),
+    "ratio_text": ("Ours / claimed", None),
+    "verdict": ("Verdict", None),
+    "reason": ("Why / note", None),
+    "title": ("Claims of", None),
+    "total": ("Claims", None),
+    "reproduced": ("Reproduced", None),
+    "differs": ("Differs", None),
+    "refuted": ("Refuted", None),
+    "not resolved": ("Not resolved", None),
+    "not measurable": ("Not measurable", None),
+    "not measured": ("Not measured", None),
 }
 
 # range column -> (low column, high column)

@@ -21,6 +21,9 @@ _SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\textbraceleft{}", "}": r"\textbraceright{}", "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    # characters of the studies' text that pdfLaTeX's T1 fonts lack
+    "\u2248": r"$\approx$", "\u2212": r"\textminus{}", "\u2192": r"$\rightarrow$", "\u00d7": r"$\times$",
+    "\u2014": "---", "\u2013": "--", "\u2026": r"\ldots{}", "\u26a0": r"\textbf{(!)}", "\ufe0f": "",
 }
 _SPECIAL_RE = re.compile("|".join(re.escape(c) for c in _SPECIAL))
 
@@ -91,9 +94,12 @@ def header(column: str, width: int = 11) -> str:
     return r"\colhead{%s}" % r"\\".join(lines)
 
 
-def table(data, columns: list[str], digits: int = 1) -> Markup:
+def table(data, columns: list[str], digits: int = 1, wrap: dict[str, str] | None = None,
+          long: bool = False) -> Markup:
     """A booktabs ``tabular`` of ``columns`` (those present, or ranges of two present columns),
-    headers from kvreuse.labels, numbers right-aligned; '(no rows)' when there are none."""
+    headers from kvreuse.labels, numbers right-aligned; '(no rows)' when there are none.
+    ``wrap``: column -> width (``3cm``): that column's text wraps, ragged right; ``long``: a
+    ``longtable`` that breaks across pages, its header repeated (not inside a float)."""
     df = pd.DataFrame(data) if isinstance(data, list) else data
     if df is None or df.empty:
         return Markup(r"\emph{(no rows)}")
@@ -114,10 +120,16 @@ def table(data, columns: list[str], digits: int = 1) -> Markup:
             cells[header(col)] = [number(v if _is_na(v) else short(v), digits, signed)
                                   for v in df[col].astype(object)]
             align.append("r" if numeric else "l")
+        if wrap and col in wrap and col in df.columns:
+            align[-1] = r">{\raggedright\arraybackslash}p{%s}" % wrap[col]
     if not cells:
         return Markup(r"\emph{(no columns)}")
     out = pd.DataFrame(cells).style.hide(axis="index")
-    return Markup(out.to_latex(hrules=True, column_format="".join(align)))
+    tex = out.to_latex(hrules=True, column_format="".join(align))
+    if long:
+        tex = tex.replace(r"\begin{tabular}", r"\begin{longtable}", 1).replace(r"\end{tabular}", r"\end{longtable}", 1)
+        tex = tex.replace("\\midrule\n", "\\midrule\n\\endhead\n", 1)
+    return Markup(tex)
 
 
 def _finalize(value):

@@ -3,7 +3,10 @@ Jinja templates: Markdown (paper/kvreuse.md.j2, for the web) and LaTeX (paper/kv
 with its BibTeX paper/kvreuse.bib.j2), which latexmk compiles to the PDF.
 
 No number in the write-up is typed by hand: measurements come from results/tables/, the
-studies' claims from workflow/resources/cited.yaml, the KV model from the model's config.
+studies' claims from workflow/resources/cited.yaml (set beside our measurements in
+results/tables/claims.csv, kvreuse.claims), the KV model from the model's config. A sentence that
+compares (faster, slower, survived, fell back) is chosen here from the numbers, which it shows
+(tests/test_writeup_numbers.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from . import __version__, kvmodel, labels, latex, latexmk, provenance
+from . import __version__, aggregate, claims, kvmodel, labels, latex, latexmk, provenance
 
 TITLE = "kvreuse: KV-cache reuse in vLLM, measured with counters"
 
@@ -36,13 +39,30 @@ def fmt(x, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
-def mdtable(df: pd.DataFrame, cols: list[str] | None = None, digits: int = 1) -> str:
+def num(x) -> str:
+    """A claim's number as the study wrote it: thousands separators, no trailing zeros."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:,.3f}".rstrip("0").rstrip(".")
+
+
+def _claim_texts(r: dict) -> dict:
+    unit = f" {r['unit']}" if r.get("unit") else ""
+    claimed = (f"{num(r['claimed_low'])} to {num(r['claimed_high'])}" if claims.is_number(r.get("claimed_low"))
+               else num(r.get("claimed")))
+    ours = "" if not claims.is_number(r.get("ours")) else num(r["ours"]) + (
+        f" ({num(r['ours_ci_low'])} to {num(r['ours_ci_high'])})" if claims.is_number(r.get("ours_ci_low")) else "")
+    return {"claimed_text": claimed + unit, "ours_text": ours + (unit if ours else ""),
+            "ratio_text": f"{r['ratio']:.2f}" if claims.is_number(r.get("ratio")) else ""}
+
+
+def mdtable(df: pd.DataFrame, cols: list[str] | None = None, digits: int = 1, **kw) -> str:
     """A Markdown table of ``cols`` (those present), numbers rounded; '(no rows)' when empty."""
     if df is None or df.empty:
         return "(no rows)"
     if cols:
         df = df[[c for c in cols if c in df.columns]]
-    return df.round(digits).rename(columns=labels.label).to_markdown(index=False, floatfmt=f".{digits}f")
+    return df.round(digits).rename(columns=labels.label).to_markdown(index=False, floatfmt=f".{digits}f", **kw)
 
 
 def _rows(df: pd.DataFrame) -> list[dict]:
@@ -84,18 +104,120 @@ def accounting_context(runs: pd.DataFrame, accounting: pd.DataFrame | None) -> d
     }
 
 
+def _platform_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    ok = runs.status == "ok"
+    if "freshness" in runs.columns:  # stale runs are kept out of the tables (accounting_context)
+        ok &= runs.freshness != "stale"
+    return runs[ok]
+
+
+def lmcache_kernels(runs: pd.DataFrame) -> dict:
+    """What the LMCache runs recorded of LMCache's compiled kernels (runs.csv lmcache_kernels):
+    how many LMCache runs, how many on each kernel state; ``all_fallback`` only when every one
+    recorded the torch fallback."""
+    col = runs["lmcache_kernels"] if "lmcache_kernels" in runs.columns else pd.Series(dtype=object)
+    known = col.dropna().astype(str)
+    counts = known.value_counts().to_dict()
+    return {"runs": len(known), "counts": counts,
+            "all_fallback": len(known) > 0 and set(counts) == {"fallback"},
+            "fallback": {(r.platform, r.experiment, r.arm) for r in runs.itertuples()
+                         if str(getattr(r, "lmcache_kernels", "")) == "fallback"}}
+
+
+def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
+    """The server start times of the runs (cost.csv): first start of a run and later starts
+    (restarts), the shortest and the longest, over ``platforms``."""
+    out = {}
+    if cost is None or cost.empty:
+        return out
+    c = cost[cost.platform.isin(platforms) & (cost.experiment != "TOTAL")]
+    for key in ("first_start_s", "later_start_s"):
+        v = c[key].dropna() if key in c.columns else pd.Series(dtype=float)
+        if len(v):
+            out[key] = {"min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+    return out
+
+
+def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
+    """The restart table's rows, each with what the numbers say: whether reloading the cache
+    beat recomputing a never-seen prompt on the restarted server (``reload_beat_recompute``,
+    with both times), and whether LMCache ran on its torch fallback."""
+    rows = []
+    for r in _rows(restart):
+        first, cold = r.get("post_restart_first_ttft_median_ms"), r.get("post_restart_cold_ttft_median_ms")
+        both = claims.is_number(first) and claims.is_number(cold)
+        rows.append({**r, "reload_beat_recompute": (first < cold) if both else None,
+                     "fallback": (r["platform"], "restart", r["arm"]) in kernels["fallback"]})
+    return rows
+
+
+def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
+    """The random_overhead rows with a paired change, each with its direction by the CI
+    (``slower``: the CI above zero, ``faster``: below, ``unresolved``: around it)."""
+    out = []
+    for r in _rows(t):
+        if r.get("status") != "ok" or not claims.is_number(r.get("e2e_delta_pct")):
+            continue
+        lo, hi = r.get("e2e_delta_ci95_lo_pct"), r.get("e2e_delta_ci95_hi_pct")
+        direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
+        out.append({**r, "direction": direction,
+                    "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"]})
+    return out
+
+
+def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
+    """The claims table as the write-up shows it: every row, the verdicts per study, each
+    group's rows (the cited tables of the sections), and the GPUs the studies name that we did
+    not measure."""
+    rows = [{**r, **_claim_texts(r), "platform": r["platform"] or "", "reason": r["reason"] or ""}
+            for r in table.astype(object).where(table.notna(), None).to_dict("records")]
+    by_id: dict[str, dict] = {}
+    for r in rows:
+        by_id.setdefault(r["id"].split("@")[0], r)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    group_meta = {g["group"]: {k: v for k, v in g.items() if k != "claims"} for g in cited.get("claims", [])}
+    unmeasured = sorted({str(r["gpu"]) for r in rows if r["gpu"] not in measured and r["gpu"] != "not stated"})
+    not_measurable = []
+    for name, meta in group_meta.items():
+        g = [r for r in rows if r["group"] == name and r["verdict"] == "not measurable"]
+        if g and meta.get("not_measurable"):
+            not_measurable.append({"group": name, "source": meta["source"], "title": meta["title"],
+                                   "n": len(g), "reason": meta["not_measurable"]})
+    compared = [r for r in rows if not (r["verdict"] == "not measurable" and
+                                        group_meta.get(r["group"], {}).get("not_measurable"))]
+    return {"claims": rows, "claims_compared": compared, "claims_by_id": by_id, "claims_groups": groups,
+            "claims_group_meta": group_meta, "claims_summary": claims.summary(table),
+            "claims_not_measurable": not_measurable, "cited_only": unmeasured,
+            "claims_tolerance_pct": claims.TOLERANCE * 100, "claims_n": len(rows),
+            "studies_without_claims": [{"key": k, **v} for k, v in cited["studies"].items() if v.get("no_claims")]}
+
+
+def kv_context(llama: dict, claim: dict | None) -> dict:
+    """The KV size per token from the model's config, its factors, and the study's claim beside it."""
+    per_tok = kvmodel.kv_bytes_per_token(llama)
+    heads = llama.get("num_key_value_heads", llama["num_attention_heads"])
+    head_dim = llama.get("head_dim") or llama["hidden_size"] // llama["num_attention_heads"]
+    kv = {"bytes_per_token": per_tok, "layers": llama["num_hidden_layers"], "kv_heads": heads,
+          "head_dim": head_dim, "dtype_bytes": per_tok // (llama["num_hidden_layers"] * 2 * heads * head_dim),
+          "dtype": llama.get("torch_dtype", "bfloat16")}
+    if claim and claims.is_number(claim.get("ours")):
+        kv.update(claimed=claim["claimed"], bytes=claim["ours"], ratio=claim["claimed"] / claim["ours"],
+                  quote=claim["excerpt"], source=claim["source"])
+    return kv
+
+
 def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             llama_config: Path, repo: Path, cite: dict | None = None,
             attempts: list[dict] | None = None) -> dict:
-    t = {name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"}
-    md = {name: p.with_suffix(".md").read_text() for name, p in tables.items()}
+    t = claims.measured_rows({name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"})
+    md = {name: p.with_suffix(".md").read_text() for name, p in tables.items() if p.with_suffix(".md").exists()}
     cited = yaml.safe_load(cited_path.read_text())
+    llama = json.loads(llama_config.read_text())
     runs = t["runs"]
     platforms = []
-    in_tables = runs.status == "ok"
-    if "freshness" in runs.columns:  # stale runs are kept out of the tables (accounting_context)
-        in_tables &= runs.freshness != "stale"
-    for p, g in runs[in_tables].groupby("platform", sort=False):
+    for p, g in _platform_rows(runs).groupby("platform", sort=False):
         r = g.iloc[0]
         platforms.append({"platform": p, "accelerator": r.accelerator, "driver": r.driver,
                           "vllm": r.vllm, "lmcache": r.lmcache, "torch": r.torch, "model": r.model,
@@ -104,27 +226,22 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
                           "commits": sorted(set(g.git_commit.dropna()))})
     not_run = runs[runs.status != "ok"][["platform", "experiment", "arm", "reason"]]
     measured = {p["platform"] for p in platforms}
-    cited_only = sorted({str(pl) for df in t.values() if {"platform", "provenance"} <= set(df.columns)
-                         for pl, prov in zip(df.platform, df.provenance)
-                         if str(prov).startswith("cited") and str(pl) not in measured})
+    claims_table = t.get("claims")
+    if claims_table is None:  # a build without rule claims (tests): computed from the same tables
+        claims_table = claims.table(cited, t, llama)
+    ctx_claims = claims_context(claims_table, cited, measured)
     cw = t["cold_warm"]
     cold_warm = []
     for p, g in cw.groupby("platform", sort=False):
         g = g.set_index("phase")
         if {"cold", "warm"} <= set(g.index):
-            cold_warm.append({"platform": p, "cold": g.loc["cold", "ttft_median_ms"],
-                              "warm": g.loc["warm", "ttft_median_ms"],
+            cold, warm = g.loc["cold", "ttft_median_ms"], g.loc["warm", "ttft_median_ms"]
+            cold_warm.append({"platform": p, "cold": cold, "warm": warm,
                               "warm_lo": g.loc["warm", "ttft_ci95_lo_ms"], "warm_hi": g.loc["warm", "ttft_ci95_hi_ms"],
-                              "speedup": g.loc["cold", "ttft_median_ms"] / g.loc["warm", "ttft_median_ms"],
+                              "speedup": cold / warm, "warm_faster": bool(warm < cold),
                               "warm_hits": g.loc["warm", "hit_tokens"], "cold_hits": g.loc["cold", "hit_tokens"],
                               "cold_e2e": g.loc["cold", "e2e_median_ms"], "warm_e2e": g.loc["warm", "e2e_median_ms"]})
-    from .workloads import COMPAT_SYSTEM
-    compat = {"words": len(COMPAT_SYSTEM.split())}
-    llama = json.loads(llama_config.read_text())
-    kv_tok = kvmodel.kv_bytes_per_token(llama)
-    claim = cited["kv_size_claim"]
-    kv = {"bytes_per_token": kv_tok, "tokens": claim["tokens"], "bytes": kv_tok * claim["tokens"],
-          "claimed": claim["claimed_bytes"], "ratio": claim["claimed_bytes"] / (kv_tok * claim["tokens"])}
+    kernels = lmcache_kernels(_platform_rows(runs))
     commit = provenance.git_commit(repo)
     versions = provenance.versions()
     gpus = [p for p in platforms if p["platform"] != "cpu"]
@@ -139,11 +256,16 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     weights: dict[str, list[str]] = {}
     for p in platforms:
         weights.setdefault(str(p["weights"]), []).append(p["platform"])
-    return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run), "cited_only": cited_only,
+    models = sorted({str(p["model"]) for p in gpus})
+    return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run),
             "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
-            "restart": _rows(t["restart"]), "baseline": _rows(t["baseline"]),
+            "restart": restart_rows(t["restart"], kernels), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
-            "cited": cited, "kv": kv, "compat": compat, "fig": {k: str(v) for k, v in figures.items()},
+            "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
+            "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
+            "ci_level": aggregate.CI_LEVEL, "gpu_models": models,
+            "cited": cited, "kv": kv_context(llama, ctx_claims["claims_by_id"].get("s000-kv-size")),
+            "fig": {k: str(v) for k, v in figures.items()},
             "commit": commit, "commit_short": commit[:12] if commit else "unknown",
             "run_commits": sorted(set(runs.git_commit.dropna())), "kvreuse_version": __version__,
             "artifact": {"id": "unpublished", "short": "unpublished", "kind": "none", "doi": None,
@@ -153,7 +275,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "gpu_stack": {key: ", ".join(v["version"] for v in _versions(gpus, key)) or "n/a"
                           for key in ("vllm", "lmcache", "torch")},
             "weights": [{"weights": w, "platforms": ps} for w, ps in weights.items()],
-            **accounting_context(runs, t.get("accounting"))}
+            **ctx_claims, **accounting_context(runs, t.get("accounting"))}
 
 
 def _versions(platforms: list[dict], key: str) -> list[dict]:
@@ -176,13 +298,15 @@ def render(template: Path, ctx: dict) -> str:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
     env.filters["mdtable"] = mdtable
+    env.filters["num"] = num
+    env.filters["mdrows"] = lambda rows, cols, digits=1: mdtable(pd.DataFrame(list(rows)), cols, digits, disable_numparse=True)
     env.tests["known"] = _known
     return env.get_template(template.name).render(**ctx)
 
 
 def render_tex(template: Path, ctx: dict) -> str:
     """The LaTeX write-up or its BibTeX (kvreuse.latex: every value escaped)."""
-    env = latex.environment(template.parent, fmt=fmt)
+    env = latex.environment(template.parent, fmt=fmt, num=num)
     env.tests["known"] = _known
     return env.get_template(template.name).render(**ctx)
 

@@ -9,7 +9,6 @@ rule table:
         context=context_inputs,
         # a pinned artifact's manifest: its config says which runs are current
         manifest=pinned_manifest,
-        cited="workflow/resources/cited.yaml",
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",
@@ -31,3 +30,23 @@ rule table:
         "../../envs/analysis.yaml"
     script:
         "../scripts/aggregate.py"
+
+
+rule claims:
+    """The source studies' numeric claims (workflow/resources/cited.yaml) beside our
+    measurement of each, with a verdict (kvreuse/claims.py): the reproduce-or-refute table."""
+    localrule: True  # seconds of pandas: on a cluster, runs where snakemake runs
+    input:
+        cited=dag.CITED,
+        # only the tables that cited.yaml's rules read
+        tables=expand("results/tables/{t}.csv", t=dag.claims_tables(config)),
+        llama_config="workflow/resources/llama-3.1-8b/config.json",
+    output:
+        csv=dag.CLAIMS_TABLE,
+        md=dag.CLAIMS_TABLE.replace(".csv", ".md"),
+    log:
+        "results/logs/tables/claims.log",
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/claims.py"

@@ -23,12 +23,14 @@ rule paper:
         tex_template="paper/kvreuse.tex.j2",
         bib_template="paper/kvreuse.bib.j2",
         citation_cff="CITATION.cff",
-        accounting_template="paper/accounting.md.j2",  # included by the template
+        accounting_template="paper/accounting.md.j2",  # included by the templates
+        accounting_tex_template="paper/accounting.tex.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
         figures_pdf=expand("results/figures/{f}.pdf", f=FIGURES),
-        cited="workflow/resources/cited.yaml",
+        cited=dag.CITED,
+        claims=dag.CLAIMS_TABLE,
         attempts=attempts_files(),
         llama_config="workflow/resources/llama-3.1-8b/config.json",
         raw=all_raw_inputs,

@@ -1,8 +1,6 @@
 import json
 from pathlib import Path
 
-import yaml
-
 from kvreuse import dag
 from kvreuse.aggregate import build, write
 from kvreuse.rulelog import to_rule_log
@@ -16,7 +14,6 @@ if snakemake.input.manifest:  # noqa: F821
     freshness = dag.pinned_freshness(manifest, snakemake.wildcards.table)  # noqa: F821
 table = build(snakemake.wildcards.table, jsonl, snakemake.params.max_error_fraction,  # noqa: F821
               benchmark_files=snakemake.input.benchmarks,  # noqa: F821
-              cited=yaml.safe_load(open(snakemake.input.cited)),  # noqa: F821
               convert_older=snakemake.params.convert_older,  # noqa: F821
               context_files=list(snakemake.input.context),  # noqa: F821
               **snakemake.params.extra, **freshness)  # noqa: F821

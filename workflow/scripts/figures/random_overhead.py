@@ -1,5 +1,6 @@
 """Unique (random) prompts: change of mean latency with LMCache against APC only, per GPU,
-with 95% CIs; the study's values (L40S, RTX 6000, ...) marked as cited."""
+with 95% CIs (our measurements only; the source study's numbers are in the write-up's claims
+table)."""
 import numpy as np
 import pandas as pd
 
@@ -12,16 +13,14 @@ fig, ax = plt.subplots(figsize=(5.5, 3))
 rows = t[t["e2e_delta_pct"].notna()] if "e2e_delta_pct" in t else t.iloc[0:0]
 if len(rows):
     for i, (_, r) in enumerate(rows.iterrows()):
-        cited = str(r.get("provenance", "")).startswith("cited")
         lo = r.get("e2e_delta_ci95_lo_pct", np.nan)
         hi = r.get("e2e_delta_ci95_hi_pct", np.nan)
-        yerr = None if cited or np.isnan(lo) else [[r.e2e_delta_pct - lo], [hi - r.e2e_delta_pct]]
-        ax.bar(i, r.e2e_delta_pct, yerr=yerr, capsize=3, color="white" if cited else COLORS.get(r.platform, "C0"),
-               edgecolor=COLORS.get(r.platform, "k"), hatch="//" if cited else None)
+        yerr = None if np.isnan(lo) else [[r.e2e_delta_pct - lo], [hi - r.e2e_delta_pct]]
+        ax.bar(i, r.e2e_delta_pct, yerr=yerr, capsize=3, color=COLORS.get(r.platform, "C0"),
+               edgecolor=COLORS.get(r.platform, "k"))
         ax.annotate(f"{r.e2e_delta_pct:+.1f}%", (i, r.e2e_delta_pct), ha="center",
                     va="bottom" if r.e2e_delta_pct >= 0 else "top", fontsize=7)
-    ax.set_xticks(range(len(rows)), [f"{r.platform}\n{'cited' if str(r.get('provenance', '')).startswith('cited') else r.arm}"
-                                     for _, r in rows.iterrows()], fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{r.platform}\n{r.arm}" for _, r in rows.iterrows()], fontsize=7)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("mean e2e latency change vs APC only (%)")
 else:

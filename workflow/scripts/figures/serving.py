@@ -1,5 +1,5 @@
-"""Serving baseline (vllm bench serve): TTFT and ITL medians against request rate per GPU,
-with the source study's rows at rate 2 marked as cited."""
+"""Serving baseline (vllm bench serve): TTFT and ITL medians against request rate per GPU (our
+measurements only; the source study's numbers are in the write-up's claims table)."""
 import pandas as pd
 
 from kvreuse.plotting import COLORS, empty, plt, save
@@ -9,20 +9,14 @@ to_rule_log(snakemake)  # noqa: F821
 t = pd.read_csv(snakemake.input.table)  # noqa: F821
 fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(9, 3))
 if len(t):
-    cited = t["provenance"].fillna("").str.startswith("cited") if "provenance" in t else pd.Series(False, index=t.index)
-    for p, g in t[~cited].groupby("platform", sort=False):
+    for p, g in t.groupby("platform", sort=False):
         g = g.sort_values("request_rate")
         a1.errorbar(g.request_rate, g.bench_median_ttft_ms,
                     yerr=[(g.bench_median_ttft_ms - g.ttft_ci95_lo_ms).clip(lower=0).fillna(0),
                           (g.ttft_ci95_hi_ms - g.bench_median_ttft_ms).clip(lower=0).fillna(0)],
-                    marker="o", color=COLORS.get(p), label=f"{p} (measured)")
+                    marker="o", color=COLORS.get(p), label=p)
         a2.plot(g.request_rate, g.bench_median_itl_ms, marker="o", color=COLORS.get(p), label=p)
         a3.plot(g.request_rate, g.output_throughput_tok_s, marker="o", color=COLORS.get(p), label=p)
-    for _, r in t[cited].iterrows():
-        kw = dict(marker="D", mfc="none", color=COLORS.get(r.platform, "k"), ls="none")
-        a1.plot([r.request_rate], [r.bench_median_ttft_ms], label=f"{r.platform} (cited)", **kw)
-        a2.plot([r.request_rate], [r.bench_median_itl_ms], **kw)
-        a3.plot([r.request_rate], [r.output_throughput_tok_s], **kw)
     for ax, lab in ((a1, "TTFT median (ms)"), (a2, "ITL median (ms)"), (a3, "output tok/s")):
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(lab)
