@@ -23,8 +23,10 @@ pytestmark = pytest.mark.vllm
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, tiny_model) -> Path:
     folder = tmp_path_factory.mktemp("small-run") / "repo"
-    shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "results", "resources", ".snakemake", "paper/build", "__pycache__"))
+    top_level = {".git", ".venv", "results", "resources", ".snakemake", ".gpu-stage"}
+    shutil.copytree(REPO, folder, ignore=lambda d, names: [
+        n for n in names if n == "__pycache__" or (Path(d) == REPO and n in top_level)
+        or (Path(d) == REPO / "paper" and n == "build")])
     shutil.copytree(REPO / "results/raw", folder / "results/raw")  # committed, not reported here
     models = folder / "resources/models"
     models.mkdir(parents=True)
