@@ -318,7 +318,7 @@ def alternating_params(config: dict, experiment: str, platform: str) -> dict:
     """What the one job of an alternating experiment needs: each arm's run parameters (their
     config hashes are the arms' own, as for a job per arm) and the number of server runs."""
     params = kc.experiment_params(config, platform, experiment)
-    return {"server_runs": params.get("server_runs", 1),
+    return {"platform": platform, "experiment": experiment, "server_runs": params.get("server_runs", 1),
             "arms": [run_params(config, experiment, platform, arm)
                      for arm in kc.arms_for(config, experiment, platform)]}
 
