@@ -8,7 +8,8 @@ The status is derived from files, never typed by hand:
 ``stale``     a raw file made with another configuration (kept out of the comparison tables)
 ``archived``  a stale raw file that config.yaml's ``archived`` section keeps, with its note
 ``failed``    no raw file, but a job log: its last line that shows an error
-              (results/logs/<platform>/<experiment>/<arm>.log, or the same path inside a
+              (results/logs/<platform>/<experiment>/<arm>.log, or alternating.log for an
+              experiment whose arms share one job, or the same path inside a
               committed log archive results/gpu-logs/*.tgz, the newest copy), or else an
               attempts.yaml entry with outcome ``failed`` and the file that shows it
 ``missing``   configured, but no raw file and no log
@@ -26,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from . import alternating
 from .freshness import ARCHIVED, STALE, Freshness, run_key
 from .results import RunMeta
 
@@ -86,15 +88,18 @@ class JobLogs:
                     self.archived[m.name] = (m.mtime, str(archive), text)
 
     def find(self, platform: str, experiment: str, arm: str) -> tuple[str, str] | None:
-        """(where, text) of a run's job log: the file, else the newest archived copy."""
-        rel = f"{platform}/{experiment}/{arm}.log"
-        path = self.log_root / rel
-        if path.is_file():
-            return str(path), path.read_text(errors="replace")
-        member = f"results/logs/{rel}"
-        if member in self.archived:
-            _, archive, text = self.archived[member]
-            return f"{archive}:{member}", text
+        """(where, text) of a run's job log: the file, else the newest archived copy; for an
+        alternating experiment, the log of the one job that ran all its arms."""
+        stems = [arm] + ([alternating.JOB] if alternating.alternates(experiment) else [])
+        for stem in stems:
+            rel = f"{platform}/{experiment}/{stem}.log"
+            path = self.log_root / rel
+            if path.is_file():
+                return str(path), path.read_text(errors="replace")
+            member = f"results/logs/{rel}"
+            if member in self.archived:
+                _, archive, text = self.archived[member]
+                return f"{archive}:{member}", text
         return None
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import kvmodel, metrics
+from . import alternating, kvmodel, metrics
 from .accounting import JobLogs, accounting_table, load_attempts
 from .freshness import Freshness, comparable, freshness
 from .migrate import read_converted
@@ -394,8 +394,11 @@ def fidelity_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
 
 
 def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -> pd.DataFrame:
-    """Per platform and arm: mean TTFT and e2e over the unique prompts, and the change against
-    the APC-only arm on the very same prompts, with a paired bootstrap 95% CI."""
+    """Per platform and arm: mean and median TTFT and e2e over the unique prompts, the number
+    of separate server runs (``server_runs``), and the change of the mean against the APC-only
+    arm on the very same prompts, with a 95% CI that resamples server runs within each arm and
+    then prompts, paired (kvreuse.alternating.ratio_ci): NaN with fewer than two server runs
+    on either side (runs made before the alternating design had one)."""
     df = df[(df["phase_kind"] == "repeat") & df["error"].isna()]
     rows = []
     for m in metas:
@@ -403,22 +406,40 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
         row = {"platform": p, "arm": arm, "status": m.status, "reason": m.reason or ""}
         sub = df[(df.platform == p) & (df.arm == arm)]
         if len(sub):
-            row.update(n=len(sub), ttft_mean_ms=sub.ttft_ms.mean(), e2e_mean_ms=sub.e2e_ms.mean(),
+            row.update(n=len(sub), server_runs=sub["server_run"].fillna(0).nunique(),
+                       ttft_mean_ms=sub.ttft_ms.mean(), e2e_mean_ms=sub.e2e_ms.mean(),
                        ttft_median_ms=sub.ttft_ms.median(), e2e_median_ms=sub.e2e_ms.median())
             ref = df[(df.platform == p) & (df.arm == reference)]
             if arm != reference and len(ref):
-                pair = sub.merge(ref, on=["repeat", "seq"], suffixes=("", "_ref"))
                 for metric in ("e2e_ms", "ttft_ms"):
-                    a, b = pair[metric].to_numpy(float), pair[f"{metric}_ref"].to_numpy(float)
-                    rng = np.random.default_rng(0)
-                    idx = rng.integers(0, len(a), size=(CI_RESAMPLES, len(a)))
-                    boot = 100 * (a[idx].mean(axis=1) / b[idx].mean(axis=1) - 1)
                     key = metric.replace("_ms", "")
-                    row[f"{key}_delta_pct"] = 100 * (a.mean() / b.mean() - 1)
-                    row[f"{key}_delta_ci95_lo_pct"] = float(np.percentile(boot, _CI_Q[0]))
-                    row[f"{key}_delta_ci95_hi_pct"] = float(np.percentile(boot, _CI_Q[1]))
+                    point, lo, hi = alternating.ratio_ci(alternating.run_matrix(sub, metric),
+                                                         alternating.run_matrix(ref, metric))
+                    row[f"{key}_delta_pct"] = point
+                    row[f"{key}_delta_ci95_lo_pct"] = lo
+                    row[f"{key}_delta_ci95_hi_pct"] = hi
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _busy_s(m: RunMeta) -> float:
+    """Seconds a run kept its servers busy: their starts and its phases."""
+    return sum(s.get("startup_s", 0.0) for s in m.server_starts) + sum(p.wall_s for p in m.phases.values())
+
+
+def _wall_s(m: RunMeta, metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
+    """The run's own job's wall time; for the arms of one alternating job (its benchmark file
+    results/benchmarks/<platform>/<experiment>/alternating.tsv), the job's wall time shared
+    among the arms that ran in proportion to their busy seconds."""
+    own = benchmarks.get((m.platform, m.experiment, m.arm))
+    if own is not None:
+        return own
+    job = benchmarks.get((m.platform, m.experiment, alternating.JOB))
+    if job is None:
+        return np.nan
+    busy = [_busy_s(o) for o in metas
+            if (o.platform, o.experiment, o.status) == (m.platform, m.experiment, "ok")]
+    return job * _busy_s(m) / sum(busy) if sum(busy) > 0 else job / max(len(busy), 1)
 
 
 def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataFrame:
@@ -428,7 +449,7 @@ def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataF
         if m.status != "ok":
             continue
         starts = _vllm_starts(m)
-        wall = benchmarks.get((m.platform, m.experiment, m.arm), np.nan)
+        wall = _wall_s(m, metas, benchmarks)
         acc = m.accelerator or {}
         gpus = acc.get("count", 1) if acc.get("kind") == "gpu" else 0
         rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,

@@ -172,6 +172,14 @@ def arms_for(config: dict, experiment: str, platform: str | None = None) -> list
     return list(experiment_params(config, platform, experiment)["arms"])
 
 
+def client_config(client: dict, params: dict) -> dict:
+    """The ``client`` section as an experiment's requests use it: ``output_tokens`` in the
+    experiment's parameters replaces ``client.max_tokens``."""
+    if params.get("output_tokens") is None:
+        return dict(client)
+    return {**client, "max_tokens": params["output_tokens"]}
+
+
 def model_context(model: dict) -> int | None:
     """The model's own context (max_position_embeddings) where the config says it."""
     if model["source"] == "tiny":
@@ -190,8 +198,9 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
         return (params["input_len"] + max(params["output_len"], max_tokens),
                 "input_len + max(output_len, client.max_tokens)")
     if exp == "random_overhead":
-        return (params["system_tokens"] + params["context_tokens"] + max_tokens,
-                "system_tokens + context_tokens + client.max_tokens")
+        out = "output_tokens" if params.get("output_tokens") is not None else "client.max_tokens"
+        return (params["system_tokens"] + params["context_tokens"] + params.get("output_tokens", max_tokens),
+                f"system_tokens + context_tokens + {out}")
     if exp == "prefix_sweep":
         lengths = params["prefix_tokens_list"]
         if lengths == "auto":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from . import alternating
 from . import artifact as ka
 from . import config as kc
 from . import platforms
@@ -209,15 +210,24 @@ def raw_inputs(config: dict, experiment: str, unpacked: Unpacked = _not_pinned,
     return files + [meta_file(f) for f in files]
 
 
+def job_stems(config: dict, experiment: str, platform: str) -> list[str]:
+    """The stems of an experiment's job logs and benchmark files on a platform: one per arm,
+    or one job for all arms where they alternate (kvreuse.alternating)."""
+    if alternating.alternates(experiment):
+        return [alternating.JOB] if kc.arms_for(config, experiment, platform) else []
+    return kc.arms_for(config, experiment, platform)
+
+
 def benchmark_files(config: dict, unpacked: Unpacked = _not_pinned,
                     root: Path | str | None = None) -> list[str]:
-    """Snakemake benchmark: files of the runs measured here and of committed platforms."""
+    """Snakemake benchmark: files of the jobs measured here and of committed platforms."""
     if pinned(config):
         return ka.benchmark_files(unpacked(), report_platforms(config))
     files = [
-        t.replace("results/raw/", "results/benchmarks/").replace(".jsonl", ".tsv")
+        f"results/benchmarks/{p}/{e}/{stem}.tsv"
         for e in experiments(config)
-        for t in run_targets(config, e)
+        for p in run_platforms(config)
+        for stem in job_stems(config, e, p)
     ]
     measured = run_platforms(config)
     for p in report_platforms(config):
@@ -313,16 +323,17 @@ def context_inputs(table: str, root: Path | str | None = None) -> list[str]:
 def run_params(config: dict, experiment: str, platform: str, arm: str) -> dict:
     """What one run rule needs from config; a change here reruns only the runs it touches."""
     name = kc.model_name(config, platform)
+    params = kc.experiment_params(config, platform, experiment)
     spec = {
         "platform": platform,
         "experiment": experiment,
         "arm_name": arm,
         "arm": config["arms"][arm],
-        "params": kc.experiment_params(config, platform, experiment),
+        "params": params,
         "model_name": name,
         "model": config["models"][name],
         "server": kc.server_config(config, platform),
-        "client": config["client"],
+        "client": kc.client_config(config["client"], params),  # output_tokens: the experiment's
         "seed": config["seed"],
         "lmcache_dir": lmcache_dir(config, platform),
     }
@@ -330,8 +341,29 @@ def run_params(config: dict, experiment: str, platform: str, arm: str) -> dict:
     return spec
 
 
+def alternating_params(config: dict, experiment: str, platform: str) -> dict:
+    """What the one job of an alternating experiment needs: each arm's run parameters (their
+    config hashes are the arms' own, as for a job per arm) and the number of server runs."""
+    params = kc.experiment_params(config, platform, experiment)
+    return {"platform": platform, "experiment": experiment, "server_runs": params.get("server_runs", 1),
+            "arms": [run_params(config, experiment, platform, arm)
+                     for arm in kc.arms_for(config, experiment, platform)]}
+
+
+def alternating_outputs(config: dict, experiment: str, platform: str, ext: str) -> list[str]:
+    """Every arm's raw file (``ext``: jsonl or meta.json) that an alternating experiment's one
+    job on ``platform`` writes: the paths a job per arm would write."""
+    return [f"results/raw/{platform}/{experiment}/{arm}.{ext}"
+            for arm in kc.arms_for(config, experiment, platform)]
+
+
 def uses_lmcache(config: dict, arm: str) -> bool:
     return config["arms"][arm].get("lmcache") is not None
+
+
+def alternating_uses_lmcache(config: dict, experiment: str, platform: str) -> bool:
+    """Whether an arm of an alternating experiment's job uses LMCache (it needs the preflight)."""
+    return any(uses_lmcache(config, arm) for arm in kc.arms_for(config, experiment, platform))
 
 
 def preflight_file(config: dict, platform: str) -> str:

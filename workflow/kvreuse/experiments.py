@@ -11,20 +11,23 @@ in :data:`EXPERIMENTS`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import metrics, models, provenance, redact
+from . import alternating, metrics, models, provenance, redact
 from .lmcache import logs as lmcache_logs
 from .lmcache import store as lmcache_store
 from .plan import ServerPlan
 from .plan import plan as make_plan
 from .loadgen import BenchServe, Load
 from .recorder import ClientSettings, Recorder
-from .results import RequestRecord, RunMeta, meta_path, phase_name, write_meta, write_records
+from .results import (RequestRecord, RunMeta, meta_path, phase_name, read_meta, write_meta,
+                      write_records)
 from .server import exit_on_signals
 from .servers import Servers, now_iso
 from .workloads import PromptMaker, shared_prefix_prompts
@@ -240,23 +243,35 @@ async def serving(c: Context, p: dict) -> None:
                               name=phase_name("rate", rate))
 
 
-async def random_overhead(c: Context, p: dict) -> None:
-    """The studies' "random prompts" test: a short fixed system prompt plus a unique
-    mini-context per request, so nearly nothing is reusable. The prompts depend only on the
-    seed, so every arm (APC only, APC + LMCache) gets the very same requests."""
-    c.servers.start()
-    await warmup(c)
+async def random_overhead(c: Context, p: dict, server_run: int) -> None:
+    """One server run of the studies' "random prompts" test: a fresh server, one unrelated
+    warm-up (not measured), then a short fixed system prompt plus a unique mini-context per
+    request, so nearly nothing is reusable; then the server stops. The prompts depend only on
+    the seed, so every arm and every server run gets the very same requests."""
+    srv, rec = c.servers, c.recorder
+    srv.start()
+    n = p.get("warmup_requests", 1)
+    if n:
+        await rec.phase(srv.target(), "warmup",
+                        [c.prompts.tokens(f"random_overhead/warmup/{i}", p["system_tokens"] + p["context_tokens"])
+                         for i in range(n)],
+                        name=phase_name("warmup", f"run{server_run}"), server_run=server_run)
     system = c.prompts.tokens("random_overhead/system", p["system_tokens"])
     for rep in range(p["repeats"]):
         prompts = [system + c.prompts.tokens(f"random_overhead/r{rep}/{i}", p["context_tokens"])
                    for i in range(p["n_requests"])]
-        await c.recorder.phase(c.servers.target(), "repeat", prompts, name=phase_name("repeat", rep), repeat=rep)
+        await rec.phase(srv.target(), "repeat", prompts, name=phase_name("repeat", f"run{server_run}", rep),
+                        repeat=rep, server_run=server_run)
+    srv.stop(lmcache_server=True)
 
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
-    "prefix_sweep": prefix_sweep, "multiturn": multiturn,
-    "serving": serving, "random_overhead": random_overhead,
+    "prefix_sweep": prefix_sweep, "multiturn": multiturn, "serving": serving,
+}
+#: experiments run as alternating server runs (kvreuse.alternating): one server run of one arm
+SERVER_RUNS: dict[str, Callable[[Context, dict, int], Awaitable[None]]] = {
+    "random_overhead": random_overhead,
 }
 
 
@@ -277,19 +292,31 @@ def base_meta(spec: RunSpec, plan: ServerPlan) -> RunMeta:
         phases={})
 
 
-def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
-    """Run one experiment for one arm and write its JSONL and meta; returns the meta (a dict)."""
-    spec.log_dir.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
-                     run_dir=spec.log_dir, has_cuda=has_cuda,
+def arm_plan(spec: RunSpec, run_dir: Path, has_cuda: bool | None = None) -> ServerPlan:
+    """The arm's servers for one run (LMCache arms: a new store folder and ports each time)."""
+    return make_plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
+                     run_dir=run_dir, has_cuda=has_cuda,
                      store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment)
+
+
+def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:
+    """An arm that cannot run here: an empty JSONL and a meta with status not_run and why."""
+    log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform, reason)
+    meta.status, meta.reason, meta.finished_at = "not_run", reason, now_iso()
+    write_pair(spec.out_jsonl, [], meta)
+    return meta.to_dict()
+
+
+def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
+    """Run one experiment for one arm and write its JSONL and meta; returns the meta (a dict).
+    An alternating experiment (:data:`SERVER_RUNS`) runs its server runs for this arm alone."""
+    if spec.experiment in SERVER_RUNS:
+        return run_alternating([spec], spec.params.get("server_runs", 1), has_cuda)[0]
+    spec.log_dir.mkdir(parents=True, exist_ok=True)
+    plan = arm_plan(spec, spec.log_dir, has_cuda)
     meta = base_meta(spec, plan)
     if plan.not_run_reason:
-        log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform,
-                    plan.not_run_reason)
-        meta.status, meta.reason, meta.finished_at = "not_run", plan.not_run_reason, now_iso()
-        write_pair(spec.out_jsonl, [], meta)
-        return meta.to_dict()
+        return write_not_run(spec, meta, plan.not_run_reason)
 
     servers = Servers(plan, model_dir=spec.model_dir, model_name=spec.model_name,
                       log_dir=spec.log_dir, server=spec.server)
@@ -327,3 +354,115 @@ def write_pair(out_jsonl: Path, records: list[RequestRecord], meta: RunMeta) -> 
         Path(out_jsonl).unlink(missing_ok=True)
         meta_path(out_jsonl).unlink(missing_ok=True)
         raise
+
+
+# -- alternating server runs (kvreuse.alternating) -------------------------------------------
+@dataclass
+class ArmRuns:
+    """One arm of an alternating comparison: its spec, meta and recorder across its server
+    runs, each a fresh :class:`Servers` (and, for LMCache arms, a fresh store) in
+    ``log_dir/run<i>``."""
+
+    spec: RunSpec
+    plan: ServerPlan            # the first server run's (the meta's server block is this one's)
+    recorder: Recorder
+    has_cuda: bool | None = None
+    starts: list[dict] = dataclasses.field(default_factory=list)
+    stops: list[dict] = dataclasses.field(default_factory=list)
+    lmcache: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.arm_name
+
+    @property
+    def meta(self) -> RunMeta:
+        return self.recorder.meta
+
+    @functools.cached_property
+    def prompts(self) -> PromptMaker:
+        return PromptMaker.for_model(self.spec.model_dir, self.spec.seed)
+
+    @staticmethod
+    def run_dir(spec: RunSpec, server_run: int) -> Path:
+        return spec.log_dir / f"run{server_run}"
+
+    @contextlib.contextmanager
+    def server_run(self, i: int) -> Iterator[Context]:
+        """A context on fresh servers for server run ``i``; they are stopped on the way out,
+        and their starts, stops and LMCache summary kept for the meta."""
+        run_dir = self.run_dir(self.spec, i)
+        plan = self.plan if i == 0 else arm_plan(self.spec, run_dir, self.has_cuda)
+        self.recorder.lmcache_log_dir = run_dir if plan.lmcache is not None else None
+        servers = Servers(plan, model_dir=self.spec.model_dir, model_name=self.spec.model_name,
+                          log_dir=run_dir, server=self.spec.server)
+        try:
+            with servers:
+                yield Context(self.spec, plan, servers, self.recorder, None, self.prompts)
+        finally:
+            self.starts += [{**x, "server_run": i} for x in servers.starts]
+            self.stops += [{**x, "server_run": i} for x in servers.stops]
+        if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
+            self.lmcache.append({**lmcache_logs.finish(plan, run_dir, self.spec.model_dir), "server_run": i})
+
+
+def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]:
+    """The arms that can run here, in the given order; an arm that cannot (its plan's
+    ``not_run_reason``, e.g. LMCache without CUDA) is written now as not run, with its reason."""
+    arms = []
+    for spec in specs:
+        run_dir = ArmRuns.run_dir(spec, 0)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan = arm_plan(spec, run_dir, has_cuda)
+        meta = base_meta(spec, plan)
+        if plan.not_run_reason:
+            write_not_run(spec, meta, plan.not_run_reason)
+            continue
+        meta.params = {**meta.params, "server_runs": spec.params.get("server_runs", 1)}
+        recorder = Recorder(meta, ClientSettings.from_config(spec.model_name, spec.client, spec.seed))
+        arms.append(ArmRuns(spec, plan, recorder, has_cuda))
+    return arms
+
+
+async def alternate(arms: list, server_runs: int,
+                    one_run: Callable[[Context, dict, int], Awaitable[None]]) -> None:
+    """``server_runs`` rounds, each arm once per round, in order (A B A B ...): ``one_run`` on a
+    fresh context from each arm's ``server_run(i)``."""
+    for i, arm in alternating.schedule(arms, server_runs):
+        log.info("%s: server run %d of %d, arm %s", arm.spec.experiment, i + 1, server_runs, arm.name)
+        with arm.server_run(i) as c:
+            await one_run(c, c.spec.params, i)
+
+
+def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | None = None) -> list[dict]:
+    """Every arm of one alternating experiment on one platform (the arms in ``specs``, the
+    same experiment each): ``server_runs`` separate server runs per arm, the arms taking turns;
+    each arm's JSONL and meta written at the end (arms that cannot run here: at once, as not
+    run). Returns the metas (dicts) in the order of ``specs``."""
+    experiment = {s.experiment for s in specs}
+    if len(experiment) != 1 or next(iter(experiment)) not in SERVER_RUNS:
+        raise ValueError(f"run_alternating: one experiment of {', '.join(SERVER_RUNS)} expected, "
+                         f"got {', '.join(sorted(experiment)) or 'none'}")
+    arms = prepare(specs, has_cuda)
+
+    async def main():
+        try:
+            await alternate(arms, server_runs, SERVER_RUNS[specs[0].experiment])
+        finally:
+            for a in arms:
+                await a.recorder.aclose()
+
+    if arms:
+        with exit_on_signals():
+            asyncio.run(main())
+    for a in arms:
+        meta = a.meta
+        meta.finished_at = now_iso()
+        meta.server_starts, meta.stops = a.starts, a.stops
+        meta.n_requests = len(a.recorder.records)
+        meta.n_errors = sum(1 for r in a.recorder.records if r.error)
+        meta.server["starts"] = len([x for x in a.starts if x["process"] == "vllm"])
+        if a.lmcache:
+            meta.lmcache = {**a.lmcache[0], "server_runs": a.lmcache}
+        write_pair(a.spec.out_jsonl, a.recorder.records, meta)
+    return [read_meta(meta_path(s.out_jsonl)).to_dict() for s in specs]

@@ -26,6 +26,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "model": ("Model", None),
     "weights": ("Weights", None),
     "n_runs": ("Runs", None),
+    "server_runs": ("Server runs", None),
     "n": ("Requests", None),
     "n_errors": ("Errors", None),
     "requests": ("Requests", None),

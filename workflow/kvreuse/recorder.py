@@ -30,7 +30,7 @@ from .servers import Target
 log = logging.getLogger(__name__)
 
 #: the phase fields that each of its requests' records repeats
-RECORD_FIELDS = ("prefix_tokens", "request_rate", "repeat", "turn", "context_tokens")
+RECORD_FIELDS = ("prefix_tokens", "request_rate", "repeat", "turn", "context_tokens", "server_run")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ brings files of version 1 to this version).
 Version history:
   1  (no ``schema_version``): phases told apart by their names (``cold_<n>``, ``rate_<r>``)
   2  typed phases (``kind`` and fields), ``schema_version`` in every meta, ``phase_kind`` in
-     every record
+     every record; later, the optional field ``server_run`` in phases and records (files
+     without it read as before: one server run)
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ PHASE_KINDS = (
     "fidelity_client",      # serving: one request at a time through our client
     "fidelity_bench",       # serving: the same through vllm bench serve
     "rate",                 # serving: vllm bench serve at a request rate
-    "repeat",               # random-prompt overhead: one pass over the unique prompts
+    "repeat",               # random-prompt overhead: one pass over the unique prompts (``repeat``)
+                            # in one of an arm's server runs (``server_run``)
 )
 
 
@@ -66,6 +68,7 @@ class Phase:
     repeat: int | None = None
     turn: int | None = None
     context_tokens: int | None = None
+    server_run: int | None = None  # which of an arm's separate server runs (kvreuse.alternating)
     after_restart: bool = False
     bench_summary: dict | None = None  # vllm bench serve's own summary (kind rate, fidelity_bench)
     lmcache_log: dict | None = None    # LMCache's retrieve/store log lines of this phase
@@ -109,6 +112,7 @@ class RequestRecord:
     repeat: int | None = None
     turn: int | None = None
     context_tokens: int | None = None
+    server_run: int | None = None
 
 
 @dataclass

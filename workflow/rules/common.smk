@@ -3,6 +3,7 @@
 # and what needs Snakemake itself (checkpoints, storage(), ancient()).
 from snakemake.exceptions import WorkflowError
 
+from kvreuse import alternating
 from kvreuse import artifact as ka
 from kvreuse import config as kc
 from kvreuse import dag
@@ -108,6 +109,21 @@ def lmcache_inputs(platform):
         return [ancient(dag.preflight_file(config, platform))]
 
     return inputs
+
+
+ALTERNATING = alternating.alternates
+ALTERNATING_JOB = alternating.JOB
+
+
+def alternating_outputs(experiment, platform, ext):
+    return dag.alternating_outputs(config, experiment, platform, ext)
+
+
+def alternating_lmcache_inputs(experiment, platform):
+    # ancient, as for a job per arm: the preflight, if any arm of the job uses LMCache
+    if not dag.alternating_uses_lmcache(config, experiment, platform):
+        return []
+    return [ancient(dag.preflight_file(config, platform))]
 
 
 def lmcache_preflight_params(wildcards):

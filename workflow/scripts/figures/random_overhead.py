@@ -20,7 +20,11 @@ if len(rows):
                edgecolor=COLORS.get(r.platform, "k"))
         ax.annotate(f"{r.e2e_delta_pct:+.1f}%", (i, r.e2e_delta_pct), ha="center",
                     va="bottom" if r.e2e_delta_pct >= 0 else "top", fontsize=7)
-    ax.set_xticks(range(len(rows)), [f"{r.platform}\n{r.arm}" for _, r in rows.iterrows()], fontsize=7)
+    def tick(r) -> str:
+        runs = r.get("server_runs", np.nan)
+        return f"{r.platform}\n{r.arm}" + ("\n1 server run: no CI" if runs == 1 else "")
+
+    ax.set_xticks(range(len(rows)), [tick(r) for _, r in rows.iterrows()], fontsize=7)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("mean e2e latency change vs APC only (%)")
 else:
