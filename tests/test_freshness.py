@@ -136,7 +136,8 @@ def test_the_committed_h100_results_are_archived_and_stale_h200_ones_kept_out(co
 
 
 # -- every configured run accounted for ---------------------------------------------------------
-def test_a_configured_but_absent_run_is_missing_in_the_accounting_and_the_write_up(tmp_path, cfg):
+def test_a_configured_but_absent_run_is_missing_in_the_accounting_and_the_write_up(tmp_path, cfg, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # job logs are looked for under results/logs/ here
     files = [write_run(tmp_path, cfg, "cold_warm", "apc")]
     acc = build("accounting", files, cfg).set_index(["platform", "experiment", "arm"])
     assert acc.loc[("cpu", "cold_warm", "apc"), "status"] == "measured"
@@ -146,7 +147,8 @@ def test_a_configured_but_absent_run_is_missing_in_the_accounting_and_the_write_
     assert "Every configured run completed" not in md
 
 
-def test_the_write_up_says_every_run_completed_only_when_the_accounting_says_so(tmp_path, cfg):
+def test_the_write_up_says_every_run_completed_only_when_the_accounting_says_so(tmp_path, cfg, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # job logs are looked for under results/logs/ here
     cfg["experiments"] = {"cold_warm": cfg["experiments"]["cold_warm"]}
     files = [write_run(tmp_path, cfg, "cold_warm", "apc")]
     md = render_accounting(build("runs", files, cfg), build("accounting", files, cfg))
@@ -169,7 +171,8 @@ def test_a_failed_run_shows_the_line_of_its_log(tmp_path, cfg, monkeypatch):
     assert "**failed**: kvreuse.errors.ServerError: vllm exited with code 1" in md
 
 
-def test_a_log_inside_a_committed_archive_and_attempts_context(tmp_path, cfg):
+def test_a_log_inside_a_committed_archive_and_attempts_context(tmp_path, cfg, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # job logs are looked for under results/logs/ here
     archive = tmp_path / "results/gpu-logs/cpu-lease1.tgz"
     archive.parent.mkdir(parents=True)
     with tarfile.open(archive, "w:gz") as tar:
