@@ -273,6 +273,10 @@ def test_rebuild_has_no_run_rule_and_no_vllm(rebuilt):
     assert "run_" not in jobs and "rule model" not in jobs and "\nmodel " not in jobs
 
 
+#: table columns whose definition changed after the small artifact was bundled
+REDEFINED = {"ttft_p99_ms"}
+
+
 def test_rebuilt_tables_equal_the_artifacts(rebuilt, tmp_path):
     root = unpacked(tmp_path / "a")
     for csv in sorted((root / "results/tables").glob("*.csv")):
@@ -280,7 +284,9 @@ def test_rebuilt_tables_equal_the_artifacts(rebuilt, tmp_path):
         theirs = pd.read_csv(csv)
         if "provenance" in theirs:  # the small artifact predates separating cited rows from measurements
             theirs = theirs[~theirs.provenance.fillna("").str.startswith("cited")].reset_index(drop=True)
-        cols = [c for c in theirs.columns if c in ours.columns]
+        # ttft_p99_ms: NaN below 100 requests since the tables report ttft_max_ms beside it
+        # (kvreuse.stats.tail); the artifact was bundled before, with p99 of any n
+        cols = [c for c in theirs.columns if c in ours.columns and c not in REDEFINED]
         assert len(cols) >= len(theirs.columns) // 2, csv.name
         pd.testing.assert_frame_equal(ours[cols], theirs[cols], check_dtype=False, obj=csv.name)
     for name in ("cold_warm", "restart", "prefix_sweep", "multiturn", "baseline"):

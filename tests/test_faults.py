@@ -42,7 +42,7 @@ from kvreuse.experiments import Context, RunSpec, base_meta, shared, write_pair
 from kvreuse.recorder import ClientSettings, Recorder
 from kvreuse.redact import REDACTED, env_for_record, server_environ
 from kvreuse.results import RequestRecord, RunMeta
-from kvreuse.results_io import meta_path, read_meta, read_records
+from kvreuse.results import meta_path, read_meta, read_records
 from kvreuse.server import HOST, ManagedProcess, free_port, vllm_server
 from kvreuse.servers import MAIN, Servers
 from kvreuse.workloads import PromptMaker
@@ -420,13 +420,13 @@ def test_timeout_and_dropped_connection_are_counted_and_fail_the_table(config, t
     rc, log = fk.runner(spec, fk.child_env(marker, fake="hang_at=4,drop_at=6"), root / "run.log",
                         timeout_s=120)
     assert rc == 0, log
-    records = read_records(spec["out_jsonl"])
+    records = [vars(r) for r in read_records(spec["out_jsonl"])]
     errors = {r["seq"]: r["error"] for r in records if r["error"]}
     assert list(errors.values()) == [
         "timeout after 2 s (TimeoutError)",
         "RemoteProtocolError: peer closed connection without sending complete message body "
         "(incomplete chunked read)"]
-    assert read_meta(meta_path(spec["out_jsonl"]))["n_errors"] == 2
+    assert read_meta(meta_path(spec["out_jsonl"])).n_errors == 2
     table = aggregate.build("cold_warm", [spec["out_jsonl"]], 0.5)
     assert table.loc[table.phase == "warm", "n_errors"].item() == 2
     with pytest.raises(aggregate.TooManyErrors, match=r"cold_warm on cpu/apc: 20% of requests failed "
@@ -709,7 +709,7 @@ def test_pipeline_writes_no_token_anywhere(pipeline):
 @pytest.mark.vllm
 @needs_vllm
 def test_servers_listen_on_loopback_only(vllm_server):
-    from kvreuse.server import group_members
+    from kvreuse.procs import group_members
 
     members = group_members(vllm_server.proc.pid)
     addrs = fk.listening_addresses(members)
@@ -723,7 +723,7 @@ def test_standin_server_listens_on_loopback_only(tmp_path, marker):
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", HOST, "--port", str(port)]
     with ManagedProcess("vllm", argv, health_url=f"http://{HOST}:{port}/health", log_path=tmp_path / "v.log",
                         env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM)}, startup_timeout_s=30) as p:
-        from kvreuse.server import group_members
+        from kvreuse.procs import group_members
         assert fk.listening_addresses(group_members(p.proc.pid)) == {("127.0.0.1", port)}
     fk.assert_none_left(marker)
 
@@ -761,7 +761,7 @@ def test_meta_scrubs_a_secret_that_slipped_into_a_value(monkeypatch, tmp_path):
                run_meta(server={"vllm_args": ["--x", fk.FAKE_TOKEN]}, client={"max_tokens": 16}))
     for p in (out, meta_path(out)):
         assert fk.FAKE_TOKEN not in p.read_text() and REDACTED in p.read_text()
-    assert read_meta(meta_path(out))["client"] == {"max_tokens": 16}
+    assert read_meta(meta_path(out)).client == {"max_tokens": 16}
 
 
 def test_log_lines_are_scrubbed(monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kvreuse import accounting, aggregate, dag, paper, provenance
+from kvreuse import aggregate, dag, paper, provenance
 from kvreuse import config as kc
 from kvreuse.results import Phase, RequestRecord, RunMeta, write_meta, write_records
 

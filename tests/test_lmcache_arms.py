@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from kvreuse import experiments, metrics, results
+from kvreuse import experiments, metrics, results, verdict
 from kvreuse import plan as arm_plan
 from kvreuse.aggregate import reload_vs_recompute_table
 from kvreuse.config import check, server_config
@@ -218,17 +218,27 @@ class FakeServers:
 
 
 class FakeRecorder:
-    """Books each phase with the counters of ``hits`` and answers with ``outputs``; no request."""
+    """Books each phase with the counters of ``hits`` and answers with ``outputs``; no request
+    (each is recorded, prompt length and output, as the recorder would)."""
 
     def __init__(self, meta, hits, outputs, events):
         self.meta, self.hits, self.outputs, self.events = meta, hits, outputs, events
+        self.records, self.sent = [], []  # the records; (phase, prompt) of every request
 
     async def phase(self, target, kind, prompts, *, name=None, **fields):
         name = name or results.phase_name(kind)
         self.meta.add_phase(name, results.Phase(kind=kind, n_requests=len(prompts), wall_s=0.0,
                                                 counters=dict(self.hits.get(name, {})), **fields))
         self.events.append(("phase", name))
-        return [SimpleNamespace(output_token_ids=self.outputs.get(name, [7, 8, 9])) for _ in prompts]
+        out = self.outputs.get(name, [7, 8, 9])
+        self.sent += [(name, tuple(p)) for p in prompts]
+        repeated = {k: fields[k] for k in ("prefix_tokens", "repeat") if fields.get(k) is not None}
+        self.records += [results.RequestRecord(
+            platform=self.meta.platform, experiment=self.meta.experiment, arm=self.meta.arm, phase=name,
+            phase_kind=kind, seq=i, prompt_tokens=len(p), cached_tokens=None, output_tokens=len(out),
+            ttft_ms=1.0, itl_ms=[], e2e_ms=2.0, error=None, output_token_ids=out, **repeated)
+            for i, p in enumerate(prompts)]
+        return [SimpleNamespace(output_token_ids=out) for _ in prompts]
 
 
 OUTCOME = ("store_after_stop", "persisted", "persisted_hit_tokens", "output_equal", "output_equal_cold_reference")
@@ -250,6 +260,11 @@ class FakeSession:
                                        FakeRecorder(meta, hits, outputs or {}, self.events), None,
                                        SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
 
+    def run(self, experiment, params: dict) -> None:
+        """Run ``experiment`` with ``params`` (also the spec's, which the warm-ups read)."""
+        self.ctx.spec.params = params
+        asyncio.run(experiment(self.ctx, params))
+
     @property
     def phases(self) -> dict:
         return {name: dataclasses.asdict(ph) for name, ph in self.ctx.meta.phases.items()}
@@ -259,6 +274,14 @@ class FakeSession:
         """The run's outcome fields that the experiment set."""
         return {k: getattr(self.ctx.meta, k) for k in OUTCOME if getattr(self.ctx.meta, k) is not None}
 
+    @property
+    def verdict(self) -> dict:
+        """The restart verdict that aggregation gives this run (kvreuse.verdict)."""
+        import pandas as pd
+
+        recs = pd.DataFrame([dataclasses.asdict(r) for r in self.ctx.recorder.records])
+        return verdict.run_verdict(verdict.prefix_verdicts(self.ctx.meta, recs))
+
 
 RESTART = {"n_warm": 2, "n_post_restart_steady": 2, "prefix_tokens": 1024, "suffix_tokens": 16}
 
@@ -267,46 +290,91 @@ def test_restart_verdict_comes_from_external_hits_for_lmcache(config, h100, tmp_
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
     # vLLM's own prefix hits after the restart do not count for an LMCache arm
     s = FakeSession(p, config["arms"]["lmcache_fs"],
-                    {"post_restart_first": {"vllm:prefix_cache_hits": 512.0}})
-    asyncio.run(experiments.restart(s.ctx, {**RESTART, "cold_reference": "unseen_prefix"}))
-    assert s.extra_meta["persisted"] is False and s.extra_meta["output_equal"] is True
+                    {"post_restart_first_0": {"vllm:prefix_cache_hits": 512.0}})
+    s.run(experiments.restart, {**RESTART, "cold_reference": "unseen_prefix"})
+    assert s.verdict["verdict"] == verdict.NOT_PERSISTED and s.verdict["output_equal"] is True
     assert [e for e in s.events if e[0] != "phase"] == [("start", True), ("stop", False), ("start", True)]
-    assert list(s.phases) == ["populate", "warm", "post_restart_first", "post_restart_steady",
-                              "post_restart_cold"]
-    assert "store_after_stop" in s.extra_meta
+    # a warm-up (never-seen prompts) after each start; the run itself no longer judges
+    assert list(s.phases) == ["warmup", "populate_0", "warm_0", "warmup_post_restart", "post_restart_first_0",
+                              "post_restart_cold_0", "post_restart_steady"]
+    assert "store_after_stop" in s.extra_meta and "persisted" not in s.extra_meta
+    # all the reusable tokens from the store, but another output: partial, not persisted
     s = FakeSession(p, config["arms"]["lmcache_fs"],
-                    {"post_restart_first": {"vllm:external_prefix_cache_hits": 1024.0}},
-                    outputs={"post_restart_first": [1, 2]})
-    asyncio.run(experiments.restart(s.ctx, RESTART))
-    assert s.extra_meta["persisted"] is True and s.extra_meta["persisted_hit_tokens"] == 1024.0
-    assert s.extra_meta["output_equal"] is False
+                    {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0}},
+                    outputs={"post_restart_first_0": [1, 2]})
+    s.run(experiments.restart, RESTART)
+    assert s.verdict["verdict"] == verdict.PARTIAL and s.verdict["persisted_hit_tokens"] == 1024.0
+    assert s.verdict["hit_fraction"] == 1.0 and s.verdict["output_equal"] is False
+    s = FakeSession(p, config["arms"]["lmcache_fs"],
+                    {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0}})
+    s.run(experiments.restart, RESTART)
+    assert s.verdict["verdict"] == verdict.PERSISTED and s.verdict["reusable_tokens"] == 1024
 
 
 def test_restart_warmups_come_before_populate_and_after_the_restart(config, h100, tmp_path):
     p = make_plan(config, h100, "lmcache_mp", tmp_path)
     s = FakeSession(p, config["arms"]["lmcache_mp"], {})
-    asyncio.run(experiments.restart(s.ctx, {**RESTART, "warmup_requests": 5}))
-    assert list(s.phases)[:3] == ["warmup", "populate", "warm"]
-    assert list(s.phases)[3:5] == ["warmup_post_restart", "post_restart_first"]
+    s.run(experiments.restart, {**RESTART, "warmup_requests": 5})
+    assert list(s.phases)[:3] == ["warmup", "populate_0", "warm_0"]
+    assert list(s.phases)[3:5] == ["warmup_post_restart", "post_restart_first_0"]
     assert ("stop", False) in s.events  # lmcache_mp: only vLLM restarts
+    # the warm-up after the restart is never-seen: none of its prompts was sent before
+    sent = s.ctx.recorder.sent
+    after = {p for name, p in sent if name == "warmup_post_restart"}
+    assert len(after) == 5 and not after & {p for name, p in sent if name != "warmup_post_restart"}
 
 
 def test_restart_fresh_apc_reference_and_server_restart(config, h100, tmp_path):
     p = make_plan(config, h100, "lmcache_mp_l2", tmp_path)
     s = FakeSession(p, config["arms"]["lmcache_mp_l2"], {})
-    asyncio.run(experiments.restart(s.ctx, {**RESTART, "cold_reference": "fresh_apc"}))
+    s.run(experiments.restart, {**RESTART, "cold_reference": "fresh_apc"})
     assert [e for e in s.events if e[0] != "phase"] == [
         ("start", True), ("stop", True), ("start", True), ("stop", True), ("start", False)]
-    assert "cold_reference" in s.phases and s.extra_meta["output_equal_cold_reference"] is True
+    assert "cold_reference_0" in s.phases and s.extra_meta["output_equal_cold_reference"] is True
+    assert list(s.phases)[-2:] == ["warmup_cold_reference", "cold_reference_0"]  # a warm-up after that start too
 
 
-def test_restart_apc_arm_unchanged_verdict(config, h100, tmp_path):
+def test_restart_apc_arm_verdict_from_its_own_hits(config, h100, tmp_path):
     server, model = h100
     p = arm_plan.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
-    s = FakeSession(p, config["arms"]["apc"], {"post_restart_first": {"vllm:prefix_cache_hits": 16.0}})
-    asyncio.run(experiments.restart(s.ctx, {**RESTART, "cold_reference": "none"}))
-    assert s.extra_meta["persisted"] is True and "store_after_stop" not in s.extra_meta
-    assert "post_restart_cold" not in s.phases
+    # 16 of 1024 reusable tokens: no longer "persisted" (it was, as hits > 0): partial
+    s = FakeSession(p, config["arms"]["apc"], {"post_restart_first_0": {"vllm:prefix_cache_hits": 16.0}})
+    s.run(experiments.restart, {**RESTART, "cold_reference": "none"})
+    assert s.verdict["verdict"] == verdict.PARTIAL and s.verdict["hit_fraction"] == pytest.approx(16 / 1024)
+    assert "store_after_stop" not in s.extra_meta
+    assert not any(ph["kind"] == "post_restart_cold" for ph in s.phases.values())
+
+
+def test_restart_with_n_cold_interleaves_first_and_cold_per_prefix(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_fs", tmp_path)
+    hits = {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0},
+            "post_restart_first_1": {"vllm:external_prefix_cache_hits": 512.0},
+            "post_restart_first_2": {"vllm:external_prefix_cache_hits": 1024.0}}
+    s = FakeSession(p, config["arms"]["lmcache_fs"], hits)
+    s.run(experiments.restart, {**RESTART, "n_cold": 3})
+    assert list(s.phases) == [
+        "warmup", "populate_0", "warm_0", "populate_1", "warm_1", "populate_2", "warm_2",
+        "warmup_post_restart", "post_restart_first_0", "post_restart_cold_0", "post_restart_first_1",
+        "post_restart_cold_1", "post_restart_first_2", "post_restart_cold_2", "post_restart_steady"]
+    assert [s.phases[f"post_restart_first_{i}"]["repeat"] for i in range(3)] == [0, 1, 2]
+    assert all(s.phases[f"post_restart_cold_{i}"]["after_restart"] for i in range(3))
+    # each prefix is its own, and its first request after the restart is the populate prompt
+    firsts = [r for r in s.ctx.recorder.records if r.phase_kind == "post_restart_first"]
+    assert len({r.prompt_tokens for r in firsts}) == 1 and len(firsts) == 3
+    v = s.verdict
+    assert v["verdict"] == verdict.PERSISTED and v["hit_fraction"] == 1.0  # the median prefix
+    assert v["hit_fraction_min"] == 0.5 and v["n_prefixes"] == 3 and v["n_prefixes_persisted"] == 2
+
+
+def test_cold_warm_interleaves_n_cold_prefixes(config, h100, tmp_path):
+    server, model = h100
+    p = arm_plan.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
+    s = FakeSession(p, config["arms"]["apc"], {})
+    s.run(experiments.cold_warm, {"n_cold": 3, "n_warm": 2, "prefix_tokens": 256,
+                                  "suffix_tokens": 16, "warmup_requests": 1})
+    assert list(s.phases) == ["warmup", "cold_0", "warm_0", "cold_1", "warm_1", "cold_2", "warm_2"]
+    assert [s.phases[f"warm_{i}"]["n_requests"] for i in range(3)] == [2, 2, 2]
+    assert [s.phases[f"cold_{i}"]["repeat"] for i in range(3)] == [0, 1, 2]
 
 
 def test_prefix_sweep_reloads_after_a_restart_for_lmcache_arms(config, h100, tmp_path):
@@ -314,14 +382,26 @@ def test_prefix_sweep_reloads_after_a_restart_for_lmcache_arms(config, h100, tmp
     params = {"prefix_tokens_list": [256, 1024], "n_warm": 1, "suffix_tokens": 16,
               "warmup_requests": 0, "post_restart_reload": True}
     s = FakeSession(p, config["arms"]["lmcache_fs"], {})
-    asyncio.run(experiments.prefix_sweep(s.ctx, params))
-    assert list(s.phases) == ["warmup", "cold_256", "warm_256", "cold_1024", "warm_1024",
-                              "warmup_post_restart", "reload_256", "recompute_256", "reload_1024",
-                              "recompute_1024"]
-    assert s.phases["reload_1024"]["prefix_tokens"] == 1024
+    s.run(experiments.prefix_sweep, params)
+    assert list(s.phases) == ["cold_256_0", "warm_256_0", "cold_1024_0", "warm_1024_0",
+                              "reload_256_0", "recompute_256_0", "reload_1024_0", "recompute_1024_0"]
+    assert s.phases["reload_1024_0"]["prefix_tokens"] == 1024
     s = FakeSession(p, config["arms"]["lmcache_fs"], {})
-    asyncio.run(experiments.prefix_sweep(s.ctx, {**params, "post_restart_reload": False}))
-    assert "reload_256" not in s.phases and ("stop", False) not in s.events
+    s.run(experiments.prefix_sweep, {**params, "post_restart_reload": False})
+    assert "reload_256_0" not in s.phases and ("stop", False) not in s.events
+    # n_cold = 3, with warm-ups: per length cold i then its warm ones; after the restart a
+    # never-seen warm-up, then reload i and recompute i of each length, interleaved
+    s = FakeSession(p, config["arms"]["lmcache_fs"], {})
+    s.run(experiments.prefix_sweep, {**params, "n_cold": 3, "warmup_requests": 1})
+    names = list(s.phases)
+    assert names[:7] == ["warmup", "cold_256_0", "warm_256_0", "cold_256_1", "warm_256_1", "cold_256_2",
+                         "warm_256_2"]
+    i = names.index("warmup_post_restart")
+    assert names[i + 1:i + 7] == ["reload_256_0", "recompute_256_0", "reload_256_1", "recompute_256_1",
+                                  "reload_256_2", "recompute_256_2"]
+    assert len(names) == 1 + 2 * 2 * 3 + 1 + 2 * 2 * 3
+    assert {(s.phases[n]["prefix_tokens"], s.phases[n]["repeat"]) for n in names if n.startswith("reload")} == {
+        (n, i) for n in (256, 1024) for i in range(3)}
 
 
 # -- store listing, logs, metrics ------------------------------------------------------------
@@ -475,7 +555,8 @@ def test_reload_vs_recompute_table():
         {"platform": "cpu", "arm": "lmcache_fs", "status": "not_run", "reason": "LMCache needs CUDA",
          "arm_config": {"lmcache": {"mode": "in_process"}}, "phases": {}},
     ]
-    recs = [{"platform": "h100", "arm": a, "phase": ph, "ttft_ms": v, "error": None}
+    recs = [{"platform": "h100", "arm": a, "phase": ph, "phase_kind": ph.split("_")[0],
+             "prefix_tokens": 1024, "ttft_ms": v, "error": None}
             for a, ph, v in [("lmcache_fs", "cold_1024", 100.0), ("lmcache_fs", "reload_1024", 30.0),
                              ("lmcache_fs", "recompute_1024", 95.0), ("apc", "cold_1024", 90.0)]]
     t = reload_vs_recompute_table(pd.DataFrame(recs), [run_meta(m) for m in metas], {"h100": {"pcie_gen5_x16": 64}})

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from kvreuse import procs
-from kvreuse.server import HOST, ManagedProcess, free_port, proc_stat
+from kvreuse.procs import proc_stat
+from kvreuse.server import HOST, ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflow"
@@ -48,7 +49,7 @@ def alive(pid: int) -> bool:
 
 
 def wait_members(pgid: int, n: int, timeout_s: float = 10) -> list[int]:
-    from kvreuse.server import group_members
+    from kvreuse.procs import group_members
     deadline = time.monotonic() + timeout_s
     while len(members := group_members(pgid)) < n and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -54,7 +54,7 @@ def test_prompt_too_long_is_recorded_as_a_failure(vllm_server, tiny_model):
 def test_restart_experiment_end_to_end(config, tiny_model, tmp_path):
     before = vllm_pids()
     params = experiment_params(config, "cpu", "restart") | {"n_warm": 2, "n_post_restart_steady": 1,
-                                                            "prefix_tokens": 512}
+                                                            "prefix_tokens": 512, "n_cold": 2}
     spec = RunSpec(platform="cpu", experiment="restart", arm_name="apc", arm=config["arms"]["apc"],
                    params=params, model_name="tiny-llama", model=config["models"]["tiny-llama"],
                    model_dir=tiny_model, server=server_config(config, "cpu"), client=config["client"],
@@ -62,19 +62,29 @@ def test_restart_experiment_end_to_end(config, tiny_model, tmp_path):
     meta = run(spec)
     assert vllm_pids() == before, "a vLLM process was left behind"
     records = [json.loads(x) for x in (tmp_path / "restart/apc.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in records] == ["populate", "warm", "warm", "post_restart_first", "post_restart_steady",
-                                             "post_restart_cold"]  # cold_reference: unseen_prefix
+    # a never-seen warm-up after each start; per prefix, its first request after the restart
+    # interleaved with a never-seen prompt (cold_reference: unseen_prefix)
+    assert [r["phase"] for r in records] == [
+        "warmup", "populate_0", "warm_0", "warm_0", "populate_1", "warm_1", "warm_1", "warmup_post_restart",
+        "post_restart_first_0", "post_restart_cold_0", "post_restart_first_1", "post_restart_cold_1",
+        "post_restart_steady"]
     for field in ("experiment", "arm", "phase", "seq", "prompt_tokens", "cached_tokens", "output_tokens",
                   "ttft_ms", "itl_ms", "e2e_ms", "error"):
         assert all(field in r for r in records)
     on_disk = json.loads((tmp_path / "restart/apc.meta.json").read_text())
     assert on_disk == json.loads(json.dumps(meta))
     ph = meta["phases"]
-    assert ph["warm"]["counters"]["vllm:prefix_cache_hits"] > 0
-    assert ph["post_restart_first"]["counters"]["vllm:prefix_cache_hits"] == 0  # APC dies with the process
-    assert meta["persisted"] is False and meta["output_equal"] is True
-    assert ph["post_restart_cold"]["counters"]["vllm:prefix_cache_hits"] == 0  # a prefix never seen
+    assert ph["warm_0"]["counters"]["vllm:prefix_cache_hits"] > 0
+    for i in range(2):
+        assert ph[f"post_restart_first_{i}"]["counters"]["vllm:prefix_cache_hits"] == 0  # APC dies with the process
+        assert ph[f"post_restart_cold_{i}"]["counters"]["vllm:prefix_cache_hits"] == 0  # a prefix never seen
+    assert meta["persisted"] is None  # judged in aggregation, from counters and outputs
+    from kvreuse.aggregate import build
+
+    row = build("restart", [str(tmp_path / "restart/apc.jsonl")], 0.05).iloc[0]
+    assert row.verdict == "not persisted" and not row.persisted and row.output_equal
+    assert row.n_prefixes == 2 and row.post_restart_first_n == 2
     assert [s["returncode"] for s in meta["stops"]] == [0]  # the mid-run stop was graceful
     assert meta["server"]["starts"] == 2 and meta["versions"]["vllm"]
     assert meta["accelerator"]["kind"] == "cpu"
-    assert "vllm:external_prefix_cache_hits" in ph["populate"]["counters"]
+    assert "vllm:external_prefix_cache_hits" in ph["populate_0"]["counters"]

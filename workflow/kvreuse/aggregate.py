@@ -22,18 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import alternating, kvmodel, metrics
+from . import alternating, kvmodel, metrics, verdict
 from .accounting import JobLogs, accounting_table, load_attempts
+from .comparisons import comparisons_table
 from .freshness import Freshness, comparable, freshness
 from .migrate import read_converted
 from .results import Phase, RequestRecord, RunMeta, meta_path, read_meta, read_records
+from .stats import bootstrap_ci, tail
 
 log = logging.getLogger(__name__)
-
-CI_RESAMPLES = 2000
-#: the confidence level of every bootstrap CI (the columns' names say ci95)
-CI_LEVEL = 95
-_CI_Q = ((100 - CI_LEVEL) / 2, 100 - (100 - CI_LEVEL) / 2)
 
 
 class TooManyErrors(RuntimeError):
@@ -63,16 +60,6 @@ def load(jsonl_files: list[str | Path], *, convert_older: bool = False) -> tuple
     return pd.DataFrame.from_records(records, columns=RECORD_COLUMNS), metas
 
 
-def bootstrap_ci(values, stat=np.median, n: int = CI_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of ``stat``; NaN for fewer than two values."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    stats = stat(rng.choice(v, size=(n, len(v)), replace=True), axis=1)
-    return float(np.percentile(stats, _CI_Q[0])), float(np.percentile(stats, _CI_Q[1]))
-
-
 def latency_stats(g: pd.DataFrame) -> pd.Series:
     ok = g[g["error"].isna()]
     ttft = ok["ttft_ms"].astype(float)
@@ -80,7 +67,7 @@ def latency_stats(g: pd.DataFrame) -> pd.Series:
     itl = [x for xs in ok["itl_ms"] for x in (xs or [])]
     return pd.Series({
         "n": len(ok), "n_errors": int(g["error"].notna().sum()),
-        "ttft_median_ms": ttft.median(), "ttft_p99_ms": ttft.quantile(0.99) if len(ttft) else np.nan,
+        "ttft_median_ms": ttft.median(), **tail(ttft),  # p99 from 100 requests, else NaN; max always
         "ttft_mean_ms": ttft.mean(), "ttft_ci95_lo_ms": lo, "ttft_ci95_hi_ms": hi,
         "e2e_median_ms": ok["e2e_ms"].astype(float).median(),
         "itl_median_ms": float(np.median(itl)) if itl else np.nan,
@@ -89,20 +76,35 @@ def latency_stats(g: pd.DataFrame) -> pd.Series:
     })
 
 
+#: counters summed over the phases a table row stands for (hit_rate: hits / queries of the sums)
+COUNTER_COLUMNS = ["hit_tokens", "prefix_cache_hits", "external_prefix_cache_hits", "query_tokens"]
+#: a phase's fields that a table row may be keyed by
+PHASE_FIELDS = ["prefix_tokens", "turn", "context_tokens", "request_rate", "repeat"]
+
+
 def counter_rows(metas: list[RunMeta]) -> pd.DataFrame:
+    """One row per phase of every run: its name, kind, fields and hit counters."""
     rows = []
     for m in metas:
-        for phase, ph in m.phases.items():
+        for name, ph in m.phases.items():
             c = ph.counters
-            rows.append({"platform": m.platform, "arm": m.arm, "phase": phase,
+            rows.append({"platform": m.platform, "arm": m.arm, "name": name, "kind": ph.kind,
+                         **{f: getattr(ph, f) for f in PHASE_FIELDS},
                          "hit_tokens": metrics.hit_tokens(c),
                          "prefix_cache_hits": c.get("vllm:prefix_cache_hits", 0.0),
                          "external_prefix_cache_hits": c.get("vllm:external_prefix_cache_hits", 0.0),
-                         "query_tokens": c.get("vllm:prefix_cache_queries", 0.0),
-                         "hit_rate": (c.get("vllm:prefix_cache_hits", 0.0) / c["vllm:prefix_cache_queries"])
-                         if c.get("vllm:prefix_cache_queries") else np.nan})
-    return pd.DataFrame(rows, columns=["platform", "arm", "phase", "hit_tokens", "prefix_cache_hits",
-                                       "external_prefix_cache_hits", "query_tokens", "hit_rate"])
+                         "query_tokens": c.get("vllm:prefix_cache_queries", 0.0)})
+    return pd.DataFrame(rows, columns=["platform", "arm", "name", "kind", *PHASE_FIELDS, *COUNTER_COLUMNS])
+
+
+def summed_counters(metas: list[RunMeta], keys: list[str], by: str) -> pd.DataFrame:
+    """The counters of the phases (warm-ups left out) summed per ``keys``; the ``phase`` key
+    is the phase's kind (``by="kind"``) or its name (``by="name"``)."""
+    c = counter_rows(metas)
+    c = c[c["kind"] != "warmup"].assign(phase=lambda t: t["kind"] if by == "kind" else t["name"])
+    summed = c.groupby(keys, sort=False)[COUNTER_COLUMNS].sum().reset_index()
+    summed["hit_rate"] = (summed["prefix_cache_hits"] / summed["query_tokens"]).where(summed["query_tokens"] > 0)
+    return summed
 
 
 def check_errors(df: pd.DataFrame, limit: float) -> None:
@@ -119,34 +121,53 @@ def check_errors(df: pd.DataFrame, limit: float) -> None:
             f"fix the cause (see results/logs/{platform}/) and rerun that job.")
 
 
-def phase_table(df: pd.DataFrame, metas: list[RunMeta], keys: list[str]) -> pd.DataFrame:
+def phase_table(df: pd.DataFrame, metas: list[RunMeta], keys: list[str], by: str = "kind") -> pd.DataFrame:
+    """Latency statistics and summed counters per ``keys`` (record columns; ``kind`` or
+    ``phase``). ``by="kind"``: the ``phase`` column holds the phase's kind, so the n samples of a
+    kind (``cold_0``, ``cold_1`` ...) are one row; ``by="name"``: one row per phase."""
     df = df[df["phase_kind"] != "warmup"]  # before the measurement and after a restart
+    if by == "kind":
+        df = df.assign(phase=df["phase_kind"])
     if df.empty:
         return pd.DataFrame(columns=keys + ["n"])
     stats = df.groupby(keys, sort=False).apply(latency_stats, include_groups=False).reset_index()
-    if "phase" in keys:
-        stats = stats.merge(counter_rows(metas), on=["platform", "arm", "phase"], how="left")
+    if "phase" in keys or "kind" in keys:
+        summed = summed_counters(metas, keys, by)
+        for k in keys:  # record columns with gaps are floats: the phases' fields likewise
+            if stats[k].dtype.kind == "f":
+                summed[k] = summed[k].astype(float)
+        stats = stats.merge(summed, on=keys, how="left")
     return stats
 
 
+#: the restart table's kinds, in its column order
+RESTART_KINDS = ("populate", "warm", "post_restart_first", "post_restart_steady", "post_restart_cold",
+                 "cold_reference")
+
+
 def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
-    """One row per platform and arm: medians per phase, hit tokens after restart, verdicts."""
+    """One row per platform and arm: per phase kind, the median over its requests (all
+    prefixes) with its CI and summed hit tokens; the verdict (kvreuse.verdict) from each
+    populated prefix's first request after the restart; n per kind."""
     long = phase_table(df, metas, ["platform", "arm", "phase"])
     rows = []
     for m in metas:
         row = {"platform": m.platform, "arm": m.arm, "status": m.status, "reason": m.reason or ""}
         sub = long[(long.platform == m.platform) & (long.arm == m.arm)] if len(long) else long
-        for _, r in sub.iterrows():
-            row[f"{r['phase']}_ttft_median_ms"] = r["ttft_median_ms"]
-            row[f"{r['phase']}_e2e_median_ms"] = r["e2e_median_ms"]
-            row[f"{r['phase']}_ttft_ci95_lo_ms"] = r["ttft_ci95_lo_ms"]
-            row[f"{r['phase']}_ttft_ci95_hi_ms"] = r["ttft_ci95_hi_ms"]
-            row[f"{r['phase']}_hit_tokens"] = r["hit_tokens"]
+        by_kind = {r["phase"]: r for _, r in sub.iterrows()}
+        for kind in [k for k in RESTART_KINDS if k in by_kind]:
+            r = by_kind[kind]
+            row[f"{kind}_ttft_median_ms"] = r["ttft_median_ms"]
+            row[f"{kind}_e2e_median_ms"] = r["e2e_median_ms"]
+            row[f"{kind}_ttft_ci95_lo_ms"] = r["ttft_ci95_lo_ms"]
+            row[f"{kind}_ttft_ci95_hi_ms"] = r["ttft_ci95_hi_ms"]
+            row[f"{kind}_hit_tokens"] = r["hit_tokens"]
         if m.status == "ok":
-            row["persisted"] = bool(m.persisted)
-            row["output_equal"] = bool(m.output_equal)
-            if m.persisted_hit_tokens is not None:
-                row["persisted_hit_tokens"] = m.persisted_hit_tokens
+            records = df[(df.platform == m.platform) & (df.arm == m.arm)] if len(df) else df
+            judged = verdict.run_verdict(verdict.prefix_verdicts(m, records))
+            row["persisted"] = judged.get("verdict") == verdict.PERSISTED
+            row["output_equal"] = bool(judged.get("output_equal"))
+            row["persisted_hit_tokens"] = judged.pop("persisted_hit_tokens", np.nan)
             if m.output_equal_cold_reference is not None:
                 row["output_equal_cold_reference"] = bool(m.output_equal_cold_reference)
             if m.store_after_stop:
@@ -154,12 +175,14 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
                 row["store_bytes"] = m.store_after_stop.get("bytes")
             if m.lmcache:
                 row["cuda_kernels"] = m.lmcache.get("cuda_kernels")
-            first = m.phases_of("post_restart_first")
-            lm = (first[0].lmcache_log if first else None) or {}
-            if lm.get("retrieves"):  # LMCache's own account of the reload after the restart
-                row["reload_bytes"] = lm["retrieve_bytes"]
-                row["reload_ms"] = lm["retrieve_ms"]
-                row["reload_gb_s"] = lm["retrieve_bytes"] / lm["retrieve_ms"] / 1e6 if lm["retrieve_ms"] else np.nan
+            lm = [ph.lmcache_log for ph in m.phases_of("post_restart_first") if ph.lmcache_log]
+            if any(x.get("retrieves") for x in lm):  # LMCache's own account of the reloads after the restart
+                row["reload_bytes"] = sum(x.get("retrieve_bytes", 0) for x in lm)
+                row["reload_ms"] = sum(x.get("retrieve_ms", 0) for x in lm)
+                row["reload_gb_s"] = row["reload_bytes"] / row["reload_ms"] / 1e6 if row["reload_ms"] else np.nan
+            row.update({k: v for k, v in judged.items() if k != "output_equal"})
+            for kind in [k for k in RESTART_KINDS if k in by_kind]:
+                row[f"{kind}_n"] = by_kind[kind]["n"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -171,24 +194,29 @@ RELOAD_COLUMNS = ["platform", "arm", "status", "reason", "cuda_kernels", "prefix
                   "model_load_ms"]
 
 
-def _ttft_median(df: pd.DataFrame, platform: str, arm: str, phase: str | None) -> float:
-    if df.empty or phase is None:
+def _ttft_median(df: pd.DataFrame, platform: str, arm: str, kind: str, prefix_tokens: int) -> float:
+    """The median TTFT of a kind's requests at one prefix length (all its samples)."""
+    if df.empty:
         return np.nan
-    s = df[(df.platform == platform) & (df.arm == arm) & (df.phase == phase) & df.error.isna()]
+    s = df[(df.platform == platform) & (df.arm == arm) & (df.phase_kind == kind)
+           & (df.prefix_tokens == prefix_tokens) & df.error.isna()]
     return float(s["ttft_ms"].astype(float).median()) if len(s) else np.nan
 
 
-def _loaded(ph: Phase) -> tuple[float, float, str]:
-    """Bytes loaded and load seconds of a phase: LMCache's retrieve log lines (in-process) or
-    the LMCache server's host-to-device DMA counters."""
-    lg = ph.lmcache_log or {}
-    if lg.get("retrieves"):
-        return float(lg["retrieve_bytes"]), lg["retrieve_ms"] / 1000, "lmcache log: retrieve"
-    c = ph.counters or {}
-    nbytes = sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_bytes{")
-                 and "direction=h2d" in k and "phase=staging" in k)
-    secs = sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_elapsed")
-               and "{" in k and "direction=h2d" in k and "phase=staging" in k)
+def _loaded(phases: list[Phase]) -> tuple[float, float, str]:
+    """Bytes loaded and load seconds of phases (summed): LMCache's retrieve log lines
+    (in-process) or the LMCache server's host-to-device DMA counters."""
+    logs = [ph.lmcache_log for ph in phases if (ph.lmcache_log or {}).get("retrieves")]
+    if logs:
+        return (float(sum(lg["retrieve_bytes"] for lg in logs)), sum(lg["retrieve_ms"] for lg in logs) / 1000,
+                "lmcache log: retrieve")
+    nbytes = secs = 0.0
+    for ph in phases:
+        c = ph.counters or {}
+        nbytes += sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_bytes{")
+                      and "direction=h2d" in k and "phase=staging" in k)
+        secs += sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_elapsed")
+                    and "{" in k and "direction=h2d" in k and "phase=staging" in k)
     if nbytes:
         return float(nbytes), float(secs), "lmcache server: h2d staging DMA"
     return np.nan, np.nan, ""
@@ -204,31 +232,27 @@ def _kv_bytes_per_token(m: RunMeta) -> int | None:
     return bpt
 
 
-def _phase_of(m: RunMeta, kind: str, prefix_tokens: int) -> tuple[str, Phase] | tuple[None, None]:
-    """The name and phase of ``kind`` at ``prefix_tokens`` in a run, if there is one."""
-    for name, ph in m.phases.items():
-        if ph.kind == kind and ph.prefix_tokens == prefix_tokens:
-            return name, ph
-    return None, None
+def _by_length(m: RunMeta, kind: str) -> dict[int, list[Phase]]:
+    """Prefix length -> the phases of ``kind`` at it (its samples), shortest length first."""
+    out: dict[int, list[Phase]] = {}
+    for ph in m.phases.values():
+        if ph.kind == kind and ph.prefix_tokens is not None:
+            out.setdefault(int(ph.prefix_tokens), []).append(ph)
+    return dict(sorted(out.items()))
 
 
-def _by_length(m: RunMeta, kind: str) -> list[tuple[int, str, Phase]]:
-    """(prefix length, name, phase) of every phase of ``kind`` with a length, shortest first."""
-    return sorted((int(ph.prefix_tokens), name, ph) for name, ph in m.phases.items()
-                  if ph.kind == kind and ph.prefix_tokens is not None)
-
-
-def _prefill_ms(ph: Phase | None) -> float:
-    """vLLM's own mean prefill time of a phase's requests (its histogram's sum / count)."""
-    c = ph.counters if ph is not None else {}
-    count = c.get("vllm:request_prefill_time_seconds_count", 0.0)
-    return 1000 * c["vllm:request_prefill_time_seconds_sum"] / count if count else np.nan
+def _prefill_ms(phases: list[Phase]) -> float:
+    """vLLM's own mean prefill time of the phases' requests (its histogram's sum / count)."""
+    count = sum(ph.counters.get("vllm:request_prefill_time_seconds_count", 0.0) for ph in phases)
+    total = sum(ph.counters.get("vllm:request_prefill_time_seconds_sum", 0.0) for ph in phases)
+    return 1000 * total / count if count else np.nan
 
 
 def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
                               links_gb_s: dict | None = None) -> pd.DataFrame:
-    """Per LMCache arm and prefix length: the reload after a restart (TTFT, bytes, load time,
-    GB/s) beside recomputing it, and the analytic load time bytes / link bandwidth per link.
+    """Per LMCache arm and prefix length: the reloads after a restart (median TTFT over the
+    length's samples; bytes, load time and hits summed over them; GB/s of the sums) beside
+    recomputing, and the analytic load time bytes / link bandwidth per link.
 
     APC-only sweeps add rows with their measured cold prefill beside the analytic load time
     (arm = that arm, no reload), so the model is drawn wherever a platform has links."""
@@ -236,8 +260,8 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
     apc = {}
     for m in metas:
         if m.status == "ok" and (m.arm_config or {}).get("lmcache") is None:
-            for n, name, _ in _by_length(m, "cold"):
-                apc.setdefault((m.platform, n), _ttft_median(df, m.platform, m.arm, name))
+            for n in _by_length(m, "cold"):
+                apc.setdefault((m.platform, n), _ttft_median(df, m.platform, m.arm, "cold", n))
     rows = []
     for m in metas:
         if (m.arm_config or {}).get("lmcache") is None:
@@ -249,20 +273,20 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
             rows.append(base)
             continue
         bpt = (m.lmcache or {}).get("kv_bytes_per_token")
-        for n, name, ph in reloads:
-            nbytes, secs, source = _loaded(ph)
-            rc_name, rc = _phase_of(m, "recompute", n)
-            cold_name, _ = _phase_of(m, "cold", n)
+        recomputes = _by_length(m, "recompute")
+        for n, phases in reloads.items():
+            nbytes, secs, source = _loaded(phases)
             row = {**base, "prefix_tokens": n, "kv_bytes_per_token": bpt,
                    "kv_bytes_model": n * bpt if bpt else np.nan,
-                   "reload_ttft_ms": _ttft_median(df, m.platform, m.arm, name),
-                   "reload_hit_tokens": ph.counters.get("vllm:external_prefix_cache_hits", 0.0),
+                   "reload_ttft_ms": _ttft_median(df, m.platform, m.arm, "reload", n),
+                   "reload_hit_tokens": sum(ph.counters.get("vllm:external_prefix_cache_hits", 0.0)
+                                            for ph in phases),
                    "loaded_bytes": nbytes, "load_ms": secs * 1000,
                    "achieved_gb_s": nbytes / secs / 1e9 if secs and secs > 0 else np.nan,
                    "load_source": source,
-                   "recompute_ttft_ms": _ttft_median(df, m.platform, m.arm, rc_name),
-                   "recompute_prefill_ms": _prefill_ms(rc),
-                   "cold_ttft_ms": _ttft_median(df, m.platform, m.arm, cold_name),
+                   "recompute_ttft_ms": _ttft_median(df, m.platform, m.arm, "recompute", n),
+                   "recompute_prefill_ms": _prefill_ms(recomputes.get(n, [])),
+                   "cold_ttft_ms": _ttft_median(df, m.platform, m.arm, "cold", n),
                    "apc_cold_ttft_ms": apc.get((m.platform, n), np.nan)}
             links = links_gb_s.get(m.platform) or {}
             for link, gb_s in (links.items() if links else [(None, np.nan)]):
@@ -274,12 +298,12 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
         if m.status != "ok" or (m.arm_config or {}).get("lmcache") is not None or not links:
             continue
         bpt = _kv_bytes_per_token(m)
-        for n, name, ph in _by_length(m, "cold"):
+        for n, phases in _by_length(m, "cold").items():
             row = {"platform": m.platform, "arm": m.arm, "status": m.status, "reason": "",
                    "prefix_tokens": n, "kv_bytes_per_token": bpt,
                    "kv_bytes_model": n * bpt if bpt else np.nan,
-                   "recompute_prefill_ms": _prefill_ms(ph),
-                   "cold_ttft_ms": _ttft_median(df, m.platform, m.arm, name),
+                   "recompute_prefill_ms": _prefill_ms(phases),
+                   "cold_ttft_ms": _ttft_median(df, m.platform, m.arm, "cold", n),
                    "apc_cold_ttft_ms": apc.get((m.platform, n), np.nan)}
             for link, gb_s in links.items():
                 rows.append({**row, "link": link, "link_gb_s": gb_s,
@@ -336,16 +360,17 @@ def mark_freshness(table: pd.DataFrame, metas: list[RunMeta], fresh: list[Freshn
     """A ``freshness`` column (current | archived) on a comparison table's measured rows."""
     if table.empty or "platform" not in table.columns:
         return table
-    keys = ["platform", "arm"] if "arm" in table.columns else ["platform"]
-    marks = pd.DataFrame([{"platform": m.platform, "arm": m.arm, "freshness": f.freshness}
-                          for m, f in zip(metas, fresh)], columns=["platform", "arm", "freshness"])
+    keys = [k for k in ("platform", "experiment", "arm") if k in table.columns]
+    marks = pd.DataFrame([{"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
+                           "freshness": f.freshness} for m, f in zip(metas, fresh)],
+                         columns=["platform", "experiment", "arm", "freshness"])
     marks = marks[keys + ["freshness"]].drop_duplicates(keys)
     return table.merge(marks, on=keys, how="left").fillna({"freshness": ""})
 
 
 def serving_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     """Per platform and request rate: vLLM bench serve's own summary, with our CI of the TTFT median."""
-    stats = phase_table(df[df["phase_kind"] == "rate"], metas, ["platform", "arm", "phase"])
+    stats = phase_table(df[df["phase_kind"] == "rate"], metas, ["platform", "arm", "phase"], by="name")
     rows = []
     for m in metas:
         for phase, ph in m.phases.items():
@@ -514,13 +539,13 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         return fidelity_table(df, metas)
     if experiment == "random_overhead":
         return random_overhead_table(df, metas)
-    if experiment == "prefix_sweep":
-        df = df.assign(kind=df["phase_kind"])
-        t = phase_table(df, metas, ["platform", "arm", "prefix_tokens", "kind", "phase"])
-        return t.drop(columns=["phase"]) if "phase" in t else t
+    if experiment == "comparisons":
+        return comparisons_table(df, metas)
+    if experiment == "prefix_sweep":  # per length and kind: all its samples in one row
+        return phase_table(df.assign(kind=df["phase_kind"]), metas, ["platform", "arm", "prefix_tokens", "kind"])
     if experiment == "multiturn":
-        return phase_table(df, metas, ["platform", "arm", "turn", "context_tokens", "phase"])
-    return phase_table(df, metas, ["platform", "arm", "phase"])
+        return phase_table(df, metas, ["platform", "arm", "turn", "context_tokens", "phase"], by="name")
+    return phase_table(df, metas, ["platform", "arm", "phase"])  # the phase column: the kind
 
 
 def write(table: pd.DataFrame, csv: str | Path, md: str | Path, tex: str | Path) -> None:

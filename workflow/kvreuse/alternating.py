@@ -20,11 +20,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .stats import CI_RESAMPLES, _CI_Q
+
 #: experiments whose arms alternate across server runs in one job per platform
 EXPERIMENTS = ("random_overhead",)
 #: the stem of such a job's log and benchmark file (results/{logs,benchmarks}/<platform>/<experiment>/)
 JOB = "alternating"
-CI_RESAMPLES = 2000
 
 
 def alternates(experiment: str) -> bool:
@@ -72,4 +73,5 @@ def ratio_ci(arm: pd.DataFrame, ref: pd.DataFrame, *, n: int = CI_RESAMPLES,
         warnings.simplefilter("ignore", RuntimeWarning)  # a resample of only missing values
         boot = 100 * (means(a) / means(b) - 1)
     boot = boot[np.isfinite(boot)]
-    return float(point), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    lo, hi = np.percentile(boot, _CI_Q)
+    return float(point), float(lo), float(hi)

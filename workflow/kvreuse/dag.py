@@ -21,12 +21,16 @@ from . import alternating
 from . import artifact as ka
 from . import config as kc
 from . import platforms
+from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
            "reload_vs_recompute"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
 DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
+#: the table of every comparison with the CI of its difference, from several experiments' runs
+#: (kvreuse.comparisons)
+COMPARISONS_TABLE = "comparisons"
 #: tables of every run (the provenance of each, the cost), of the serving fidelity check, and
 #: of what became of every configured run (kvreuse.accounting)
 STUDY_TABLES = ["runs", "cost", "fidelity", "accounting"]
@@ -114,7 +118,7 @@ def experiments(config: dict) -> list[str]:
 
 
 def tables(config: dict) -> list[str]:
-    return experiments(config) + STUDY_TABLES + list(DERIVED_TABLES)
+    return experiments(config) + STUDY_TABLES + list(DERIVED_TABLES) + [COMPARISONS_TABLE]
 
 
 def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
@@ -254,6 +258,10 @@ def table_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
         return _every_raw_input(config, unpacked, root)
     if table == "fidelity":
         return raw_inputs(config, "serving", unpacked, root)
+    if table == COMPARISONS_TABLE:
+        files = [f for e in COMPARISON_EXPERIMENTS if e in experiments(config)
+                 for f in raw_inputs(config, e, unpacked, root)]
+        return sorted(f for f in files if f.endswith(".jsonl")) + sorted(f for f in files if f.endswith(".meta.json"))
     return raw_inputs(config, DERIVED_TABLES.get(table, table), unpacked, root)
 
 

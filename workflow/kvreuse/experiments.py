@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import alternating, metrics, models, provenance, redact
+from . import alternating, models, provenance, redact
 from .lmcache import logs as lmcache_logs
 from .lmcache import store as lmcache_store
 from .plan import ServerPlan
@@ -88,16 +88,26 @@ def shared(c: Context, p: dict, name: str, n: int, prefix_tokens: int | None = N
                                  suffix_tokens=p["suffix_tokens"], compat=p.get("compat", False))
 
 
-async def warmup(c: Context, *, after_restart: bool = False) -> None:
-    """Requests with unrelated prompts, so one-time server costs stay out of the measurement
-    (``after_restart``: phase ``warmup_post_restart``, the same prompts again)."""
+def n_cold(p: dict) -> int:
+    """How many never-seen prefixes each cold condition is measured on (``n_cold``; runs made
+    before the key measured one)."""
+    return p.get("n_cold", 1)
+
+
+async def warmup(c: Context, *, after: str | None = None) -> None:
+    """``warmup_requests`` requests with prompts used nowhere else, right after a server start,
+    so its one-time costs stay out of the measurement. ``after``: which later start this
+    follows (``post_restart``, ``cold_reference``): its own never-seen prompts (a re-sent
+    warm-up prompt would be reloaded from a store, and would warm that path instead), phase
+    ``warmup_<after>``."""
     p = c.spec.params
     n = p.get("warmup_requests", 1)
     if n:
-        prompts = [c.prompts.tokens(f"warmup/{i}", p.get("prefix_tokens", 256))
-                   + c.prompts.tokens(f"warmup/q{i}", p.get("suffix_tokens", 16)) for i in range(n)]
-        await c.recorder.phase(c.servers.target(), "warmup", prompts, after_restart=after_restart,
-                               name=phase_name("warmup", "post_restart") if after_restart else None)
+        tag = f"warmup/{after}" if after else "warmup"
+        prompts = [c.prompts.tokens(f"{tag}/{i}", p.get("prefix_tokens", 256))
+                   + c.prompts.tokens(f"{tag}/q{i}", p.get("suffix_tokens", 16)) for i in range(n)]
+        await c.recorder.phase(c.servers.target(), "warmup", prompts, after_restart=after == "post_restart",
+                               name=phase_name("warmup", after) if after else None)
 
 
 def store_after_stop(c: Context) -> None:
@@ -114,56 +124,68 @@ async def baseline(c: Context, p: dict) -> None:
 
 
 async def cold_warm(c: Context, p: dict) -> None:
-    """One cold request, then N warm ones sharing its prefix."""
+    """``n_cold`` never-seen prefixes, each as one cold request followed by its ``n_warm``
+    warm ones (cold 0, warm 0, cold 1, warm 1 ...: a drift of the server hits both sides);
+    phases ``cold_<i>`` and ``warm_<i>``, ``repeat`` = i."""
     c.servers.start()
     await warmup(c)
-    prompts = shared(c, p, "cold_warm", 1 + p["n_warm"])
-    await c.recorder.phase(c.servers.target(), "cold", prompts[:1])
-    await c.recorder.phase(c.servers.target(), "warm", prompts[1:])
+    for i in range(n_cold(p)):
+        prompts = shared(c, p, f"cold_warm/{i}", 1 + p["n_warm"])
+        await c.recorder.phase(c.servers.target(), "cold", prompts[:1], name=phase_name("cold", i), repeat=i)
+        await c.recorder.phase(c.servers.target(), "warm", prompts[1:], name=phase_name("warm", i), repeat=i)
 
 
 async def restart(c: Context, p: dict) -> None:
-    """Populate, warm, graceful stop, restart, then the first and later requests after it.
+    """``n_cold`` prefixes populated (``populate_<i>``, then ``n_warm`` warm requests each),
+    graceful stop, restart; then per prefix, interleaved, its first prompt again
+    (``post_restart_first_<i>``: the first request on that prefix since the restart) and a
+    never-seen prompt of the same length (``post_restart_cold_<i>``, unless ``cold_reference``
+    is none); then ``n_post_restart_steady`` later requests on prefix 0.
 
-    Cold references: ``post_restart_cold`` (a prefix never seen, on the restarted server: no
-    extra start) and, with ``cold_reference: fresh_apc``, ``cold_reference`` (the first prompt
-    on a fresh vLLM without the connector: one more start). ``persisted`` comes from hit
-    counters only (external hits for LMCache arms), never from time.
+    A warm-up of never-seen prompts follows every server start. With ``cold_reference:
+    fresh_apc`` (LMCache arms), each prefix's first prompt also goes to a fresh vLLM without
+    the connector (``cold_reference_<i>``: one more start). Whether the cache persisted is
+    decided in aggregation (kvreuse.verdict), from each prefix's hit counters and outputs.
     """
     srv, rec = c.servers, c.recorder
-    prompts = shared(c, p, "restart", 1 + p["n_warm"] + p["n_post_restart_steady"])
-    first, warm = prompts[0], prompts[1:1 + p["n_warm"]]
-    steady = prompts[1 + p["n_warm"]:]
-    warmups = p.get("warmup_requests", 0)  # default 0: populate is the server's first request
+    n = n_cold(p)
+    firsts, outputs, steady = [], [], []
     srv.start()
-    if warmups:
-        await warmup(c)
-    pop = await rec.phase(srv.target(), "populate", [first])
-    await rec.phase(srv.target(), "warm", warm)
+    await warmup(c)
+    for i in range(n):
+        prompts = shared(c, p, f"restart/{i}", 1 + p["n_warm"] + (p["n_post_restart_steady"] if i == 0 else 0))
+        firsts.append(prompts[0])
+        steady = steady or prompts[1 + p["n_warm"]:]
+        fields = {"repeat": i, "prefix_tokens": p["prefix_tokens"]}
+        (pop,) = await rec.phase(srv.target(), "populate", [prompts[0]], name=phase_name("populate", i), **fields)
+        outputs.append(pop.output_token_ids)
+        await rec.phase(srv.target(), "warm", prompts[1:1 + p["n_warm"]], name=phase_name("warm", i), **fields)
     srv.stop(lmcache_server=c.restart_lmcache_server())
     if c.lmcache:
         store_after_stop(c)
     srv.start()
-    if warmups:  # the warm-up prompts again (LMCache arms reload them: the load path is warm too)
-        await warmup(c, after_restart=True)
-    post = await rec.phase(srv.target(), "post_restart_first", [first], after_restart=True)
-    await rec.phase(srv.target(), "post_restart_steady", steady, after_restart=True)
+    await warmup(c, after="post_restart")
     ref = p.get("cold_reference", "unseen_prefix")
-    if ref != "none":
-        # as long as the first prompt, never seen by any cache (also in compat mode)
-        await rec.phase(srv.target(), "post_restart_cold", [c.prompts.tokens("restart/cold_reference", len(first))],
-                        after_restart=True)
-    a, b = pop[0].output_token_ids, post[0].output_token_ids
+    for i, first in enumerate(firsts):
+        fields = {"repeat": i, "prefix_tokens": p["prefix_tokens"], "after_restart": True}
+        await rec.phase(srv.target(), "post_restart_first", [first], name=phase_name("post_restart_first", i),
+                        **fields)
+        if ref != "none":  # as long as the first prompt, never seen by any cache (also in compat mode)
+            await rec.phase(srv.target(), "post_restart_cold", [c.prompts.tokens(f"restart/{i}/cold", len(first))],
+                            name=phase_name("post_restart_cold", i), **fields)
+    await rec.phase(srv.target(), "post_restart_steady", steady, after_restart=True, repeat=0,
+                    prefix_tokens=p["prefix_tokens"])
     if ref == "fresh_apc" and c.lmcache:
         srv.stop(lmcache_server=True)
         srv.start(connector=False)
-        (ref_out,) = await rec.phase(srv.target(), "cold_reference", [first])
-        c.meta.output_equal_cold_reference = bool(a) and a == ref_out.output_token_ids
-    c.meta.output_equal = bool(a) and a == b
-    counters = c.meta.phases["post_restart_first"].counters
-    hits = counters.get("vllm:external_prefix_cache_hits", 0.0) if c.lmcache else metrics.hit_tokens(counters)
-    c.meta.persisted_hit_tokens = hits
-    c.meta.persisted = hits > 0
+        await warmup(c, after="cold_reference")
+        same = []
+        for i, first in enumerate(firsts):
+            (ref_out,) = await rec.phase(srv.target(), "cold_reference", [first], name=phase_name("cold_reference", i),
+                                         repeat=i, prefix_tokens=p["prefix_tokens"])
+            same.append(ref_out.output_token_ids)
+        c.meta.output_equal_cold_reference = bool(same) and all(
+            bool(a) and a == b for a, b in zip(same, outputs))
 
 
 def sweep_lengths(p: dict, server: dict, client: dict) -> list[int]:
@@ -179,11 +201,13 @@ def sweep_lengths(p: dict, server: dict, client: dict) -> list[int]:
 
 
 async def prefix_sweep(c: Context, p: dict) -> None:
-    """Per prefix length: a truly cold request (a prefix not seen before), then warm ones.
+    """Per prefix length, ``n_cold`` never-seen prefixes, each a cold request followed by its
+    ``n_warm`` warm ones (``cold_<n>_<i>``, ``warm_<n>_<i>``; ``repeat`` = i).
 
-    LMCache arms (``post_restart_reload``): then a graceful restart and, per length,
-    ``reload_<n>`` (the cold prompt again: loaded from the store, bytes and time from LMCache)
-    and ``recompute_<n>`` (a prefix never seen: prefilled) on the restarted server.
+    LMCache arms (``post_restart_reload``): then a graceful restart, a warm-up of never-seen
+    prompts and, per length and prefix i, interleaved, ``reload_<n>_<i>`` (cold prompt i again:
+    loaded from the store, bytes and time from LMCache) and ``recompute_<n>_<i>`` (a prefix
+    never seen: prefilled), a pair of the same server run that aggregation compares by i.
     """
     srv, rec = c.servers, c.recorder
     srv.start()
@@ -191,24 +215,24 @@ async def prefix_sweep(c: Context, p: dict) -> None:
     lengths = sweep_lengths(p, c.spec.server, c.spec.client)
     cold = {}
     for n in lengths:
-        prompts = shared(c, p, f"sweep/{n}", 1 + p["n_warm"], prefix_tokens=n)
-        cold[n] = prompts[0]
-        await rec.phase(srv.target(), "cold", prompts[:1], name=phase_name("cold", n), prefix_tokens=n)
-        await rec.phase(srv.target(), "warm", prompts[1:], name=phase_name("warm", n), prefix_tokens=n)
+        for i in range(n_cold(p)):
+            prompts = shared(c, p, f"sweep/{n}/{i}", 1 + p["n_warm"], prefix_tokens=n)
+            cold[n, i] = prompts[0]
+            await rec.phase(srv.target(), "cold", prompts[:1], name=phase_name("cold", n, i), prefix_tokens=n,
+                            repeat=i)
+            await rec.phase(srv.target(), "warm", prompts[1:], name=phase_name("warm", n, i), prefix_tokens=n,
+                            repeat=i)
     if not c.lmcache or not p.get("post_restart_reload", True):
         return
     srv.stop(lmcache_server=c.restart_lmcache_server())
     store_after_stop(c)
     srv.start()
-    # one-time costs of the new process and of its first load stay out of the sweep: the
-    # warm-up prompts again (reloaded, as they were stored before the restart)
-    await warmup(c, after_restart=True)
-    for n in lengths:
-        await rec.phase(srv.target(), "reload", [cold[n]], name=phase_name("reload", n),
-                        prefix_tokens=n, after_restart=True)
-        fresh = c.prompts.tokens(f"sweep/{n}/recompute", len(cold[n]))
-        await rec.phase(srv.target(), "recompute", [fresh], name=phase_name("recompute", n),
-                        prefix_tokens=n, after_restart=True)
+    await warmup(c, after="post_restart")
+    for (n, i), prompt in cold.items():
+        fields = {"prefix_tokens": n, "repeat": i, "after_restart": True}
+        await rec.phase(srv.target(), "reload", [prompt], name=phase_name("reload", n, i), **fields)
+        fresh = c.prompts.tokens(f"sweep/{n}/{i}/recompute", len(prompt))
+        await rec.phase(srv.target(), "recompute", [fresh], name=phase_name("recompute", n, i), **fields)
 
 
 async def multiturn(c: Context, p: dict) -> None:

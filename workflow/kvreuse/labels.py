@@ -43,7 +43,8 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     # latency of our client
     "ttft_median_ms": ("TTFT median", "ms"),
     "ttft_mean_ms": ("TTFT mean", "ms"),
-    "ttft_p99_ms": ("TTFT p99", "ms"),
+    "ttft_p99_ms": ("TTFT p99", "ms"),            # NaN below 100 requests (kvreuse.stats.tail)
+    "ttft_max_ms": ("TTFT max", "ms"),
     "ttft_ci95_lo_ms": ("TTFT 95% CI low", "ms"),
     "ttft_ci95_hi_ms": ("TTFT 95% CI high", "ms"),
     "ttft_ci95_ms": ("TTFT 95% CI", "ms"),
@@ -63,6 +64,14 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "post_restart_cold_ttft_median_ms": ("New prompt after restart", "ms"),
     "post_restart_steady_ttft_median_ms": ("Steady after restart", "ms"),
     "persisted": ("Persisted", None),
+    "verdict": ("Verdict", None),
+    "verdict_reason": ("Why", None),
+    "hit_fraction": ("Reused fraction, median", None),
+    "hit_fraction_min": ("Reused fraction, min", None),
+    "hit_fraction_max": ("Reused fraction, max", None),
+    "reusable_tokens": ("Reusable", "tokens"),
+    "n_prefixes": ("Prefixes", None),
+    "n_prefixes_persisted": ("Prefixes persisted", None),
     "output_equal": ("Same output", None),
     "store_files": ("Store files", None),
     "store_bytes": ("Store", "bytes"),
@@ -70,6 +79,22 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "reload_ms": ("Reload", "ms"),
     "reload_gb_s": ("Reload rate", "GB/s"),
     "cuda_kernels": ("LMCache kernels", None),
+    # comparisons: baseline (e.g. cold) against treatment (e.g. warm)
+    "baseline": ("Baseline", None),
+    "treatment": ("Against", None),
+    "n_baseline": ("Baseline n", None),
+    "n_treatment": ("n", None),
+    "paired": ("Paired", None),
+    "baseline_median_ms": ("Baseline TTFT median", "ms"),
+    "treatment_median_ms": ("TTFT median", "ms"),
+    "diff_median_ms": ("Saved (difference of medians)", "ms"),
+    "diff_ci95_lo_ms": ("Saved 95% CI low", "ms"),
+    "diff_ci95_hi_ms": ("Saved 95% CI high", "ms"),
+    "diff_ci95_ms": ("Saved 95% CI", "ms"),
+    "speedup": ("Speedup", "x"),
+    "speedup_ci95_lo": ("Speedup 95% CI low", "x"),
+    "speedup_ci95_hi": ("Speedup 95% CI high", "x"),
+    "speedup_ci95": ("Speedup 95% CI", "x"),
     # random prompts: LMCache against APC only
     "ttft_delta_pct": ("TTFT change", "%"),
     "ttft_delta_ci95_lo_pct": ("TTFT change 95% CI low", "%"),
@@ -119,6 +144,8 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
 # range column -> (low column, high column)
 RANGES: dict[str, tuple[str, str]] = {
     "ttft_ci95_ms": ("ttft_ci95_lo_ms", "ttft_ci95_hi_ms"),
+    "diff_ci95_ms": ("diff_ci95_lo_ms", "diff_ci95_hi_ms"),
+    "speedup_ci95": ("speedup_ci95_lo", "speedup_ci95_hi"),
     "ttft_delta_ci95_pct": ("ttft_delta_ci95_lo_pct", "ttft_delta_ci95_hi_pct"),
     "e2e_delta_ci95_pct": ("e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"),
 }

@@ -19,7 +19,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from . import __version__, aggregate, claims, kvmodel, labels, latex, latexmk, provenance
+from . import __version__, claims, kvmodel, labels, latex, latexmk, provenance, stats
 
 TITLE = "kvreuse: KV-cache reuse in vLLM, measured with counters"
 
@@ -263,7 +263,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
-            "ci_level": aggregate.CI_LEVEL, "gpu_models": models,
+            "ci_level": stats.CI_LEVEL, "gpu_models": models,
             "cited": cited, "kv": kv_context(llama, ctx_claims["claims_by_id"].get("s000-kv-size")),
             "fig": {k: str(v) for k, v in figures.items()},
             "commit": commit, "commit_short": commit[:12] if commit else "unknown",

@@ -35,7 +35,7 @@ PHASE_KINDS = (
     "cold",                 # a prefix never seen by any cache
     "warm",                 # a prefix seen before, on the same server
     "populate",             # restart: the first request, which fills the caches
-    "post_restart_first",   # restart: the populate prompt again, first after the restart
+    "post_restart_first",   # restart: a populate prompt again, the first on its prefix after the restart
     "post_restart_steady",  # restart: later requests on the populated prefix
     "post_restart_cold",    # restart: a never-seen prefix on the restarted server
     "cold_reference",       # restart: the populate prompt on a fresh server without the store
@@ -141,7 +141,8 @@ class RunMeta:
     stops: list[dict] = field(default_factory=list)
     n_requests: int = 0
     n_errors: int = 0
-    # restart outcome (from counters and outputs)
+    # restart outcome as runs before kvreuse.verdict recorded it; later runs leave these None
+    # (the verdict is made in aggregation, from each prefix's counters and outputs)
     persisted: bool | None = None
     persisted_hit_tokens: float | None = None
     output_equal: bool | None = None

@@ -24,7 +24,6 @@ from pathlib import Path
 import httpx
 
 from . import procs, redact
-from .procs import group_members, proc_stat  # noqa: F401  (used here and by callers)
 from .errors import ServerError
 
 log = logging.getLogger(__name__)

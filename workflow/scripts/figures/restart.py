@@ -26,11 +26,15 @@ for ax, p in zip(axes[:, 0], plats):
         if r.status != "ok":
             ax.text(i, 0, f"not run:\n{r.reason}", ha="center", va="bottom", fontsize=6, rotation=90)
         else:
-            ax.text(i, ax.get_ylim()[1] * 0.92, "persisted" if r.get("persisted") else "not persisted",
-                    ha="center", fontsize=7)
+            # the verdict (kvreuse.verdict) where the table has one, else the boolean
+            v = r.get("verdict") if isinstance(r.get("verdict"), str) else (
+                "persisted" if r.get("persisted") else "not persisted")
+            if v == "partial" and pd.notna(r.get("hit_fraction")):
+                v = f"partial ({r['hit_fraction']:.0%})"
+            ax.text(i, ax.get_ylim()[1] * 0.92, v, ha="center", fontsize=7)
     ax.set_xticks(x, sub.arm, fontsize=7)
     ax.set_ylabel("TTFT median (ms)")
-    ax.set_title(f"{p}: does the KV cache survive a vLLM restart? (verdict from hit counters)")
+    ax.set_title(f"{p}: does the KV cache survive a vLLM restart? (verdict from hit counters and outputs)")
     ax.legend(fontsize=6, loc="upper left")
 if not plats:
     empty(axes[0][0], "no restart results")
