@@ -46,8 +46,17 @@ def small_run(tmp_path_factory, tiny_model) -> Path:
 #: own tables (cited.yaml, claims.csv), apart from the measurements
 COMPARISON_TABLES = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
                      "random_overhead", "fidelity", "reload_vs_recompute")
+RESTART_VERDICT = ["verdict", "verdict_reason", "hit_fraction", "hit_fraction_min", "hit_fraction_max",
+                   "reusable_tokens", "n_prefixes", "n_prefixes_persisted", "populate_n", "warm_n",
+                   "post_restart_first_n", "post_restart_steady_n", "post_restart_cold_n"]
 ADDED_COLUMNS = {
     **{t: ["freshness"] for t in COMPARISON_TABLES},
+    # the maximum beside p99, which is NaN below 100 requests (kvreuse.stats.tail)
+    **{t: ["ttft_max_ms", "freshness"] for t in ("baseline", "cold_warm", "multiturn", "prefix_sweep")},
+    # the verdict from counters and outputs, and n per phase kind (kvreuse.verdict)
+    "restart": RESTART_VERDICT + ["freshness"],
+    # the alternating design: server runs per arm (kvreuse.alternating)
+    "random_overhead": ["server_runs", "freshness"],
     "runs": ["freshness", "expected_config_hash", "archived_note"],
 }
 REMOVED_COLUMNS = {"serving": ["provenance"], "random_overhead": ["provenance", "e2e_delta_pct"]}
