@@ -39,6 +39,13 @@ def fmt(x, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
+def signed(x, digits: int = 1) -> str:
+    """A change with its sign (+1.5), or n/a."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.{digits}f}"
+
+
 def num(x) -> str:
     """A claim's number as the study wrote it: thousands separators, no trailing zeros."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -151,6 +158,22 @@ def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
     return rows
 
 
+def comparison(table: pd.DataFrame | None, platform: str, experiment: str) -> dict:
+    """The speedup (baseline / treatment, e.g. cold / warm) of ``experiment`` on ``platform``
+    with its CI and n per side, from comparisons.csv (kvreuse.comparisons); NaN where there is
+    none (results bundled before that table existed)."""
+    nan = float("nan")
+    out = {"speedup": nan, "speedup_lo": nan, "speedup_hi": nan, "n_baseline": nan, "n_treatment": nan}
+    if table is None or table.empty:
+        return out
+    rows = table[(table.platform == platform) & (table.experiment == experiment)]
+    if rows.empty:
+        return out
+    r = rows.iloc[0]
+    return {"speedup": r.speedup, "speedup_lo": r.speedup_ci95_lo, "speedup_hi": r.speedup_ci95_hi,
+            "n_baseline": r.n_baseline, "n_treatment": r.n_treatment}
+
+
 def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
     """The random_overhead rows with a paired change, each with its direction by the CI
     (``slower``: the CI above zero, ``faster``: below, ``unresolved``: around it)."""
@@ -159,7 +182,10 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
         if r.get("status") != "ok" or not claims.is_number(r.get("e2e_delta_pct")):
             continue
         lo, hi = r.get("e2e_delta_ci95_lo_pct"), r.get("e2e_delta_ci95_hi_pct")
-        direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
+        if not (claims.is_number(lo) and claims.is_number(hi)):
+            direction = "no_ci"  # one server run on a side: no CI between servers
+        else:
+            direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
         out.append({**r, "direction": direction,
                     "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"]})
     return out
@@ -236,9 +262,10 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
         g = g.set_index("phase")
         if {"cold", "warm"} <= set(g.index):
             cold, warm = g.loc["cold", "ttft_median_ms"], g.loc["warm", "ttft_median_ms"]
-            cold_warm.append({"platform": p, "cold": cold, "warm": warm,
+            cmp = comparison(t.get("comparisons"), p, "cold_warm")
+            cold_warm.append({"platform": p, "cold": cold, "warm": warm, **cmp,
                               "warm_lo": g.loc["warm", "ttft_ci95_lo_ms"], "warm_hi": g.loc["warm", "ttft_ci95_hi_ms"],
-                              "speedup": cold / warm, "warm_faster": bool(warm < cold),
+                              "warm_faster": bool(warm < cold),
                               "warm_hits": g.loc["warm", "hit_tokens"], "cold_hits": g.loc["cold", "hit_tokens"],
                               "cold_e2e": g.loc["cold", "e2e_median_ms"], "warm_e2e": g.loc["warm", "e2e_median_ms"]})
     kernels = lmcache_kernels(_platform_rows(runs))
@@ -299,6 +326,7 @@ def render(template: Path, ctx: dict) -> str:
     env.filters["fmt"] = fmt
     env.filters["mdtable"] = mdtable
     env.filters["num"] = num
+    env.filters["signed"] = signed
     env.filters["mdrows"] = lambda rows, cols, digits=1: mdtable(pd.DataFrame(list(rows)), cols, digits, disable_numparse=True)
     env.tests["known"] = _known
     return env.get_template(template.name).render(**ctx)
@@ -306,7 +334,7 @@ def render(template: Path, ctx: dict) -> str:
 
 def render_tex(template: Path, ctx: dict) -> str:
     """The LaTeX write-up or its BibTeX (kvreuse.latex: every value escaped)."""
-    env = latex.environment(template.parent, fmt=fmt, num=num)
+    env = latex.environment(template.parent, fmt=fmt, num=num, signed=signed)
     env.tests["known"] = _known
     return env.get_template(template.name).render(**ctx)
 
