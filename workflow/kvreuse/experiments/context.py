@@ -1,0 +1,148 @@
+"""What every experiment and runner of this package shares: the run's spec (:class:`RunSpec`),
+the :class:`Context` an experiment works with, the prompt helpers (``shared``, ``n_cold``,
+``warmup``, ``store_after_stop``), and a run's meta and files (``base_meta``, ``arm_plan``,
+``write_not_run``, ``write_pair``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import models, provenance, redact
+from ..lmcache import store as lmcache_store
+from ..loadgen import BenchServe
+from ..plan import ServerPlan
+from ..plan import plan as make_plan
+from ..recorder import Recorder
+from ..results import RequestRecord, RunMeta, meta_path, phase_name, write_meta, write_records
+from ..servers import Servers, now_iso
+from ..workloads import PromptMaker, shared_prefix_prompts
+
+log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
+
+
+@dataclass
+class RunSpec:
+    """Everything one run rule knows: where, what, with which arm, and where to write."""
+
+    platform: str
+    experiment: str
+    arm_name: str
+    arm: dict
+    params: dict
+    model_name: str
+    model: dict
+    model_dir: Path
+    server: dict
+    client: dict
+    out_jsonl: Path
+    log_dir: Path
+    config_hash: str
+    seed: int = 0
+    repo_dir: Path = Path(".")
+    lmcache_dir: Path | str | None = None  # the platform's LMCache store root
+
+
+@dataclass
+class Context:
+    """What an experiment works with: the run's spec and plan, servers, recorder, load generator."""
+
+    spec: RunSpec
+    plan: ServerPlan
+    servers: Servers
+    recorder: Recorder
+    loadgen: BenchServe | None
+    prompts: PromptMaker
+
+    @property
+    def meta(self) -> RunMeta:
+        return self.recorder.meta
+
+    @property
+    def lmcache(self) -> bool:
+        return self.plan.lmcache is not None
+
+    def restart_lmcache_server(self) -> bool:
+        """Whether a restart stops the LMCache server too (the arm's ``restart_lmcache_server``)."""
+        return self.plan.lmcache_server is not None and self.spec.arm.get("restart_lmcache_server", False)
+
+
+def shared(c: Context, p: dict, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
+    """``n`` prompts sharing one prefix (``prefix_tokens``, default the experiment's)."""
+    return shared_prefix_prompts(c.prompts, name=name, n=n,
+                                 prefix_tokens=prefix_tokens or p["prefix_tokens"],
+                                 suffix_tokens=p["suffix_tokens"], compat=p.get("compat", False))
+
+
+def n_cold(p: dict) -> int:
+    """How many never-seen prefixes each cold condition is measured on (``n_cold``; runs made
+    before the key measured one)."""
+    return p.get("n_cold", 1)
+
+
+async def warmup(c: Context, *, after: str | None = None) -> None:
+    """``warmup_requests`` requests with prompts used nowhere else, right after a server start,
+    so its one-time costs stay out of the measurement. ``after``: which later start this
+    follows (``post_restart``, ``cold_reference``): its own never-seen prompts (a re-sent
+    warm-up prompt would be reloaded from a store, and would warm that path instead), phase
+    ``warmup_<after>``."""
+    p = c.spec.params
+    n = p.get("warmup_requests", 1)
+    if n:
+        tag = f"warmup/{after}" if after else "warmup"
+        prompts = [c.prompts.tokens(f"{tag}/{i}", p.get("prefix_tokens", 256))
+                   + c.prompts.tokens(f"{tag}/q{i}", p.get("suffix_tokens", 16)) for i in range(n)]
+        await c.recorder.phase(c.servers.target(), "warmup", prompts, after_restart=after == "post_restart",
+                               name=phase_name("warmup", after) if after else None)
+
+
+def store_after_stop(c: Context) -> None:
+    """The LMCache store's files and bytes, read while no server runs."""
+    c.meta.store_after_stop = lmcache_store.list_store(c.plan)
+
+
+# -- one run's meta and files ---------------------------------------------------------------
+def base_meta(spec: RunSpec, plan: ServerPlan) -> RunMeta:
+    model_manifest = models.read_manifest(spec.model_dir)
+    return RunMeta(
+        status="ok", platform=spec.platform, experiment=spec.experiment,
+        arm=spec.arm_name, arm_config=spec.arm, params=spec.params,
+        accelerator=provenance.accelerator(), versions=provenance.versions(),
+        model={k: v for k, v in model_manifest.items() if k != "files"} | {"spec": spec.model},
+        server={"vllm_args": plan.vllm_args, "env": redact.env_for_record(plan.env),
+                "lmcache_config": plan.lmcache_config,
+                "lmcache_server": plan.lmcache_server and plan.lmcache_server.get("argv"),
+                "notes": plan.notes},
+        client=spec.client, config_hash=spec.config_hash,
+        git_commit=provenance.git_commit(spec.repo_dir), started_at=now_iso(), finished_at=None,
+        phases={})
+
+
+def arm_plan(spec: RunSpec, run_dir: Path, has_cuda: bool | None = None) -> ServerPlan:
+    """The arm's servers for one run (LMCache arms: a new store folder and ports each time)."""
+    return make_plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
+                     run_dir=run_dir, has_cuda=has_cuda,
+                     store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment)
+
+
+def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:
+    """An arm that cannot run here: an empty JSONL and a meta with status not_run and why."""
+    log.warning("%s/%s on %s not run: %s", spec.experiment, spec.arm_name, spec.platform, reason)
+    meta.status, meta.reason, meta.finished_at = "not_run", reason, now_iso()
+    write_pair(spec.out_jsonl, [], meta)
+    return meta.to_dict()
+
+
+def write_pair(out_jsonl: Path, records: list[RequestRecord], meta: RunMeta) -> None:
+    """Records, then meta, secrets scrubbed (checked against the schema as they are written):
+    a complete pair, or (on any failure) neither."""
+    secrets = redact.secret_values()
+    try:
+        write_records(out_jsonl, redact.scrub([dataclasses.asdict(r) for r in records], secrets))
+        write_meta(meta_path(out_jsonl), redact.scrub(meta.to_dict(), secrets))
+    except BaseException:
+        Path(out_jsonl).unlink(missing_ok=True)
+        meta_path(out_jsonl).unlink(missing_ok=True)
+        raise

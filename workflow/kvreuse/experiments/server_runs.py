@@ -1,0 +1,143 @@
+"""Alternating server runs (kvreuse.alternating): the experiments of :data:`SERVER_RUNS`
+compare their arms across several fresh server runs, the arms taking turns (A B A B ...);
+``run_alternating`` drives every arm of one such experiment on one platform."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import alternating
+from ..lmcache import logs as lmcache_logs
+from ..plan import ServerPlan
+from ..recorder import ClientSettings, Recorder
+from ..results import RunMeta, meta_path, read_meta
+from ..server import exit_on_signals
+from ..servers import Servers, now_iso
+from ..workloads import PromptMaker
+from .context import Context, RunSpec, arm_plan, base_meta, write_not_run, write_pair
+from .overhead import random_overhead
+
+log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
+
+#: experiments run as alternating server runs (kvreuse.alternating): one server run of one arm
+SERVER_RUNS: dict[str, Callable[[Context, dict, int], Awaitable[None]]] = {
+    "random_overhead": random_overhead,
+}
+
+
+@dataclass
+class ArmRuns:
+    """One arm of an alternating comparison: its spec, meta and recorder across its server
+    runs, each a fresh :class:`Servers` (and, for LMCache arms, a fresh store) in
+    ``log_dir/run<i>``."""
+
+    spec: RunSpec
+    plan: ServerPlan            # the first server run's (the meta's server block is this one's)
+    recorder: Recorder
+    has_cuda: bool | None = None
+    starts: list[dict] = dataclasses.field(default_factory=list)
+    stops: list[dict] = dataclasses.field(default_factory=list)
+    lmcache: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.arm_name
+
+    @property
+    def meta(self) -> RunMeta:
+        return self.recorder.meta
+
+    @functools.cached_property
+    def prompts(self) -> PromptMaker:
+        return PromptMaker.for_model(self.spec.model_dir, self.spec.seed)
+
+    @staticmethod
+    def run_dir(spec: RunSpec, server_run: int) -> Path:
+        return spec.log_dir / f"run{server_run}"
+
+    @contextlib.contextmanager
+    def server_run(self, i: int) -> Iterator[Context]:
+        """A context on fresh servers for server run ``i``; they are stopped on the way out,
+        and their starts, stops and LMCache summary kept for the meta."""
+        run_dir = self.run_dir(self.spec, i)
+        plan = self.plan if i == 0 else arm_plan(self.spec, run_dir, self.has_cuda)
+        self.recorder.lmcache_log_dir = run_dir if plan.lmcache is not None else None
+        servers = Servers(plan, model_dir=self.spec.model_dir, model_name=self.spec.model_name,
+                          log_dir=run_dir, server=self.spec.server)
+        try:
+            with servers:
+                yield Context(self.spec, plan, servers, self.recorder, None, self.prompts)
+        finally:
+            self.starts += [{**x, "server_run": i} for x in servers.starts]
+            self.stops += [{**x, "server_run": i} for x in servers.stops]
+        if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
+            self.lmcache.append({**lmcache_logs.finish(plan, run_dir, self.spec.model_dir), "server_run": i})
+
+
+def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]:
+    """The arms that can run here, in the given order; an arm that cannot (its plan's
+    ``not_run_reason``, e.g. LMCache without CUDA) is written now as not run, with its reason."""
+    arms = []
+    for spec in specs:
+        run_dir = ArmRuns.run_dir(spec, 0)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan = arm_plan(spec, run_dir, has_cuda)
+        meta = base_meta(spec, plan)
+        if plan.not_run_reason:
+            write_not_run(spec, meta, plan.not_run_reason)
+            continue
+        meta.params = {**meta.params, "server_runs": spec.params.get("server_runs", 1)}
+        recorder = Recorder(meta, ClientSettings.from_config(spec.model_name, spec.client, spec.seed))
+        arms.append(ArmRuns(spec, plan, recorder, has_cuda))
+    return arms
+
+
+async def alternate(arms: list, server_runs: int,
+                    one_run: Callable[[Context, dict, int], Awaitable[None]]) -> None:
+    """``server_runs`` rounds, each arm once per round, in order (A B A B ...): ``one_run`` on a
+    fresh context from each arm's ``server_run(i)``."""
+    for i, arm in alternating.schedule(arms, server_runs):
+        log.info("%s: server run %d of %d, arm %s", arm.spec.experiment, i + 1, server_runs, arm.name)
+        with arm.server_run(i) as c:
+            await one_run(c, c.spec.params, i)
+
+
+def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | None = None) -> list[dict]:
+    """Every arm of one alternating experiment on one platform (the arms in ``specs``, the
+    same experiment each): ``server_runs`` separate server runs per arm, the arms taking turns;
+    each arm's JSONL and meta written at the end (arms that cannot run here: at once, as not
+    run). Returns the metas (dicts) in the order of ``specs``."""
+    experiment = {s.experiment for s in specs}
+    if len(experiment) != 1 or next(iter(experiment)) not in SERVER_RUNS:
+        raise ValueError(f"run_alternating: one experiment of {', '.join(SERVER_RUNS)} expected, "
+                         f"got {', '.join(sorted(experiment)) or 'none'}")
+    arms = prepare(specs, has_cuda)
+
+    async def main():
+        try:
+            await alternate(arms, server_runs, SERVER_RUNS[specs[0].experiment])
+        finally:
+            for a in arms:
+                await a.recorder.aclose()
+
+    if arms:
+        with exit_on_signals():
+            asyncio.run(main())
+    for a in arms:
+        meta = a.meta
+        meta.finished_at = now_iso()
+        meta.server_starts, meta.stops = a.starts, a.stops
+        meta.n_requests = len(a.recorder.records)
+        meta.n_errors = sum(1 for r in a.recorder.records if r.error)
+        meta.server["starts"] = len([x for x in a.starts if x["process"] == "vllm"])
+        if a.lmcache:
+            meta.lmcache = {**a.lmcache[0], "server_runs": a.lmcache}
+        write_pair(a.spec.out_jsonl, a.recorder.records, meta)
+    return [read_meta(meta_path(s.out_jsonl)).to_dict() for s in specs]
