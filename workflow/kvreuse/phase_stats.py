@@ -1,0 +1,78 @@
+"""Per-phase statistics that every table builds on: latency statistics of successful
+requests (``latency_stats``), the server's hit counters per phase (``counter_rows``,
+``summed_counters``) and both per table key (``phase_table``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .results import RunMeta
+from .stats import bootstrap_ci, tail
+
+
+def latency_stats(g: pd.DataFrame) -> pd.Series:
+    ok = g[g["error"].isna()]
+    ttft = ok["ttft_ms"].astype(float)
+    lo, hi = bootstrap_ci(ttft)
+    itl = [x for xs in ok["itl_ms"] for x in (xs or [])]
+    return pd.Series({
+        "n": len(ok), "n_errors": int(g["error"].notna().sum()),
+        "ttft_median_ms": ttft.median(), **tail(ttft),  # p99 from 100 requests, else NaN; max always
+        "ttft_mean_ms": ttft.mean(), "ttft_ci95_lo_ms": lo, "ttft_ci95_hi_ms": hi,
+        "e2e_median_ms": ok["e2e_ms"].astype(float).median(),
+        "itl_median_ms": float(np.median(itl)) if itl else np.nan,
+        "prompt_tokens": ok["prompt_tokens"].median() if "prompt_tokens" in ok else np.nan,
+        "cached_tokens": ok["cached_tokens"].median() if "cached_tokens" in ok else np.nan,
+    })
+
+
+#: counters summed over the phases a table row stands for (hit_rate: hits / queries of the sums)
+COUNTER_COLUMNS = ["hit_tokens", "prefix_cache_hits", "external_prefix_cache_hits", "query_tokens"]
+#: a phase's fields that a table row may be keyed by
+PHASE_FIELDS = ["prefix_tokens", "turn", "context_tokens", "request_rate", "repeat"]
+
+
+def counter_rows(metas: list[RunMeta]) -> pd.DataFrame:
+    """One row per phase of every run: its name, kind, fields and hit counters."""
+    rows = []
+    for m in metas:
+        for name, ph in m.phases.items():
+            c = ph.counters
+            rows.append({"platform": m.platform, "arm": m.arm, "name": name, "kind": ph.kind,
+                         **{f: getattr(ph, f) for f in PHASE_FIELDS},
+                         "hit_tokens": metrics.hit_tokens(c),
+                         "prefix_cache_hits": c.get("vllm:prefix_cache_hits", 0.0),
+                         "external_prefix_cache_hits": c.get("vllm:external_prefix_cache_hits", 0.0),
+                         "query_tokens": c.get("vllm:prefix_cache_queries", 0.0)})
+    return pd.DataFrame(rows, columns=["platform", "arm", "name", "kind", *PHASE_FIELDS, *COUNTER_COLUMNS])
+
+
+def summed_counters(metas: list[RunMeta], keys: list[str], by: str) -> pd.DataFrame:
+    """The counters of the phases (warm-ups left out) summed per ``keys``; the ``phase`` key
+    is the phase's kind (``by="kind"``) or its name (``by="name"``)."""
+    c = counter_rows(metas)
+    c = c[c["kind"] != "warmup"].assign(phase=lambda t: t["kind"] if by == "kind" else t["name"])
+    summed = c.groupby(keys, sort=False)[COUNTER_COLUMNS].sum().reset_index()
+    summed["hit_rate"] = (summed["prefix_cache_hits"] / summed["query_tokens"]).where(summed["query_tokens"] > 0)
+    return summed
+
+
+def phase_table(df: pd.DataFrame, metas: list[RunMeta], keys: list[str], by: str = "kind") -> pd.DataFrame:
+    """Latency statistics and summed counters per ``keys`` (record columns; ``kind`` or
+    ``phase``). ``by="kind"``: the ``phase`` column holds the phase's kind, so the n samples of a
+    kind (``cold_0``, ``cold_1`` ...) are one row; ``by="name"``: one row per phase."""
+    df = df[df["phase_kind"] != "warmup"]  # before the measurement and after a restart
+    if by == "kind":
+        df = df.assign(phase=df["phase_kind"])
+    if df.empty:
+        return pd.DataFrame(columns=keys + ["n"])
+    stats = df.groupby(keys, sort=False).apply(latency_stats, include_groups=False).reset_index()
+    if "phase" in keys or "kind" in keys:
+        summed = summed_counters(metas, keys, by)
+        for k in keys:  # record columns with gaps are floats: the phases' fields likewise
+            if stats[k].dtype.kind == "f":
+                summed[k] = summed[k].astype(float)
+        stats = stats.merge(summed, on=keys, how="left")
+    return stats

@@ -1,0 +1,38 @@
+"""The random-prompt overhead table (``random_overhead_table``): each arm against the APC-only
+arm on the same prompts, across alternating server runs (the CI: kvreuse.alternating)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import alternating
+from .results import RunMeta
+
+
+def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -> pd.DataFrame:
+    """Per platform and arm: mean and median TTFT and e2e over the unique prompts, the number
+    of separate server runs (``server_runs``), and the change of the mean against the APC-only
+    arm on the very same prompts, with a 95% CI that resamples server runs within each arm and
+    then prompts, paired (kvreuse.alternating.ratio_ci): NaN with fewer than two server runs
+    on either side (runs made before the alternating design had one)."""
+    df = df[(df["phase_kind"] == "repeat") & df["error"].isna()]
+    rows = []
+    for m in metas:
+        p, arm = m.platform, m.arm
+        row = {"platform": p, "arm": arm, "status": m.status, "reason": m.reason or ""}
+        sub = df[(df.platform == p) & (df.arm == arm)]
+        if len(sub):
+            row.update(n=len(sub), server_runs=sub["server_run"].fillna(0).nunique(),
+                       ttft_mean_ms=sub.ttft_ms.mean(), e2e_mean_ms=sub.e2e_ms.mean(),
+                       ttft_median_ms=sub.ttft_ms.median(), e2e_median_ms=sub.e2e_ms.median())
+            ref = df[(df.platform == p) & (df.arm == reference)]
+            if arm != reference and len(ref):
+                for metric in ("e2e_ms", "ttft_ms"):
+                    key = metric.replace("_ms", "")
+                    point, lo, hi = alternating.ratio_ci(alternating.run_matrix(sub, metric),
+                                                         alternating.run_matrix(ref, metric))
+                    row[f"{key}_delta_pct"] = point
+                    row[f"{key}_delta_ci95_lo_pct"] = lo
+                    row[f"{key}_delta_ci95_hi_pct"] = hi
+        rows.append(row)
+    return pd.DataFrame(rows)

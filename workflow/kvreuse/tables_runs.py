@@ -1,0 +1,96 @@
+"""The tables about the runs themselves: ``runs_table`` (every run, its provenance and
+freshness) and ``cost_table`` (GPU-minutes and server starts, from Snakemake's benchmark files,
+``read_benchmarks``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import alternating
+from .freshness import Freshness
+from .results import RunMeta
+
+
+def _vllm_starts(m: RunMeta) -> list[float]:
+    return [s["startup_s"] for s in m.server_starts if s["process"] == "vllm"]
+
+
+def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd.DataFrame:
+    """Every run and its provenance; with ``fresh``, whether it answers the current config
+    (``freshness``: current | stale | archived, the expected hash beside the recorded one)."""
+    rows = []
+    for i, m in enumerate(metas):
+        acc, v, model = m.accelerator or {}, m.versions or {}, m.model or {}
+        starts = _vllm_starts(m)
+        rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
+                     "status": m.status, "reason": m.reason or "",
+                     "accelerator": acc.get("name"), "driver": acc.get("driver"),
+                     "vllm": v.get("vllm"), "lmcache": v.get("lmcache"), "torch": v.get("torch"),
+                     "lmcache_kernels": (m.lmcache or {}).get("cuda_kernels"),
+                     "model": model.get("name"), "weights": model.get("weights"),
+                     "n_requests": m.n_requests, "n_errors": m.n_errors,
+                     "server_starts": len(starts),
+                     "first_start_s": starts[0] if starts else np.nan,
+                     "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
+                     "config_hash": m.config_hash, "git_commit": m.git_commit})
+        if fresh is not None:
+            rows[-1].update(freshness=fresh[i].freshness,
+                            expected_config_hash=fresh[i].expected_config_hash,
+                            archived_note=fresh[i].archived_note)
+    return pd.DataFrame(rows)
+
+
+def _busy_s(m: RunMeta) -> float:
+    """Seconds a run kept its servers busy: their starts and its phases."""
+    return sum(s.get("startup_s", 0.0) for s in m.server_starts) + sum(p.wall_s for p in m.phases.values())
+
+
+def _wall_s(m: RunMeta, metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
+    """The run's own job's wall time; for the arms of one alternating job (its benchmark file
+    results/benchmarks/<platform>/<experiment>/alternating.tsv), the job's wall time shared
+    among the arms that ran in proportion to their busy seconds."""
+    own = benchmarks.get((m.platform, m.experiment, m.arm))
+    if own is not None:
+        return own
+    job = benchmarks.get((m.platform, m.experiment, alternating.JOB))
+    if job is None:
+        return np.nan
+    busy = [_busy_s(o) for o in metas
+            if (o.platform, o.experiment, o.status) == (m.platform, m.experiment, "ok")]
+    return job * _busy_s(m) / sum(busy) if sum(busy) > 0 else job / max(len(busy), 1)
+
+
+def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataFrame:
+    """GPU-minutes (Snakemake benchmark wall time x GPUs) and server starts per run."""
+    rows = []
+    for m in metas:
+        if m.status != "ok":
+            continue
+        starts = _vllm_starts(m)
+        wall = _wall_s(m, metas, benchmarks)
+        acc = m.accelerator or {}
+        gpus = acc.get("count", 1) if acc.get("kind") == "gpu" else 0
+        rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
+                     "wall_s": wall, "gpu_minutes": wall * gpus / 60 if gpus else 0.0,
+                     "server_starts": len(starts), "startup_s_total": sum(starts),
+                     "first_start_s": starts[0] if starts else np.nan,
+                     "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
+                     "requests": m.n_requests})
+    t = pd.DataFrame(rows)
+    if len(t):
+        tot = t.groupby("platform", sort=False)[["wall_s", "gpu_minutes", "server_starts", "startup_s_total", "requests"]].sum().reset_index()
+        tot["experiment"], tot["arm"] = "TOTAL", ""
+        t = pd.concat([t, tot], ignore_index=True)
+    return t
+
+
+def read_benchmarks(files: list[str]) -> dict[tuple, float]:
+    """results/benchmarks/<platform>/<experiment>/<arm>.tsv -> wall seconds."""
+    out = {}
+    for f in files:
+        p = Path(f)
+        out[(p.parent.parent.name, p.parent.name, p.stem)] = float(pd.read_csv(f, sep="\t")["s"].iloc[0])
+    return out
