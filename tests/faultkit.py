@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kvreuse.server import proc_stat
+from kvreuse.procs import proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 FAKEVLLM = REPO / "tests" / "fakevllm"

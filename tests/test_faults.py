@@ -111,7 +111,7 @@ def _set(path: str, value):
 
 BAD_CONFIGS = [
     ("unknown top-level key", _set("bogus_key", 1),
-     "(top level): unknown key 'bogus_key' (allowed: arms, "),
+     "(top level): unknown key 'bogus_key' (allowed: archived, arms, "),
     ("unknown nested key", _set("experiments/baseline/n_request", 3),
      "experiments.baseline: unknown key 'n_request' (allowed: arms, compat, n_requests, prefix_tokens"),
     ("wrong type", _set("client/max_tokens", "sixteen"),
