@@ -57,7 +57,7 @@ ADDED_COLUMNS = {
     "restart": RESTART_VERDICT + ["freshness"],
     # the alternating design: server runs per arm (kvreuse.alternating)
     "random_overhead": ["server_runs", "freshness"],
-    "runs": ["freshness", "expected_config_hash", "archived_note"],
+    "runs": ["warmup_phases", "freshness", "expected_config_hash", "archived_note"],
 }
 REMOVED_COLUMNS = {"serving": ["provenance"], "random_overhead": ["provenance", "e2e_delta_pct"]}
 

@@ -158,6 +158,17 @@ def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
     return rows
 
 
+def no_warmup_runs(runs: pd.DataFrame) -> list[dict]:
+    """Runs that measured and had fewer warm-up phases than server starts: some measured
+    request there followed a server start directly (made before one warm-up per start)."""
+    if "warmup_phases" not in runs.columns:
+        return []
+    ok = runs[(runs.status == "ok") & (runs.warmup_phases < runs.server_starts)]
+    if "freshness" in ok.columns:
+        ok = ok[ok.freshness != "stale"]
+    return ok[["platform", "experiment", "arm", "server_starts", "warmup_phases"]].to_dict("records")
+
+
 def comparison(table: pd.DataFrame | None, platform: str, experiment: str) -> dict:
     """The speedup (baseline / treatment, e.g. cold / warm) of ``experiment`` on ``platform``
     with its CI and n per side, from comparisons.csv (kvreuse.comparisons); NaN where there is
@@ -290,7 +301,8 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
-            "ci_level": stats.CI_LEVEL, "gpu_models": models,
+            "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,
+            "no_warmup_runs": no_warmup_runs(runs), "gpu_models": models,
             "cited": cited, "kv": kv_context(llama, ctx_claims["claims_by_id"].get("s000-kv-size")),
             "fig": {k: str(v) for k, v in figures.items()},
             "commit": commit, "commit_short": commit[:12] if commit else "unknown",

@@ -33,6 +33,9 @@ def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd
                      "model": model.get("name"), "weights": model.get("weights"),
                      "n_requests": m.n_requests, "n_errors": m.n_errors,
                      "server_starts": len(starts),
+                     # warm-up phases: one after each server start keeps the first-request
+                     # overhead out of every measured request
+                     "warmup_phases": sum(1 for ph in m.phases.values() if ph.kind == "warmup"),
                      "first_start_s": starts[0] if starts else np.nan,
                      "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
                      "config_hash": m.config_hash, "git_commit": m.git_commit})
