@@ -26,7 +26,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "model": ("Model", None),
     "weights": ("Weights", None),
     "n_runs": ("Runs", None),
-    "server_runs": ("Server runs", None),
+    "server_runs": ("Runs", None),  # server runs per arm (the tables' captions say so)
     "n": ("Requests", None),
     "n_errors": ("Errors", None),
     "requests": ("Requests", None),
