@@ -8,6 +8,7 @@ already LaTeX (``markupsafe.Markup``: what the filters here return, or ``|safe``
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import textwrap
 
@@ -64,7 +65,7 @@ def url(value) -> Markup:
 
 
 def _is_na(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+    return x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isnan(x))
 
 
 def number(x, digits: int = 1, signed: bool = False) -> str:
@@ -73,7 +74,7 @@ def number(x, digits: int = 1, signed: bool = False) -> str:
         return "--"
     if isinstance(x, bool):
         return "yes" if x else "no"
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
+    if isinstance(x, numbers.Real) and not isinstance(x, bool):
         if float(x).is_integer() and not signed:
             text = f"{int(x):,}"
         else:

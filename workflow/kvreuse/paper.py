@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 import jinja2
@@ -32,11 +33,14 @@ SOFTWARE = {
 
 
 def fmt(x, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A number for the text: integers (numpy's too) with thousands separators, else ``digits``."""
+    if x is None or (isinstance(x, numbers.Real) and math.isnan(x)):
         return "n/a"
-    if isinstance(x, (int,)) or (isinstance(x, float) and x.is_integer()):
+    if isinstance(x, numbers.Integral) or (isinstance(x, numbers.Real) and float(x).is_integer()):
         return f"{int(x):,}"
-    return f"{x:,.{digits}f}"
+    if isinstance(x, numbers.Real):
+        return f"{x:,.{digits}f}"
+    return str(x)
 
 
 def signed(x, digits: int = 1) -> str:
