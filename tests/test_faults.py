@@ -415,7 +415,7 @@ def test_request_timeout_real_vllm(tiny_model, vllm_server):
 def test_timeout_and_dropped_connection_are_counted_and_fail_the_table(config, tiny_model, root, marker):
     """One request hangs past request_timeout_s, one loses its connection: both recorded per
     request, the run completes, the table counts them, and over max_error_fraction it fails."""
-    spec = fk.run_spec(config, tiny_model, root, "cold_warm", params={"n_warm": 8},
+    spec = fk.run_spec(config, tiny_model, root, "cold_warm", params={"n_warm": 8, "n_cold": 1},
                        client={"request_timeout_s": 2})
     rc, log = fk.runner(spec, fk.child_env(marker, fake="hang_at=4,drop_at=6"), root / "run.log",
                         timeout_s=120)
