@@ -88,6 +88,17 @@ def exit_on_signals() -> Iterator[None]:
         _terminating = False
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _sigint_preexec():
+    """A server must stop on SIGINT (its graceful stop). A process started in the background of
+    a shell without job control (``nohup snakemake ... &``) has SIGINT ignored, and an ignored
+    signal stays ignored across exec: then the child gets SIGINT back to its default."""
+    return _default_sigint if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None
+
+
 class ManagedProcess:
     """A server process in its own process group; use as a context manager."""
 
@@ -128,7 +139,7 @@ class ManagedProcess:
             # argv list, no shell: no config value is ever pasted into a shell string
             self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_sigint_preexec())
         t0 = time.perf_counter()
         try:
             self._record = procs.record(self.name, self.proc.pid, self.argv, token)
