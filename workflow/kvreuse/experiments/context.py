@@ -73,7 +73,7 @@ class Context:
     def restart_lmcache_server(self) -> bool:
         """Whether a restart stops the LMCache server too (the arm's ``restart_lmcache_server``)."""
         return self.plan.lmcache_server is not None and schema.get(
-            self.spec.arm, "arms", self.spec.arm_name, "restart_lmcache_server")
+            self.spec.arm, "arms", "*", "restart_lmcache_server")
 
 
 def shared(c: Context, p: dict, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
