@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from . import redact
+from . import redact, schema
 from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
@@ -158,7 +158,8 @@ def server_config(config: dict, platform: str) -> dict:
 
 
 def experiment_params(config: dict, platform: str, experiment: str) -> dict:
-    over = config["platforms"][platform].get("experiments", {}).get(experiment, {})
+    overrides = schema.get(config["platforms"][platform], "platforms", platform, "experiments")
+    over = overrides.get(experiment, {})
     return deep_merge(config["experiments"][experiment], over)
 
 
@@ -204,11 +205,13 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
     if exp == "prefix_sweep":
         lengths = params["prefix_tokens_list"]
         if lengths == "auto":
-            return (params.get("min_prefix_tokens", 128) + params["suffix_tokens"] + max_tokens,
+            shortest = schema.get(params, "experiments", "prefix_sweep", "min_prefix_tokens")
+            return (shortest + params["suffix_tokens"] + max_tokens,
                     "min_prefix_tokens + suffix_tokens + client.max_tokens")
         return (max(lengths) + params["suffix_tokens"] + max_tokens,
                 "max(prefix_tokens_list) + suffix_tokens + client.max_tokens")
-    return (params.get("prefix_tokens", 0) + params.get("suffix_tokens", 0) + max_tokens,
+    # baseline, cold_warm, restart: the schema requires both keys
+    return (params["prefix_tokens"] + params["suffix_tokens"] + max_tokens,
             "prefix_tokens + suffix_tokens + client.max_tokens")
 
 
@@ -226,7 +229,8 @@ def check(config: dict) -> None:
                               f"(defined: {sorted(config['models'])})")
         server = server_config(config, p)
         for where, args in (("server", config["server"]), (f"platforms.{p}.server", pc["server"])):
-            _refuse_reserved(f"{where}.extra_args", args.get("extra_args", []), RESERVED_SERVER_ARGS,
+            _refuse_reserved(f"{where}.extra_args",
+                             schema.get(args, "server", "extra_args"), RESERVED_SERVER_ARGS,
                              "servers listen on 127.0.0.1 on a port kvreuse picks; tokens come "
                              "from the environment")
         context = model_context(config["models"][pc["model"]])
@@ -260,7 +264,8 @@ def check(config: dict) -> None:
     for name, arm in config["arms"].items():
         if arm.get("lmcache") is not None:
             lmcache_settings.check_arm(name, arm["lmcache"])
-            _refuse_reserved(f"arms.{name}.lmcache.server_args", arm["lmcache"].get("server_args", []),
+            _refuse_reserved(f"arms.{name}.lmcache.server_args", arm["lmcache"].get(
+                "server_args", lmcache_settings.DEFAULTS["server_args"]),
                              RESERVED_LMCACHE_SERVER_ARGS,
                              "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")
         if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":

@@ -20,7 +20,7 @@ import yaml
 from . import alternating
 from . import artifact as ka
 from . import config as kc
-from . import platforms
+from . import platforms, schema
 from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
@@ -64,7 +64,8 @@ def _not_pinned() -> str:
 # -- the pinned artifact ---------------------------------------------------------------------
 def artifact(config: dict) -> dict:
     """The ``artifact`` section with its defaults: doi, source and sha256 ("" when unset)."""
-    return {"doi": "", "source": "", "sha256": "", **config.get("artifact", {})}
+    given = schema.get(config, "artifact")
+    return {k: schema.get(given, "artifact", k) for k in ("doi", "source", "sha256")} | given
 
 
 def pinned(config: dict) -> bool:
@@ -83,7 +84,7 @@ def check_pinned(config: dict) -> None:
 
 def pinned_dir(config: dict) -> str:
     """Where the pinned artifact is unpacked: one folder per sha256."""
-    root = config["paths"].get("artifacts", "resources/artifacts")
+    root = schema.get(config["paths"], "paths", "artifacts")
     return f"{root}/{artifact(config)['sha256'].lower()[:16]}"
 
 
@@ -274,7 +275,8 @@ def benchmark_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
 def table_params(config: dict, table: str) -> dict:
     """Extra inputs of a derived table (reload_vs_recompute: the platforms' link bandwidths)."""
     if table == "reload_vs_recompute":
-        return {"links_gb_s": {p: pc.get("links_gb_s", {}) for p, pc in config["platforms"].items()}}
+        return {"links_gb_s": {p: schema.get(pc, "platforms", p, "links_gb_s")
+                               for p, pc in config["platforms"].items()}}
     return {}
 
 
@@ -353,7 +355,8 @@ def alternating_params(config: dict, experiment: str, platform: str) -> dict:
     """What the one job of an alternating experiment needs: each arm's run parameters (their
     config hashes are the arms' own, as for a job per arm) and the number of server runs."""
     params = kc.experiment_params(config, platform, experiment)
-    return {"platform": platform, "experiment": experiment, "server_runs": params.get("server_runs", 1),
+    return {"platform": platform, "experiment": experiment,
+            "server_runs": schema.get(params, "experiments", experiment, "server_runs"),
             "arms": [run_params(config, experiment, platform, arm)
                      for arm in kc.arms_for(config, experiment, platform)]}
 

@@ -17,3 +17,8 @@ class ServerError(RuntimeError):
 
 class PreflightError(RuntimeError):
     """A store folder is not writable or too small; the message says which and what to do."""
+
+
+class SchemaError(LookupError):
+    """The code asked the config schema for a key or default it does not define (a bug in
+    kvreuse, not in config.yaml); the message names the key."""

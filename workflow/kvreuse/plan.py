@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import schema
 from .lmcache import flags as lmcache_flags
 from .lmcache.flags import kv_transfer_json
 
@@ -37,24 +38,25 @@ def cuda_available() -> bool:
 
 
 def base_vllm_args(arm: dict, server: dict, model: dict) -> list[str]:
-    args = ["--enable-prefix-caching" if arm.get("prefix_caching", True)
+    apc = schema.get(arm, "arms", "*", "prefix_caching")
+    args = ["--enable-prefix-caching" if apc
             else "--no-enable-prefix-caching",
             "--enable-prompt-tokens-details",
             "--max-model-len", str(server["max_model_len"]),
             "--seed", str(server.get("seed", 0))]
     if model.get("source") == "dummy":
         args += ["--load-format", "dummy"]
-    if arm.get("prefix_caching", True):
+    if apc:
         # a hash that does not depend on the process, so keys match across restarts
-        args += ["--prefix-caching-hash-algo", server.get("prefix_caching_hash_algo", "sha256_cbor")]
-    args += [str(a) for a in server.get("extra_args", [])]
+        args += ["--prefix-caching-hash-algo", schema.get(server, "server", "prefix_caching_hash_algo")]
+    args += [str(a) for a in schema.get(server, "server", "extra_args")]
     return args
 
 
 def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
          has_cuda: bool | None = None, store_root: Path | str | None = None,
          **lmcache_kw) -> ServerPlan:
-    env = {str(k): str(v) for k, v in server.get("env", {}).items()}
+    env = {str(k): str(v) for k, v in schema.get(server, "server", "env").items()}
     env.setdefault("PYTHONHASHSEED", "0")
     args = base_vllm_args(arm, server, model)
     p = ServerPlan(vllm_args=args, env=env)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from . import metrics
+from . import metrics, schema
 from .lmcache import logs as lmcache_logs
 from .client import RequestResult, completion_payload, stream_completion
 from .results import Phase, RequestRecord, RunMeta, phase_name
@@ -46,7 +46,7 @@ class ClientSettings:
     @classmethod
     def from_config(cls, model: str, client: dict, seed: int | None = 0) -> "ClientSettings":
         return cls(model, client["max_tokens"], client["request_timeout_s"],
-                   temperature=client.get("temperature", 0.0), seed=seed)
+                   temperature=schema.get(client, "client", "temperature"), seed=seed)
 
 
 @dataclass

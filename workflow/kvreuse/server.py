@@ -23,8 +23,13 @@ from pathlib import Path
 
 import httpx
 
-from . import procs, redact
+from . import procs, redact, schema
 from .errors import ServerError
+
+#: a server's start and stop limits when the caller gives none: the schema's defaults of
+#: ``server.startup_timeout_s`` and ``server.stop_timeout_s``
+STARTUP_TIMEOUT_S = schema.default("server", "startup_timeout_s")
+STOP_TIMEOUT_S = schema.default("server", "stop_timeout_s")
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +108,8 @@ class ManagedProcess:
     """A server process in its own process group; use as a context manager."""
 
     def __init__(self, name: str, argv: Sequence[str], *, health_url: str, log_path: Path,
-                 env: Mapping[str, str] | None = None, startup_timeout_s: float = 600,
-                 stop_timeout_s: float = 30, poll_interval_s: float = 0.5):
+                 env: Mapping[str, str] | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
+                 stop_timeout_s: float = STOP_TIMEOUT_S, poll_interval_s: float = 0.5):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.health_url = health_url
@@ -243,8 +248,8 @@ def vllm_argv(model_dir: Path, served_name: str, port: int, args: Sequence[str])
 
 
 def vllm_server(model_dir: Path, served_name: str, args: Sequence[str], *, log_path: Path,
-                env: Mapping[str, str] | None = None, startup_timeout_s: float = 600,
-                stop_timeout_s: float = 30, port: int | None = None) -> ManagedProcess:
+                env: Mapping[str, str] | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
+                stop_timeout_s: float = STOP_TIMEOUT_S, port: int | None = None) -> ManagedProcess:
     """A vLLM server on 127.0.0.1: ``port``, or a free one; start() refuses a taken port."""
     port = port or free_port()
     proc = ManagedProcess("vllm", vllm_argv(model_dir, served_name, port, args),

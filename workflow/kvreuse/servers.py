@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from . import schema
 from .errors import ServerError
 from .lmcache import flags as lmcache_flags
 from .plan import ServerPlan
@@ -68,8 +69,8 @@ class Servers:
         self.model_dir = model_dir
         self.model_name = model_name
         self.log_dir = Path(log_dir)
-        self.startup_timeout_s = server.get("startup_timeout_s", 600)
-        self.stop_timeout_s = server.get("stop_timeout_s", 30)
+        self.startup_timeout_s = schema.get(server, "server", "startup_timeout_s")
+        self.stop_timeout_s = schema.get(server, "server", "stop_timeout_s")
         self.vllm: dict[str, ManagedProcess] = {}
         self.connected: dict[str, bool] = {}  # an instance has the arm's KV connector (False: APC only)
         self.lmcache_server: ManagedProcess | None = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from .. import schema
 from ..lmcache import logs as lmcache_logs
 from ..loadgen import BenchServe
 from ..recorder import ClientSettings, Recorder
@@ -58,7 +59,8 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
     """Run one experiment for one arm and write its JSONL and meta; returns the meta (a dict).
     An alternating experiment (:data:`SERVER_RUNS`) runs its server runs for this arm alone."""
     if spec.experiment in SERVER_RUNS:
-        return run_alternating([spec], spec.params.get("server_runs", 1), has_cuda)[0]
+        runs = schema.get(spec.params, "experiments", spec.experiment, "server_runs")
+        return run_alternating([spec], runs, has_cuda)[0]
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     plan = arm_plan(spec, spec.log_dir, has_cuda)
     meta = base_meta(spec, plan)

@@ -20,7 +20,7 @@ async def cold_warm(c: Context, p: dict) -> None:
     phases ``cold_<i>`` and ``warm_<i>``, ``repeat`` = i."""
     c.servers.start()
     await warmup(c)
-    for i in range(n_cold(p)):
+    for i in range(n_cold(c, p)):
         prompts = shared(c, p, f"cold_warm/{i}", 1 + p["n_warm"])
         await c.recorder.phase(c.servers.target(), "cold", prompts[:1], name=phase_name("cold", i), repeat=i)
         await c.recorder.phase(c.servers.target(), "warm", prompts[1:], name=phase_name("warm", i), repeat=i)

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import models, provenance, redact
+from .. import models, provenance, redact, schema
 from ..lmcache import store as lmcache_store
 from ..loadgen import BenchServe
 from ..plan import ServerPlan
@@ -21,6 +21,12 @@ from ..servers import Servers, now_iso
 from ..workloads import PromptMaker, shared_prefix_prompts
 
 log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
+
+#: the warm-up prompts' prefix and suffix lengths in an experiment that has no
+#: ``prefix_tokens`` / ``suffix_tokens`` key (prefix_sweep, multiturn, serving): not defaults
+#: of a config key (where an experiment has the key, the schema requires it)
+WARMUP_PREFIX_TOKENS = 256
+WARMUP_SUFFIX_TOKENS = 16
 
 
 @dataclass
@@ -66,20 +72,22 @@ class Context:
 
     def restart_lmcache_server(self) -> bool:
         """Whether a restart stops the LMCache server too (the arm's ``restart_lmcache_server``)."""
-        return self.plan.lmcache_server is not None and self.spec.arm.get("restart_lmcache_server", False)
+        return self.plan.lmcache_server is not None and schema.get(
+            self.spec.arm, "arms", "*", "restart_lmcache_server")
 
 
 def shared(c: Context, p: dict, name: str, n: int, prefix_tokens: int | None = None) -> list[list[int]]:
     """``n`` prompts sharing one prefix (``prefix_tokens``, default the experiment's)."""
     return shared_prefix_prompts(c.prompts, name=name, n=n,
                                  prefix_tokens=prefix_tokens or p["prefix_tokens"],
-                                 suffix_tokens=p["suffix_tokens"], compat=p.get("compat", False))
+                                 suffix_tokens=p["suffix_tokens"],
+                                 compat=schema.get(p, "experiments", c.spec.experiment, "compat"))
 
 
-def n_cold(p: dict) -> int:
+def n_cold(c: Context, p: dict) -> int:
     """How many never-seen prefixes each cold condition is measured on (``n_cold``; runs made
-    before the key measured one)."""
-    return p.get("n_cold", 1)
+    before the key measured one, the schema's default)."""
+    return schema.get(p, "experiments", c.spec.experiment, "n_cold")
 
 
 async def warmup(c: Context, *, after: str | None = None) -> None:
@@ -89,11 +97,12 @@ async def warmup(c: Context, *, after: str | None = None) -> None:
     warm-up prompt would be reloaded from a store, and would warm that path instead), phase
     ``warmup_<after>``."""
     p = c.spec.params
-    n = p.get("warmup_requests", 1)
+    n = schema.get(p, "experiments", c.spec.experiment, "warmup_requests")
     if n:
         tag = f"warmup/{after}" if after else "warmup"
-        prompts = [c.prompts.tokens(f"{tag}/{i}", p.get("prefix_tokens", 256))
-                   + c.prompts.tokens(f"{tag}/q{i}", p.get("suffix_tokens", 16)) for i in range(n)]
+        prompts = [c.prompts.tokens(f"{tag}/{i}", p.get("prefix_tokens", WARMUP_PREFIX_TOKENS))
+                   + c.prompts.tokens(f"{tag}/q{i}", p.get("suffix_tokens", WARMUP_SUFFIX_TOKENS))
+                   for i in range(n)]
         await c.recorder.phase(c.servers.target(), "warmup", prompts, after_restart=after == "post_restart",
                                name=phase_name("warmup", after) if after else None)
 

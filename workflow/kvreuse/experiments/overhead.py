@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .. import schema
 from ..results import phase_name
 from .context import Context
 
@@ -14,7 +15,7 @@ async def random_overhead(c: Context, p: dict, server_run: int) -> None:
     the seed, so every arm and every server run gets the very same requests."""
     srv, rec = c.servers, c.recorder
     srv.start()
-    n = p.get("warmup_requests", 1)
+    n = schema.get(p, "experiments", "random_overhead", "warmup_requests")
     if n:
         await rec.phase(srv.target(), "warmup",
                         [c.prompts.tokens(f"random_overhead/warmup/{i}", p["system_tokens"] + p["context_tokens"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .. import schema
 from ..results import phase_name
 from .context import Context, n_cold, shared, store_after_stop, warmup
 
@@ -20,7 +21,7 @@ async def restart(c: Context, p: dict) -> None:
     decided in aggregation (kvreuse.verdict), from each prefix's hit counters and outputs.
     """
     srv, rec = c.servers, c.recorder
-    n = n_cold(p)
+    n = n_cold(c, p)
     firsts, outputs, steady = [], [], []
     srv.start()
     await warmup(c)
@@ -37,7 +38,7 @@ async def restart(c: Context, p: dict) -> None:
         store_after_stop(c)
     srv.start()
     await warmup(c, after="post_restart")
-    ref = p.get("cold_reference", "unseen_prefix")
+    ref = schema.get(p, "experiments", "restart", "cold_reference")
     for i, first in enumerate(firsts):
         fields = {"repeat": i, "prefix_tokens": p["prefix_tokens"], "after_restart": True}
         await rec.phase(srv.target(), "post_restart_first", [first], name=phase_name("post_restart_first", i),

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import alternating
+from .. import alternating, schema
 from ..lmcache import logs as lmcache_logs
 from ..plan import ServerPlan
 from ..recorder import ClientSettings, Recorder
@@ -93,7 +93,8 @@ def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]
         if plan.not_run_reason:
             write_not_run(spec, meta, plan.not_run_reason)
             continue
-        meta.params = {**meta.params, "server_runs": spec.params.get("server_runs", 1)}
+        runs = schema.get(spec.params, "experiments", spec.experiment, "server_runs")
+        meta.params = {**meta.params, "server_runs": runs}
         recorder = Recorder(meta, ClientSettings.from_config(spec.model_name, spec.client, spec.seed))
         arms.append(ArmRuns(spec, plan, recorder, has_cuda))
     return arms

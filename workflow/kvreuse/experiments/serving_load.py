@@ -3,6 +3,7 @@ fidelity workload (our client beside `vllm bench serve` and the server's histogr
 
 from __future__ import annotations
 
+from .. import schema
 from ..loadgen import Load
 from ..results import phase_name
 from .context import Context, warmup
@@ -14,7 +15,7 @@ async def serving(c: Context, p: dict) -> None:
     one request at a time, beside the server's own TTFT histogram."""
     c.servers.start()
     await warmup(c)
-    n = p.get("fidelity_requests", 0)
+    n = schema.get(p, "experiments", "serving", "fidelity_requests")
     if n:
         await c.recorder.phase(c.servers.target(), "fidelity_client",
                                [c.prompts.tokens(f"fidelity/{i}", p["input_len"]) for i in range(n)])

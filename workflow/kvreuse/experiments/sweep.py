@@ -3,6 +3,7 @@ reload-vs-recompute pairs after a restart for LMCache arms."""
 
 from __future__ import annotations
 
+from .. import schema
 from ..results import phase_name
 from .context import Context, n_cold, shared, store_after_stop, warmup
 
@@ -12,7 +13,7 @@ def sweep_lengths(p: dict, server: dict, client: dict) -> list[int]:
     limit = server["max_model_len"] - p["suffix_tokens"] - client["max_tokens"]
     lengths = p["prefix_tokens_list"]
     if lengths == "auto":
-        lengths, n = [], p.get("min_prefix_tokens", 128)
+        lengths, n = [], schema.get(p, "experiments", "prefix_sweep", "min_prefix_tokens")
         while n <= limit:
             lengths.append(n)
             n *= 2
@@ -34,14 +35,14 @@ async def prefix_sweep(c: Context, p: dict) -> None:
     lengths = sweep_lengths(p, c.spec.server, c.spec.client)
     cold = {}
     for n in lengths:
-        for i in range(n_cold(p)):
+        for i in range(n_cold(c, p)):
             prompts = shared(c, p, f"sweep/{n}/{i}", 1 + p["n_warm"], prefix_tokens=n)
             cold[n, i] = prompts[0]
             await rec.phase(srv.target(), "cold", prompts[:1], name=phase_name("cold", n, i), prefix_tokens=n,
                             repeat=i)
             await rec.phase(srv.target(), "warm", prompts[1:], name=phase_name("warm", n, i), prefix_tokens=n,
                             repeat=i)
-    if not c.lmcache or not p.get("post_restart_reload", True):
+    if not c.lmcache or not schema.get(p, "experiments", "prefix_sweep", "post_restart_reload"):
         return
     srv.stop(lmcache_server=c.restart_lmcache_server())
     store_after_stop(c)

@@ -1,7 +1,8 @@
 """An arm's ``lmcache:`` block: its keys and defaults, and the checks a schema cannot make.
 
 The keys, their defaults and their descriptions are defined once, in the config schema
-(workflow/schemas/config.schema.yaml, ``definitions.lmcache_arm``), read here once at import.
+(workflow/schemas/config.schema.yaml, ``definitions.lmcache_arm``; loaded by kvreuse.schema), read
+here once at import.
 What depends on another key (the stores and hashes of each mode, ``disk_gb`` for a file store)
 is checked by :func:`check_arm`.
 """
@@ -11,26 +12,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
-from pathlib import Path
 
-import yaml
-
+from .. import schema
 from ..errors import ConfigError
 
-#: the config schema: workflow/schemas, next to the package folder workflow/kvreuse (the repo
-#: and an editable install both run the package from there)
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
-
-def arm_schema(path: Path = SCHEMA_PATH) -> dict:
+def arm_schema() -> dict:
     """The schema of an arm's ``lmcache:`` block (``definitions.lmcache_arm``)."""
-    try:
-        return yaml.safe_load(Path(path).read_text())["definitions"]["lmcache_arm"]
-    except OSError as e:
-        raise FileNotFoundError(
-            f"kvreuse reads the LMCache arm keys from the config schema {path}, which is not "
-            f"there ({e}); run kvreuse from its checkout (PYTHONPATH=workflow) or install it "
-            f"editable (pip install -e .)") from e
+    return schema.load()["definitions"]["lmcache_arm"]
 
 
 _PROPERTIES = arm_schema()["properties"]
