@@ -13,8 +13,6 @@ import copy
 import json
 from pathlib import Path
 
-import yaml
-
 from . import redact, schema
 from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
@@ -133,13 +131,9 @@ def schema_errors(config: dict, schema: dict) -> list[str]:
     return msgs
 
 
-def load_schema(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text())
-
-
 def validate(config: dict, schema_path: str | Path) -> None:
     """Schema and cross-key checks; raises ConfigError listing every problem by its key."""
-    msgs = schema_errors(config, load_schema(schema_path))
+    msgs = schema_errors(config, schema.load(Path(schema_path).resolve()))
     if msgs:
         raise ConfigError(f"invalid config ({len(msgs)} problem{'s' if len(msgs) > 1 else ''}):\n"
                           + "\n".join(f"  - {m}" for m in msgs))
