@@ -23,6 +23,7 @@ Verdicts (TOLERANCE is relative):
 from __future__ import annotations
 
 import math
+import numbers
 
 import pandas as pd
 
@@ -215,4 +216,5 @@ def build(cited: dict, table_paths: dict[str, str], llama: dict) -> pd.DataFrame
 
 
 def is_number(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
+    """Neither missing (None) nor NaN: a value a table really holds."""
+    return x is not None and not (isinstance(x, numbers.Real) and math.isnan(x))

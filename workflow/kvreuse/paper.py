@@ -12,7 +12,6 @@ compares (faster, slower, survived, fell back) is chosen here from the numbers, 
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from pathlib import Path
 
@@ -34,7 +33,7 @@ SOFTWARE = {
 
 def fmt(x, digits: int = 1) -> str:
     """A number for the text: integers (numpy's too) with thousands separators, else ``digits``."""
-    if x is None or (isinstance(x, numbers.Real) and math.isnan(x)):
+    if not claims.is_number(x):
         return "n/a"
     if isinstance(x, numbers.Integral) or (isinstance(x, numbers.Real) and float(x).is_integer()):
         return f"{int(x):,}"
@@ -45,14 +44,14 @@ def fmt(x, digits: int = 1) -> str:
 
 def signed(x, digits: int = 1) -> str:
     """A change with its sign (+1.5), or n/a."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if not claims.is_number(x):
         return "n/a"
     return f"{x:+.{digits}f}"
 
 
 def num(x) -> str:
     """A claim's number as the study wrote it: thousands separators, no trailing zeros."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if not claims.is_number(x):
         return "n/a"
     return f"{x:,.3f}".rstrip("0").rstrip(".")
 
@@ -326,13 +325,13 @@ def _versions(platforms: list[dict], key: str) -> list[dict]:
     where: dict[str, list[str]] = {}
     for p in platforms:
         v = p.get(key)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+        if claims.is_number(v):
             where.setdefault(str(v), []).append(p["platform"])
     return [{"version": v, "where": ", ".join(ps)} for v, ps in where.items()]
 
 
 def _known(x) -> bool:
-    return not isinstance(x, jinja2.Undefined) and x is not None and not (isinstance(x, float) and math.isnan(x))
+    return not isinstance(x, jinja2.Undefined) and claims.is_number(x)
 
 
 def render(template: Path, ctx: dict) -> str:
