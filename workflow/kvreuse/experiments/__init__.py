@@ -33,11 +33,11 @@ from ..lmcache import logs as lmcache_logs
 from ..loadgen import BenchServe
 from ..recorder import ClientSettings, Recorder
 from ..server import exit_on_signals
-from ..servers import Servers, now_iso
+from ..servers import Servers
 from ..workloads import PromptMaker
 from .basic import baseline, cold_warm, multiturn
-from .context import (Context, RunSpec, arm_plan, base_meta, n_cold, shared, store_after_stop, warmup,
-                      write_not_run, write_pair)
+from .context import (Context, RunSpec, arm_plan, base_meta, finish_meta, n_cold, shared,
+                      store_after_stop, warmup, write_not_run, write_pair)
 from .overhead import random_overhead
 from .persistence import restart
 from .server_runs import SERVER_RUNS, ArmRuns, alternate, prepare, run_alternating
@@ -83,10 +83,6 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
         asyncio.run(main())
     if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
         meta.lmcache = lmcache_logs.finish(plan, spec.log_dir, spec.model_dir)
-    meta.finished_at = now_iso()
-    meta.server_starts, meta.stops = servers.starts, servers.stops
-    meta.n_requests = len(recorder.records)
-    meta.n_errors = sum(1 for r in recorder.records if r.error)
-    meta.server["starts"] = len([x for x in servers.starts if x["process"] == "vllm"])
+    finish_meta(meta, recorder.records, servers.starts, servers.stops)
     write_pair(spec.out_jsonl, recorder.records, meta)
     return meta.to_dict()

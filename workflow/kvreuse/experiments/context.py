@@ -144,6 +144,16 @@ def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:
     return meta.to_dict()
 
 
+def finish_meta(meta: RunMeta, records: list[RequestRecord], starts: list[dict],
+                stops: list[dict]) -> None:
+    """The meta's end of run: when, the servers' starts and stops, requests and errors."""
+    meta.finished_at = now_iso()
+    meta.server_starts, meta.stops = starts, stops
+    meta.n_requests = len(records)
+    meta.n_errors = sum(1 for r in records if r.error)
+    meta.server["starts"] = len([x for x in starts if x["process"] == "vllm"])
+
+
 def write_pair(out_jsonl: Path, records: list[RequestRecord], meta: RunMeta) -> None:
     """Records, then meta, secrets scrubbed (checked against the schema as they are written):
     a complete pair, or (on any failure) neither."""

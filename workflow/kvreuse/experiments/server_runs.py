@@ -19,9 +19,9 @@ from ..plan import ServerPlan
 from ..recorder import ClientSettings, Recorder
 from ..results import RunMeta, meta_path, read_meta
 from ..server import exit_on_signals
-from ..servers import Servers, now_iso
+from ..servers import Servers
 from ..workloads import PromptMaker
-from .context import Context, RunSpec, arm_plan, base_meta, write_not_run, write_pair
+from .context import Context, RunSpec, arm_plan, base_meta, finish_meta, write_not_run, write_pair
 from .overhead import random_overhead
 
 log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
@@ -133,11 +133,7 @@ def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | Non
             asyncio.run(main())
     for a in arms:
         meta = a.meta
-        meta.finished_at = now_iso()
-        meta.server_starts, meta.stops = a.starts, a.stops
-        meta.n_requests = len(a.recorder.records)
-        meta.n_errors = sum(1 for r in a.recorder.records if r.error)
-        meta.server["starts"] = len([x for x in a.starts if x["process"] == "vllm"])
+        finish_meta(meta, a.recorder.records, a.starts, a.stops)
         if a.lmcache:
             meta.lmcache = {**a.lmcache[0], "server_runs": a.lmcache}
         write_pair(a.spec.out_jsonl, a.recorder.records, meta)
