@@ -227,6 +227,13 @@ def check(config: dict) -> None:
                              schema.get(args, "server", "extra_args"), RESERVED_SERVER_ARGS,
                              "servers listen on 127.0.0.1 on a port kvreuse picks; tokens come "
                              "from the environment")
+        if (schema.get(server, "server", "jobs_per_gpu") > 1
+                and not any(a.startswith("--kv-cache-memory-bytes") for a in server["extra_args"])):
+            raise ConfigError(
+                f"platforms.{p}.server.jobs_per_gpu: {server['jobs_per_gpu']} jobs on one GPU need a "
+                f"fixed KV cache per server, so that no server profiles GPU memory while another one "
+                f"allocates (allowed: 1, or add '--kv-cache-memory-bytes', '<bytes>' to "
+                f"platforms.{p}.server.extra_args)")
         context = model_context(config["models"][pc["model"]])
         if context is not None and server["max_model_len"] > context:
             raise ConfigError(

@@ -20,7 +20,7 @@ import yaml
 from . import alternating
 from . import artifact as ka
 from . import config as kc
-from . import platforms, schema
+from . import gpu_share, platforms, schema
 from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
@@ -399,3 +399,14 @@ def lmcache_preflight_params(config: dict, platform: str) -> dict:
         "runs": runs,
         "arms": {arm: config["arms"][arm] for _, arm in runs},
     }
+
+
+# -- what a run job takes of a GPU node (its resources; caps: profiles/gpu-node) ------------
+def job_resources(config: dict, experiment: str, platform: str, arms: list[str]) -> dict:
+    """``gpu_pct`` (its share of the GPU), ``host_mem_gb`` and ``store_disk_gb`` (its stores)
+    for a job that runs ``arms`` of ``experiment`` on ``platform`` (kvreuse.gpu_share)."""
+    server = kc.server_config(config, platform)
+    arm_cfgs = [config["arms"][a] for a in arms]
+    return {"gpu_pct": gpu_share.gpu_pct(server, experiment),
+            "host_mem_gb": gpu_share.host_mem_gb(server, experiment, arm_cfgs),
+            "store_disk_gb": gpu_share.store_disk_gb(arm_cfgs)}

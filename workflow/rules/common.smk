@@ -101,6 +101,15 @@ def run_params(experiment, platform):
     return lambda wildcards: dag.run_params(config, experiment, platform, wildcards.arm)
 
 
+def job_resource(experiment, platform, key):
+    """A run job's share of its node (kvreuse.dag.job_resources): of its arm, or of every arm
+    of an alternating job."""
+    if ALTERNATING(experiment):
+        arms = dag.kc.arms_for(config, experiment, platform)
+        return dag.job_resources(config, experiment, platform, arms)[key]
+    return lambda wildcards: dag.job_resources(config, experiment, platform, [wildcards.arm])[key]
+
+
 def lmcache_inputs(platform):
     # ancient: a regenerated preflight (e.g. another arm's config changed) reruns no measurement
     def inputs(wildcards):

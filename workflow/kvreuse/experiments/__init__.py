@@ -83,6 +83,6 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
         asyncio.run(main())
     if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
         meta.lmcache = lmcache_logs.finish(plan, spec.log_dir, spec.model_dir)
-    finish_meta(meta, recorder.records, servers.starts, servers.stops)
+    finish_meta(meta, recorder.records, servers.starts, servers.stops, servers.lock.as_meta())
     write_pair(spec.out_jsonl, recorder.records, meta)
     return meta.to_dict()

@@ -145,9 +145,11 @@ def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:
 
 
 def finish_meta(meta: RunMeta, records: list[RequestRecord], starts: list[dict],
-                stops: list[dict]) -> None:
-    """The meta's end of run: when, the servers' starts and stops, requests and errors."""
+                stops: list[dict], gpu_share: dict | None = None) -> None:
+    """The meta's end of run: when, the servers' starts and stops, requests and errors, and
+    the job's waits for the GPU node's measurement lock (kvreuse.gpu_share), if it had one."""
     meta.finished_at = now_iso()
+    meta.gpu_share = gpu_share
     meta.server_starts, meta.stops = starts, stops
     meta.n_requests = len(records)
     meta.n_errors = sum(1 for r in records if r.error)
