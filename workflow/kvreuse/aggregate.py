@@ -21,6 +21,8 @@ built in:
 - kvreuse.tables_serving: ``serving_table``, ``fidelity_table``;
 - kvreuse.tables_overhead: ``random_overhead_table``;
 - kvreuse.tables_runs: ``runs_table``, ``cost_table``, ``read_benchmarks``;
+- kvreuse.interference: ``interference_table`` (requests that overlapped another job's
+  server start on a shared GPU);
 - kvreuse.comparisons and kvreuse.accounting: ``comparisons_table``, ``accounting_table``.
 
 Their names are re-exported here, so ``from kvreuse.aggregate import ...`` works as before.
@@ -37,6 +39,7 @@ import pandas as pd
 from .accounting import JobLogs, accounting_table, load_attempts
 from .comparisons import comparisons_table
 from .freshness import Freshness, comparable, freshness
+from .interference import interference_table
 from .migrate import read_converted
 from .phase_stats import COUNTER_COLUMNS, PHASE_FIELDS, counter_rows, latency_stats, phase_table, summed_counters
 from .results import RequestRecord, RunMeta, meta_path, read_meta, read_records
@@ -143,6 +146,8 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
             logs=JobLogs(archives=[f for f in context_files if str(f).endswith(".tgz")]))
     if experiment == "cost":
         return cost_table(metas, read_benchmarks(list(benchmark_files)))
+    if experiment == "interference":  # every run's requests: the overlaps of the campaign
+        return interference_table(df, metas)
     df, metas, fresh = comparable_runs(df, metas, fresh)
     table = _comparison_table(experiment, df, metas, max_error_fraction, links_gb_s)
     return mark_freshness(table, metas, fresh) if expected_hashes is not None else table

@@ -33,7 +33,7 @@ DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
 COMPARISONS_TABLE = "comparisons"
 #: tables of every run (the provenance of each, the cost), of the serving fidelity check, and
 #: of what became of every configured run (kvreuse.accounting)
-STUDY_TABLES = ["runs", "cost", "fidelity", "accounting"]
+STUDY_TABLES = ["runs", "cost", "fidelity", "accounting", "interference"]
 #: the source studies' claims (workflow/resources/cited.yaml) beside our measurements
 #: (kvreuse.claims, rule claims): made from the tables its rules name, not from raw files
 CITED = "workflow/resources/cited.yaml"
@@ -255,7 +255,7 @@ def _every_raw_input(config: dict, unpacked: Unpacked, root) -> list[str]:
 def table_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
                  root: Path | str | None = None) -> list[str]:
     """The raw files (and metas) a table is made from."""
-    if table in ("runs", "cost", "accounting"):
+    if table in ("runs", "cost", "accounting", "interference"):
         return _every_raw_input(config, unpacked, root)
     if table == "fidelity":
         return raw_inputs(config, "serving", unpacked, root)
