@@ -106,7 +106,8 @@ def test_each_table_reads_its_experiments_raw_files(config, tmp_path):
 def test_tables_figures_and_targets(config):
     cfg = study(config, experiments={k: v for k, v in reversed(config["experiments"].items()) if k != "serving"})
     assert dag.experiments(cfg) == [e for e in kc.EXPERIMENTS if e != "serving"]  # the study's order
-    assert dag.tables(cfg) == dag.experiments(cfg) + ["runs", "cost", "fidelity", "accounting", "reload_vs_recompute",
+    assert dag.tables(cfg) == dag.experiments(cfg) + ["runs", "cost", "fidelity", "accounting", "interference",
+                                                     "reload_vs_recompute",
                                                      "comparisons"]
     targets = dag.all_targets(config)
     assert targets[0] == "results/tables/baseline.csv"
