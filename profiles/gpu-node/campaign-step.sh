@@ -29,7 +29,9 @@ disk_cap=$(( free_gb > 12 ? free_gb - 10 : 1 ))
 echo "campaign-step: $(date -u +%FT%TZ) platform $platform, targets ${targets[*]}, free disk ${free_gb} GiB" \
      "(store_disk_gb cap $disk_cap), memory: $(free -g | awk '/Mem:/ {print $7}') GiB available"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
-bash profiles/gpu-node/run-targets.sh "$platform" "${targets[@]}" --resources "store_disk_gb=$disk_cap"
+# --resources on the command line replaces the profile's list: all of its caps are given here
+caps=$(sed -n 's/^  - \(gpu_pct\|host_mem_gb\)=/\1=/p' profiles/gpu-node/config.yaml | tr '\n' ' ')
+bash profiles/gpu-node/run-targets.sh "$platform" "${targets[@]}" --resources $caps "store_disk_gb=$disk_cap"
 rc=$?
 echo "campaign-step: $(date -u +%FT%TZ) done (snakemake exit $rc); runs of $platform on this host:"
 PYTHONPATH="$PWD/workflow" python3 - "$platform" <<'EOF'

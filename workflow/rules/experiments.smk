@@ -23,6 +23,9 @@ for _platform in RUN_PLATFORMS:
                     f"results/logs/{_platform}/{_experiment}/{ALTERNATING_JOB}.log",
                 benchmark:
                     f"results/benchmarks/{_platform}/{_experiment}/{ALTERNATING_JOB}.tsv"
+                # its server runs go one after another, so it is a platform's longest job:
+                # started first, it does not prolong a campaign whose other jobs share the GPU
+                priority: 1
                 resources:
                     server=1,  # one vLLM server at a time: the arms take turns
                     gpu_pct=job_resource(_experiment, _platform, "gpu_pct"),
