@@ -56,7 +56,7 @@ ADDED_COLUMNS = {
     # the verdict from counters and outputs, and n per phase kind (kvreuse.verdict)
     "restart": RESTART_VERDICT + ["freshness"],
     # the alternating design: server runs per arm (kvreuse.alternating)
-    "random_overhead": ["server_runs", "freshness"],
+    "random_overhead": ["server_runs", "freshness", "store_source", "store_ms_per_request", "store_mb_per_request"],
     "runs": ["warmup_phases", "freshness", "expected_config_hash", "archived_note"],
 }
 REMOVED_COLUMNS = {"serving": ["provenance"], "random_overhead": ["provenance", "e2e_delta_pct"]}
