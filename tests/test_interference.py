@@ -67,3 +67,16 @@ def test_the_cost_table_total_counts_shared_time_once():
     total = t[t.experiment == "TOTAL"].iloc[0]
     assert total.gpu_minutes == pytest.approx(4.0)        # the jobs' own times, summed
     assert total.gpu_minutes_held == pytest.approx(3.0)   # T0 .. T0+180 held once
+
+
+def test_the_write_up_says_what_sharing_the_gpu_held_and_cost():
+    from kvreuse.paper import sharing
+
+    cost = pd.DataFrame([{"platform": "h200", "experiment": "TOTAL", "gpu_minutes": 30.0, "gpu_minutes_held": 14.0},
+                         {"platform": "cpu", "experiment": "TOTAL", "gpu_minutes": 0.0, "gpu_minutes_held": 0.0}])
+    inter = pd.DataFrame([{"platform": "h200", "n_overlap": 3, "diff_median_ms": 4.0, "diff_ci95_lo_ms": 1.0},
+                          {"platform": "h200", "n_overlap": 2, "diff_median_ms": -1.0, "diff_ci95_lo_ms": -3.0}])
+    assert sharing(cost, inter) == [{"platform": "h200", "held": 14.0, "summed": 30.0, "overlap_n": 5,
+                                     "conditions": 2, "slower": 1, "max_diff_ms": 4.0}]
+    assert sharing(cost, None)[0]["conditions"] == 0
+    assert sharing(None, None) == []

@@ -114,6 +114,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     # cost
     "wall_s": ("Wall time", "s"),
     "gpu_minutes": ("GPU time", "min"),
+    "gpu_minutes_held": ("GPU held", "min"),
     "server_starts": ("Server starts", None),
     "first_start_s": ("First start", "s"),
     "later_start_s": ("Later starts", "s"),

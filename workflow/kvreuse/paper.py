@@ -148,6 +148,28 @@ def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
     return out
 
 
+def sharing(cost: pd.DataFrame | None, interference: pd.DataFrame | None) -> list[dict]:
+    """Per platform whose jobs shared a GPU: the GPU-minutes held (each GPU counted once,
+    ``gpu_minutes_held``) against the jobs' own times summed, and what the overlaps of one
+    job's server start with another's measurement cost (interference.csv): requests that
+    overlapped, conditions where the CI of the difference lies above zero, the largest median
+    difference."""
+    if cost is None or cost.empty or "gpu_minutes_held" not in cost.columns:
+        return []
+    out = []
+    for r in cost[cost.experiment == "TOTAL"].itertuples():
+        if not claims.is_number(r.gpu_minutes_held) or not r.gpu_minutes > r.gpu_minutes_held + 1e-9:
+            continue  # no GPU shared on this platform
+        row = {"platform": r.platform, "held": float(r.gpu_minutes_held), "summed": float(r.gpu_minutes),
+               "overlap_n": 0, "conditions": 0, "slower": 0, "max_diff_ms": None}
+        i = interference[interference.platform == r.platform] if interference is not None and len(interference) else None
+        if i is not None and len(i):
+            row.update(overlap_n=int(i.n_overlap.sum()), conditions=len(i),
+                       slower=int((i.diff_ci95_lo_ms > 0).sum()), max_diff_ms=float(i.diff_median_ms.max()))
+        out.append(row)
+    return out
+
+
 def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
     """The restart table's rows, each with what the numbers say: whether reloading the cache
     beat recomputing a never-seen prompt on the restarted server (``reload_beat_recompute``,
@@ -304,6 +326,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
+            "sharing": sharing(t.get("cost"), t.get("interference")),
             "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,
             "no_warmup_runs": no_warmup_runs(runs), "gpu_models": models,
             "cited": cited, "kv": kv_context(llama, ctx_claims["claims_by_id"].get("s000-kv-size")),
