@@ -19,6 +19,7 @@ targets=("${@:-measure}")
 site="${SITE:-/root/site}"
 export KEEP="${KEEP:-/root/keep}"
 export PYTHONPATH="$site:$PWD/workflow"
+export DROP_STORES=1  # run-targets.sh: stores left by runs cut off at the budget are deleted
 if [[ "${NEW_CAMPAIGN:-0}" == 1 ]]; then
   echo "campaign-step: a new campaign: the committed results/raw/$platform and" \
        "results/benchmarks/$platform of this tree are superseded by it"

@@ -43,7 +43,15 @@ PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}" \
   python3 -m kvreuse.procs stop-recorded "$KVREUSE_PGID_DIR" --grace 3 \
   && rmdir "$KVREUSE_PGID_DIR"
 rm -f "$KVREUSE_MEASURE_LOCK"
-mkdir -p "$keep" && cp -a results resources .snakemake "$keep/" 2>/dev/null
+# kept: results, Snakemake's records, the models and the stores' preflight; not the KV stores
+# themselves (tens of GiB; a finished run lists its store in its meta and deletes it if its arm
+# says so, and a run cut off at the budget is measured again from scratch)
+mkdir -p "$keep/resources" && cp -a results .snakemake "$keep/" 2>/dev/null
+[[ -d resources/models ]] && cp -a resources/models "$keep/resources/"
+find resources -name preflight.json -exec cp --parents {} "$keep/" \; 2>/dev/null
+if [[ -n "${DROP_STORES:-}" ]]; then  # a run cut off at the budget leaves its store behind
+  find "resources/lmcache/$platform" -mindepth 3 -maxdepth 3 -type d -exec rm -rf {} + 2>/dev/null
+fi
 if [[ -n "${OUT:-}" ]]; then
   tar czf "$OUT/raw-$platform.tgz" results/raw/"$platform" results/benchmarks/"$platform" 2>/dev/null
   tar czf "$OUT/logs-$platform.tgz" results/logs/"$platform" 2>/dev/null
