@@ -101,8 +101,8 @@ def apply(plan, arm_name: str, cfg: dict, *, run_dir: Path, store_root: Path | s
                                "health_url": f"{url}/healthcheck", "metrics_url": f"{url}/metrics",
                                "env": dict(QUIET_ENV)}
     if s["store"] == "local_disk":
-        plan.notes.append("LMCache 0.5.6's LocalDiskBackend keeps its index in memory only and "
-                          "does not rescan its folder at start (v1/storage_backend/"
+        plan.notes.append("LMCache's LocalDiskBackend (0.5.3 and 0.5.6) keeps its index in memory "
+                          "only and does not rescan its folder at start (v1/storage_backend/"
                           "local_disk_backend.py), so files left by a stopped vLLM are not found")
     info["ports"] = dict(ports)
     plan.lmcache = info
