@@ -13,7 +13,8 @@ Version history:
   1  (no ``schema_version``): phases told apart by their names (``cold_<n>``, ``rate_<r>``)
   2  typed phases (``kind`` and fields), ``schema_version`` in every meta, ``phase_kind`` in
      every record; later, the optional field ``server_run`` in phases and records (files
-     without it read as before: one server run)
+     without it read as before: one server run), and the optional meta field ``offload``
+     (vLLM's own offloading arms; files without it read as None)
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class RunMeta:
     output_equal_cold_reference: bool | None = None
     store_after_stop: dict | None = None
     lmcache: dict | None = None      # LMCache arms: mode, store, kernels loaded or fallback
+    offload: dict | None = None      # vLLM's own offloading arms: tiers, store folder (kvreuse.offload)
     migration: list[dict] = field(default_factory=list)  # what kvreuse.migrate changed
 
     def add_phase(self, name: str, phase: Phase) -> None:
