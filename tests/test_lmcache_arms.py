@@ -570,7 +570,8 @@ def test_reload_vs_recompute_table():
     assert ok.apc_cold_ttft_ms == 90.0 and ok.cold_ttft_ms == 100.0 and ok.reload_hit_tokens == 1024
     assert ok.achieved_gb_s == pytest.approx(1024 * bpt / 0.010 / 1e9)
     assert ok.model_load_ms == pytest.approx(1024 * bpt / 64e9 * 1000)
-    assert ok.recompute_prefill_ms == pytest.approx(80.0) and ok.cuda_kernels == "fallback"
+    assert ok.recompute_prefill_ms == pytest.approx(80.0) and ok.lmcache_kernels == "fallback"
+    assert ok.arm_label == "lmcache_fs (torch fallback)"
     nr = t[t.platform == "cpu"].iloc[0]
     assert nr.status == "not_run" and nr.reason == "LMCache needs CUDA"
     # the APC-only sweep is drawn beside the model too (bytes per token from its model spec)

@@ -164,16 +164,20 @@ def test_context_check_counts_output_tokens(config):
 
 
 # -- the DAG: one job per platform, files per arm ---------------------------------------------
+#: the config's random_overhead arms: APC only, LMCache's CPU store, vLLM's CPU offloading
+ARMS = ("apc", "lmcache_cpu", "vllm_offload_cpu")
+
+
 def test_alternating_job_params_and_benchmark_file(config):
     cfg = {**config, "run_platforms": ["cpu", "h200"]}
     p = dag.alternating_params(cfg, "random_overhead", "h200")
     assert p["server_runs"] == 2 and p["platform"] == "h200"  # platforms.h200 overrides server_runs
-    assert [a["arm_name"] for a in p["arms"]] == ["apc", "lmcache_cpu"]
+    assert [a["arm_name"] for a in p["arms"]] == list(ARMS)
     # each arm keeps the config hash of a job of its own (freshness compares per arm)
     assert [a["config_hash"] for a in p["arms"]] == [
-        dag.run_params(cfg, "random_overhead", "h200", arm)["config_hash"] for arm in ("apc", "lmcache_cpu")]
+        dag.run_params(cfg, "random_overhead", "h200", arm)["config_hash"] for arm in ARMS]
     assert dag.alternating_outputs(cfg, "random_overhead", "cpu", "jsonl") == [
-        "results/raw/cpu/random_overhead/apc.jsonl", "results/raw/cpu/random_overhead/lmcache_cpu.jsonl"]
+        f"results/raw/cpu/random_overhead/{arm}.jsonl" for arm in ARMS]
     bench = dag.benchmark_files(cfg, root="/nonexistent")
     assert "results/benchmarks/h200/random_overhead/alternating.tsv" in bench
     assert not [b for b in bench if "/random_overhead/apc" in b or "/random_overhead/lmcache" in b]
@@ -192,7 +196,7 @@ def test_dry_run_has_one_random_overhead_job_per_platform(repo, tmp_path):
         job = re.split(r"\n\s*\n|\n\[", block[1])[0]
         outputs = job.split("output: ")[1].split("\n")[0].split(", ")
         assert sorted(outputs) == sorted(f"results/raw/{platform}/random_overhead/{arm}.{ext}"
-                                         for arm in ("apc", "lmcache_cpu") for ext in ("jsonl", "meta.json"))
+                                         for arm in ARMS for ext in ("jsonl", "meta.json"))
         assert f"benchmark: results/benchmarks/{platform}/random_overhead/alternating.tsv" in job
         assert "wildcards:" not in job
 

@@ -13,6 +13,7 @@ import copy
 import json
 from pathlib import Path
 
+from . import offload as vllm_offload
 from . import redact, schema
 from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
@@ -269,6 +270,8 @@ def check(config: dict) -> None:
                 "server_args", lmcache_settings.DEFAULTS["server_args"]),
                              RESERVED_LMCACHE_SERVER_ARGS,
                              "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")
+        if arm.get("offload") is not None:
+            vllm_offload.check_arm(name, arm)
         if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")

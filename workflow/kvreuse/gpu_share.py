@@ -99,6 +99,13 @@ def store_gb(arms: list[dict]) -> tuple[float, float]:
             mem = max(mem, float(schema.get(lm, "arms", "*", "lmcache", "cpu_gb")))
             if schema.get(lm, "arms", "*", "lmcache", "store") in ("local_disk", "fs"):
                 disk = max(disk, float(schema.get(lm, "arms", "*", "lmcache", "disk_gb")))
+        if arm.get("offload"):
+            # vLLM's file tier has no size of its own: it holds what the CPU tier was given
+            off = arm["offload"]
+            size = float(schema.get(off, "arms", "*", "offload", "cpu_gb"))
+            mem = max(mem, size)
+            if "fs" in off["tiers"]:
+                disk = max(disk, size)
     return mem, disk
 
 

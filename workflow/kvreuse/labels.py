@@ -79,6 +79,18 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "reload_ms": ("Reload", "ms"),
     "reload_gb_s": ("Reload rate", "GB/s"),
     "cuda_kernels": ("LMCache kernels", None),
+    "lmcache_kernels": ("LMCache kernels", None),  # kvreuse.kernels: loaded, fallback, ...
+    "arm_label": ("Arm", None),                    # the arm, marked where LMCache fell back
+    "connector": ("Connector", None),              # lmcache, vllm_offload or none (APC)
+    "reload_source": ("Reload measured by", None),
+    "reload_lookup_wait_ms": ("Lookup wait", "ms"),  # vLLM offloading: file-tier lookups
+    "loaded_bytes": ("Loaded", "bytes"),
+    "load_ms": ("Load", "ms"),
+    "stored_bytes": ("Stored", "bytes"),
+    "store_ms": ("Store", "ms"),
+    "transfer_source": ("Measured by", None),
+    "lmcache_server_gpu_mib_before_stop": ("LMCache server GPU before vLLM stop", "MiB"),
+    "lmcache_server_gpu_mib_after_stop": ("LMCache server GPU after vLLM stop", "MiB"),
     # comparisons: baseline (e.g. cold) against treatment (e.g. warm)
     "baseline": ("Baseline", None),
     "treatment": ("Against", None),

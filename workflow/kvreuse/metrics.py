@@ -15,6 +15,9 @@ LMCache's own families (names from LMCache 0.5.6), all kept by :func:`parse`:
   ``lmcache_mp_lookup_hit_l2_tokens``, ``lmcache_mp_num_chunks_loaded``,
   ``lmcache_mp_transfer_phase_bytes`` and ``lmcache_mp_transfer_phase_elapsed_seconds`` with
   labels direction (h2d: a load) and phase (staging, kernel), ...); read at scrape time.
+  LMCache 0.5.3 (pinned for GPU runs) has the lookup and chunk counters but no
+  ``transfer_phase`` instruments; its loads show only as an OpenTelemetry histogram of GB/s
+  per request (instrument ``lmcache_mp.l0_l1_load_throughput``).
 - vLLM's ``vllm:lmcache_mp_lookup_duration_seconds`` (the MP connector's lookup histogram).
 """
 

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from . import __version__, claims, kvmodel, labels, latex, latexmk, provenance, stats
+from . import kernels as kernels_mod
 
 TITLE = "kvreuse: KV-cache reuse in vLLM, measured with counters"
 
@@ -122,16 +123,28 @@ def _platform_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def lmcache_kernels(runs: pd.DataFrame) -> dict:
-    """What the LMCache runs recorded of LMCache's compiled kernels (runs.csv lmcache_kernels):
-    how many LMCache runs, how many on each kernel state; ``all_fallback`` only when every one
-    recorded the torch fallback."""
+    """What the LMCache runs recorded of LMCache's compiled kernels (runs.csv lmcache_kernels,
+    kvreuse.kernels): how many LMCache runs, how many in each kernel state (``not recorded``
+    included); ``all_fallback`` only when every one recorded the torch fallback. Runs without
+    LMCache (``n/a``) are not counted."""
     col = runs["lmcache_kernels"] if "lmcache_kernels" in runs.columns else pd.Series(dtype=object)
     known = col.dropna().astype(str)
+    known = known[known != kernels_mod.NOT_APPLICABLE]
     counts = known.value_counts().to_dict()
     return {"runs": len(known), "counts": counts,
             "all_fallback": len(known) > 0 and set(counts) == {"fallback"},
             "fallback": {(r.platform, r.experiment, r.arm) for r in runs.itertuples()
                          if str(getattr(r, "lmcache_kernels", "")) == "fallback"}}
+
+
+def lmcache_server_memory(runs: pd.DataFrame) -> list[dict]:
+    """The runs whose LMCache server's GPU memory was read around a vLLM stop (runs.csv:
+    ``lmcache_server_gpu_mib_before_stop``, ``..._after_stop``, kvreuse.servers)."""
+    cols = ["lmcache_server_gpu_mib_before_stop", "lmcache_server_gpu_mib_after_stop"]
+    if not set(cols) <= set(runs.columns):
+        return []
+    rows = runs[runs[cols].notna().all(axis=1)]
+    return rows[["platform", "experiment", "arm", *cols]].to_dict("records")
 
 
 def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
@@ -178,9 +191,21 @@ def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
     for r in _rows(restart):
         first, cold = r.get("post_restart_first_ttft_median_ms"), r.get("post_restart_cold_ttft_median_ms")
         both = claims.is_number(first) and claims.is_number(cold)
-        rows.append({**r, "reload_beat_recompute": (first < cold) if both else None,
+        rows.append({**_labelled(r), "reload_beat_recompute": (first < cold) if both else None,
                      "fallback": (r["platform"], "restart", r["arm"]) in kernels["fallback"]})
     return rows
+
+
+def _labelled(r: dict) -> dict:
+    """A table row with the columns the write-up's text reads, where a table made before them
+    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_source``,
+    ``reload_lookup_wait_ms``."""
+    out = {"connector": "", "reload_source": "", "reload_lookup_wait_ms": float("nan"), **r}
+    if not isinstance(out.get("arm_label"), str):
+        out["arm_label"] = r["arm"]
+    if not isinstance(out.get("reload_source"), str):
+        out["reload_source"] = ""
+    return out
 
 
 def no_warmup_runs(runs: pd.DataFrame) -> list[dict]:
@@ -222,7 +247,7 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
             direction = "no_ci"  # one server run on a side: no CI between servers
         else:
             direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
-        out.append({**r, "direction": direction,
+        out.append({**_labelled(r), "direction": direction,
                     "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"]})
     return out
 
@@ -325,6 +350,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "restart": restart_rows(t["restart"], kernels), "baseline": _rows(t["baseline"]),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
+            "lmcache_server_memory": lmcache_server_memory(_platform_rows(runs)),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),
             "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,

@@ -1,6 +1,7 @@
 """Per-phase statistics that every table builds on: latency statistics of successful
 requests (``latency_stats``), the server's hit counters per phase (``counter_rows``,
-``summed_counters``) and both per table key (``phase_table``)."""
+``summed_counters``), both per table key (``phase_table``), and the KV bytes a store moved in
+phases (``transfers``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .results import RunMeta
+from .results import Phase, RunMeta
 from .stats import bootstrap_ci, tail
 
 
@@ -76,3 +77,44 @@ def phase_table(df: pd.DataFrame, metas: list[RunMeta], keys: list[str], by: str
                 summed[k] = summed[k].astype(float)
         stats = stats.merge(summed, on=keys, how="left")
     return stats
+
+
+#: vLLM's own offloading (OffloadingConnector, kvreuse.offload): bytes and seconds of its
+#: transfers between the GPU and the offload store, per direction (vllm 0.26.0:
+#: distributed/kv_transfer/kv_connector/v1/offloading/metrics.py)
+OFFLOAD_COUNTERS = {"load": ("vllm:kv_offload_load_bytes", "vllm:kv_offload_load_time"),
+                    "store": ("vllm:kv_offload_store_bytes", "vllm:kv_offload_store_time")}
+#: where :func:`transfers` found its numbers
+SOURCE_LMCACHE_LOG = {"load": "lmcache log: retrieve", "store": "lmcache log: store"}
+SOURCE_LMCACHE_SERVER = "lmcache server: h2d staging DMA"
+SOURCE_OFFLOAD = {"load": "vllm kv_offload counters: load", "store": "vllm kv_offload counters: store"}
+
+
+def transfers(phases: list[Phase], direction: str = "load") -> tuple[float, float, str]:
+    """Bytes and seconds of the KV loads into the GPU (``direction`` load) or the stores out of
+    it (store) in ``phases``, summed, and where they come from: LMCache's per-request log lines
+    (in-process), the LMCache server's host-to-device DMA counters (loads only), or vLLM's own
+    offloading counters (``vllm:kv_offload_{load,store}_{bytes,time}``); (nan, nan, "") when
+    the phases moved nothing by any of them."""
+    lm = {"load": ("retrieves", "retrieve_bytes", "retrieve_ms"),
+          "store": ("stores", "store_bytes", "store_ms")}[direction]
+    logs = [ph.lmcache_log for ph in phases if (ph.lmcache_log or {}).get(lm[0])]
+    if logs:
+        return (float(sum(lg[lm[1]] for lg in logs)), sum(lg[lm[2]] for lg in logs) / 1000,
+                SOURCE_LMCACHE_LOG[direction])
+    nbytes = secs = 0.0
+    if direction == "load":
+        for ph in phases:
+            c = ph.counters or {}
+            nbytes += sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_bytes{")
+                          and "direction=h2d" in k and "phase=staging" in k)
+            secs += sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_elapsed")
+                        and "{" in k and "direction=h2d" in k and "phase=staging" in k)
+        if nbytes:
+            return float(nbytes), float(secs), SOURCE_LMCACHE_SERVER
+    key_bytes, key_s = OFFLOAD_COUNTERS[direction]
+    nbytes = sum((ph.counters or {}).get(key_bytes, 0.0) for ph in phases)
+    secs = sum((ph.counters or {}).get(key_s, 0.0) for ph in phases)
+    if nbytes:
+        return float(nbytes), float(secs), SOURCE_OFFLOAD[direction]
+    return np.nan, np.nan, ""

@@ -1,7 +1,8 @@
 """An arm is a server and store configuration; this module turns one into processes and flags.
 
 Adding an arm is a config entry (``arms:`` in config.yaml) and, for a new kind of store, one
-small function here or in the kvreuse.lmcache package (which fills the plan: lmcache.flags).
+small function here, in the kvreuse.lmcache package (which fills the plan: lmcache.flags) or in
+kvreuse.offload (vLLM's own offloading: offload.apply).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import offload as vllm_offload
 from . import schema
 from .lmcache import flags as lmcache_flags
 from .lmcache.flags import kv_transfer_json
@@ -27,6 +29,7 @@ class ServerPlan:
     lmcache_server: dict | None = None  # a standalone LMCache server (MP mode), if any
     notes: list[str] = field(default_factory=list)
     lmcache: dict | None = None  # LMCache arms: mode, store paths, ports (lmcache.flags.apply)
+    offload: dict | None = None  # vLLM's offloading arms: tiers, store paths (offload.apply)
 
 
 def cuda_available() -> bool:
@@ -66,4 +69,10 @@ def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
             return p
         lmcache_flags.apply(p, arm_name, arm["lmcache"], run_dir=run_dir, store_root=store_root,
                             **lmcache_kw)
+    elif arm.get("offload"):
+        if not (cuda_available() if has_cuda is None else has_cuda):
+            p.not_run_reason = vllm_offload.NOT_RUN_REASON
+            return p
+        vllm_offload.apply(p, arm_name, arm["offload"], run_dir=run_dir, store_root=store_root,
+                           run_id=lmcache_kw.get("run_id"))
     return p

@@ -13,8 +13,9 @@ Version history:
   1  (no ``schema_version``): phases told apart by their names (``cold_<n>``, ``rate_<r>``)
   2  typed phases (``kind`` and fields), ``schema_version`` in every meta, ``phase_kind`` in
      every record; later, the optional field ``server_run`` in phases and records (files
-     without it read as before: one server run); later, the optional meta field ``gpu_share``
-     (a job's holds of a GPU node's measurement lock; files without it: no lock)
+     without it read as before: one server run); later, the optional meta fields ``offload``
+     (vLLM's own offloading arms) and ``gpu_share`` (a job's holds of a GPU node's measurement
+     lock); files without them read them as None
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class RunMeta:
     output_equal_cold_reference: bool | None = None
     store_after_stop: dict | None = None
     lmcache: dict | None = None      # LMCache arms: mode, store, kernels loaded or fallback
+    offload: dict | None = None      # vLLM's own offloading arms: tiers, store folder (kvreuse.offload)
     gpu_share: dict | None = None    # jobs sharing a GPU: this job's measurement-lock holds (kvreuse.gpu_share)
     migration: list[dict] = field(default_factory=list)  # what kvreuse.migrate changed
 

@@ -3,8 +3,10 @@
 :class:`Servers` starts them (the LMCache server first, when the arm's plan has one), stops
 them gracefully (SIGINT to each process group, see :class:`kvreuse.server.ManagedProcess`),
 restarts them, checks that they are alive (a dead one fails the job with its log tail), names
-the URLs to scrape, and keeps the record of every start and stop for the meta. Used as a
-context manager, it stops whatever it started on the way out, exception or not.
+the URLs to scrape, and keeps the record of every start and stop for the meta (a vLLM stop
+while an LMCache server runs also records the server's GPU memory just before and just after
+it: ``lmcache_server_gpu_mib``). Used as a context manager, it stops whatever it started on
+the way out, exception or not.
 
 Instances are named (``servers.vllm["main"]``), so a run may hold two vLLM servers at once;
 today's experiments use one, :data:`MAIN`.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import schema
+from . import gpu_memory, schema
 from .errors import ServerError
 from .gpu_share import MeasureLock
 from .lmcache import flags as lmcache_flags
@@ -79,7 +81,8 @@ class Servers:
         self.connected: dict[str, bool] = {}  # an instance has the arm's KV connector (False: APC only)
         self.lmcache_server: ManagedProcess | None = None
         self.starts: list[dict] = []  # {process, at, startup_s[, connector]}
-        self.stops: list[dict] = []   # {process, at, returncode (-9: killed), members}
+        # {process, at, returncode (-9: killed), members[, lmcache_server_gpu_mib]}
+        self.stops: list[dict] = []
         self._stack = contextlib.ExitStack()
 
     # -- lifetimes -------------------------------------------------------------------------
@@ -135,22 +138,38 @@ class Servers:
     def stop(self, *names: str, lmcache_server: bool = False) -> None:
         """Graceful stop of the vLLM instances ``names`` (none named: all), and of the LMCache
         server too with ``lmcache_server``; exit codes and how each member of the process
-        group ended go to :attr:`stops`."""
+        group ended go to :attr:`stops`; with an LMCache server running, each vLLM stop's entry
+        also has the server's GPU memory just before and just after it
+        (``lmcache_server_gpu_mib``: {before, after} in MiB, None where nvidia-smi cannot tell)."""
         for name in names or list(self.vllm):
             proc = self.vllm.pop(name, None)
             self.connected.pop(name, None)
             if proc is not None and proc.proc is not None:
-                self._record_stop(proc.name, proc)
+                before = self._lmcache_server_mib()
+                entry = self._record_stop(proc.name, proc)
+                if self._lmcache_server_running():
+                    entry["lmcache_server_gpu_mib"] = {"before": before, "after": self._lmcache_server_mib()}
         if lmcache_server and self.lmcache_server is not None:
             self._record_stop(LMCACHE_SERVER, self.lmcache_server)
             self.lmcache_server = None
         if not self.vllm:
             self.lock.release()
 
-    def _record_stop(self, process: str, proc: ManagedProcess) -> None:
+    def _record_stop(self, process: str, proc: ManagedProcess) -> dict:
         rc = proc.stop()
         members = proc.last_stop.as_meta() if proc.last_stop is not None else []
         self.stops.append({"process": process, "at": now_iso(), "returncode": rc, "members": members})
+        return self.stops[-1]
+
+    def _lmcache_server_running(self) -> bool:
+        return self.lmcache_server is not None and self.lmcache_server.proc is not None
+
+    def _lmcache_server_mib(self) -> float | None:
+        """The LMCache server's GPU memory now (MiB, its process group), None without one or
+        where nvidia-smi cannot tell."""
+        if not self._lmcache_server_running():
+            return None
+        return gpu_memory.group_mib(self.lmcache_server.proc.pid)  # its own group: pgid = pid
 
     def restart(self, *names: str, lmcache_server: bool = False) -> None:
         """Graceful stop and a fresh start (with the connector); ``lmcache_server`` restarts the

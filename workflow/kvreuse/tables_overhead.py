@@ -1,11 +1,13 @@
 """The random-prompt overhead table (``random_overhead_table``): each arm against the APC-only
-arm on the same prompts, across alternating server runs (the CI: kvreuse.alternating)."""
+arm on the same prompts, across alternating server runs (the CI: kvreuse.alternating), with
+what its store moved (kvreuse.phase_stats.transfers) and its LMCache kernels (kvreuse.kernels)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from . import alternating
+from . import alternating, kernels
+from .phase_stats import transfers
 from .results import RunMeta
 
 
@@ -15,12 +17,17 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
     and the change of the mean against the APC-only
     arm on the very same prompts, with a 95% CI that resamples server runs within each arm and
     then prompts, paired (kvreuse.alternating.ratio_ci): NaN with fewer than two server runs
-    on either side (runs made before the alternating design had one)."""
+    on either side (runs made before the alternating design had one). Arms whose store
+    reported transfers also get the KV bytes their measured requests stored and loaded and
+    the time it took, summed over the server runs, by the store's own account
+    (``stored_bytes``, ``store_ms``, ``loaded_bytes``, ``load_ms``, ``transfer_source``)."""
     df = df[(df["phase_kind"] == "repeat") & df["error"].isna()]
     rows = []
     for m in metas:
         p, arm = m.platform, m.arm
-        row = {"platform": p, "arm": arm, "status": m.status, "reason": m.reason or ""}
+        state = kernels.status(m)
+        row = {"platform": p, "arm": arm, "arm_label": kernels.arm_label(arm, state), "status": m.status,
+               "reason": m.reason or "", "lmcache_kernels": state}
         sub = df[(df.platform == p) & (df.arm == arm)]
         if len(sub):
             row.update(n=len(sub), server_runs=sub["server_run"].fillna(0).nunique(),
@@ -35,6 +42,12 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
                     row[f"{key}_delta_pct"] = point
                     row[f"{key}_delta_ci95_lo_pct"] = lo
                     row[f"{key}_delta_ci95_hi_pct"] = hi
+        measured = m.phases_of("repeat")
+        for direction, key in (("store", "stored"), ("load", "loaded")):
+            nbytes, secs, source = transfers(measured, direction)
+            if nbytes > 0:
+                row[f"{key}_bytes"], row[f"{direction}_ms"] = nbytes, secs * 1000
+                row["transfer_source"] = "; ".join(filter(None, [row.get("transfer_source"), source]))
         row.update(store_cost(m))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -1,7 +1,9 @@
 """The restart tables: ``restart_table`` (per arm: latency per phase kind beside the
-persistence verdict, kvreuse.verdict) and ``reload_vs_recompute_table`` (per LMCache arm and
-prefix length: reloading after a restart beside recomputing, and the analytic load time per
-link), with their helpers."""
+persistence verdict, kvreuse.verdict) and ``reload_vs_recompute_table`` (per arm with a KV
+connector, LMCache or vLLM's own offloading, and prefix length: reloading after a restart
+beside recomputing, and the analytic load time per link), with their helpers. Each row names
+its arm as figures show it (``arm_label``: marked where LMCache's kernels did not load) beside
+the kernel state (``lmcache_kernels``, kvreuse.kernels)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import kvmodel, verdict
-from .phase_stats import phase_table
+from . import kernels, kvmodel, verdict
+from .phase_stats import phase_table, transfers
 from .results import Phase, RunMeta
 
+
+#: vLLM's offloading: wall time from a request's first deferred lookup in a secondary tier
+#: (the file tier) until it is scheduled, a histogram (its sum: seconds)
+OFFLOAD_LOOKUP_WAIT = "vllm:kv_offload_lookup_async_delay_seconds_sum"
 
 #: the restart table's kinds, in its column order
 RESTART_KINDS = ("populate", "warm", "post_restart_first", "post_restart_steady", "post_restart_cold",
                  "cold_reference")
+
+
+def connector_kind(m: RunMeta) -> str:
+    """Which KV connector the arm loads through: ``lmcache``, ``vllm_offload`` or ``none`` (APC)."""
+    arm = m.arm_config or {}
+    if arm.get("lmcache") is not None:
+        return "lmcache"
+    return "vllm_offload" if arm.get("offload") is not None else "none"
 
 
 def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
@@ -28,7 +42,10 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     long = phase_table(df, metas, ["platform", "arm", "phase"])
     rows = []
     for m in metas:
-        row = {"platform": m.platform, "arm": m.arm, "status": m.status, "reason": m.reason or ""}
+        state = kernels.status(m)
+        row = {"platform": m.platform, "arm": m.arm, "arm_label": kernels.arm_label(m.arm, state),
+               "connector": connector_kind(m), "status": m.status, "reason": m.reason or "",
+               "lmcache_kernels": state}
         sub = long[(long.platform == m.platform) & (long.arm == m.arm)] if len(long) else long
         by_kind = {r["phase"]: r for _, r in sub.iterrows()}
         for kind in [k for k in RESTART_KINDS if k in by_kind]:
@@ -49,13 +66,14 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
             if m.store_after_stop:
                 row["store_files"] = m.store_after_stop.get("files")
                 row["store_bytes"] = m.store_after_stop.get("bytes")
-            if m.lmcache:
-                row["cuda_kernels"] = m.lmcache.get("cuda_kernels")
-            lm = [ph.lmcache_log for ph in m.phases_of("post_restart_first") if ph.lmcache_log]
-            if any(x.get("retrieves") for x in lm):  # LMCache's own account of the reloads after the restart
-                row["reload_bytes"] = sum(x.get("retrieve_bytes", 0) for x in lm)
-                row["reload_ms"] = sum(x.get("retrieve_ms", 0) for x in lm)
-                row["reload_gb_s"] = row["reload_bytes"] / row["reload_ms"] / 1e6 if row["reload_ms"] else np.nan
+            firsts = m.phases_of("post_restart_first")
+            nbytes, secs, source = transfers(firsts, "load")  # the store's own account of the reloads
+            if nbytes > 0:
+                row["reload_bytes"], row["reload_ms"], row["reload_source"] = nbytes, secs * 1000, source
+                row["reload_gb_s"] = nbytes / secs / 1e9 if secs > 0 else np.nan
+            wait = sum(ph.counters.get(OFFLOAD_LOOKUP_WAIT, 0.0) for ph in firsts)
+            if wait > 0:  # vLLM's offloading: waiting for its secondary tiers' lookups
+                row["reload_lookup_wait_ms"] = 1000 * wait
             row.update({k: v for k, v in judged.items() if k != "output_equal"})
             for kind in [k for k in RESTART_KINDS if k in by_kind]:
                 row[f"{kind}_n"] = by_kind[kind]["n"]
@@ -63,7 +81,7 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-RELOAD_COLUMNS = ["platform", "arm", "status", "reason", "cuda_kernels", "prefix_tokens",
+RELOAD_COLUMNS = ["platform", "arm", "arm_label", "status", "reason", "lmcache_kernels", "prefix_tokens",
                   "kv_bytes_per_token", "kv_bytes_model", "reload_ttft_ms", "reload_hit_tokens",
                   "loaded_bytes", "load_ms", "achieved_gb_s", "load_source", "recompute_ttft_ms",
                   "recompute_prefill_ms", "cold_ttft_ms", "apc_cold_ttft_ms", "link", "link_gb_s",
@@ -80,27 +98,15 @@ def _ttft_median(df: pd.DataFrame, platform: str, arm: str, kind: str, prefix_to
 
 
 def _loaded(phases: list[Phase]) -> tuple[float, float, str]:
-    """Bytes loaded and load seconds of phases (summed): LMCache's retrieve log lines
-    (in-process) or the LMCache server's host-to-device DMA counters."""
-    logs = [ph.lmcache_log for ph in phases if (ph.lmcache_log or {}).get("retrieves")]
-    if logs:
-        return (float(sum(lg["retrieve_bytes"] for lg in logs)), sum(lg["retrieve_ms"] for lg in logs) / 1000,
-                "lmcache log: retrieve")
-    nbytes = secs = 0.0
-    for ph in phases:
-        c = ph.counters or {}
-        nbytes += sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_bytes{")
-                      and "direction=h2d" in k and "phase=staging" in k)
-        secs += sum(v for k, v in c.items() if k.startswith("lmcache_mp_transfer_phase_elapsed")
-                    and "{" in k and "direction=h2d" in k and "phase=staging" in k)
-    if nbytes:
-        return float(nbytes), float(secs), "lmcache server: h2d staging DMA"
-    return np.nan, np.nan, ""
+    """Bytes loaded and load seconds of phases (summed) and their source
+    (kvreuse.phase_stats.transfers: LMCache's log, the LMCache server's DMA counters, or vLLM's
+    kv_offload counters)."""
+    return transfers(phases, "load")
 
 
 def _kv_bytes_per_token(m: RunMeta) -> int | None:
-    """From the run (LMCache arms record it), else from the model spec's config.json."""
-    bpt = (m.lmcache or {}).get("kv_bytes_per_token")
+    """From the run (LMCache and offload arms record it), else from the model spec's config.json."""
+    bpt = (m.lmcache or m.offload or {}).get("kv_bytes_per_token")
     path = ((m.model or {}).get("spec") or {}).get("config_json")
     if bpt is None and path and Path(path).is_file():
         cfg = json.loads(Path(path).read_text())
@@ -126,7 +132,7 @@ def _prefill_ms(phases: list[Phase]) -> float:
 
 def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
                               links_gb_s: dict | None = None) -> pd.DataFrame:
-    """Per LMCache arm and prefix length: the reloads after a restart (median TTFT over the
+    """Per arm with a KV connector (LMCache or vLLM's offloading) and prefix length: the reloads after a restart (median TTFT over the
     length's samples; bytes, load time and hits summed over them; GB/s of the sums) beside
     recomputing, and the analytic load time bytes / link bandwidth per link.
 
@@ -135,20 +141,21 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
     links_gb_s = links_gb_s or {}
     apc = {}
     for m in metas:
-        if m.status == "ok" and (m.arm_config or {}).get("lmcache") is None:
+        if m.status == "ok" and not verdict.connector(m):
             for n in _by_length(m, "cold"):
                 apc.setdefault((m.platform, n), _ttft_median(df, m.platform, m.arm, "cold", n))
     rows = []
     for m in metas:
-        if (m.arm_config or {}).get("lmcache") is None:
+        if not verdict.connector(m):
             continue
-        base = {"platform": m.platform, "arm": m.arm, "status": m.status,
-                "reason": m.reason or "", "cuda_kernels": (m.lmcache or {}).get("cuda_kernels")}
+        state = kernels.status(m)
+        base = {"platform": m.platform, "arm": m.arm, "arm_label": kernels.arm_label(m.arm, state),
+                "status": m.status, "reason": m.reason or "", "lmcache_kernels": state}
         reloads = _by_length(m, "reload")
         if m.status != "ok" or not reloads:
             rows.append(base)
             continue
-        bpt = (m.lmcache or {}).get("kv_bytes_per_token")
+        bpt = (m.lmcache or m.offload or {}).get("kv_bytes_per_token")
         recomputes = _by_length(m, "recompute")
         for n, phases in reloads.items():
             nbytes, secs, source = _loaded(phases)
@@ -171,11 +178,12 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
                                                if bpt and link else np.nan)})
     for m in metas:  # APC-only sweeps: measured prefill beside the model, where links are known
         links = links_gb_s.get(m.platform) or {}
-        if m.status != "ok" or (m.arm_config or {}).get("lmcache") is not None or not links:
+        if m.status != "ok" or verdict.connector(m) or not links:
             continue
         bpt = _kv_bytes_per_token(m)
         for n, phases in _by_length(m, "cold").items():
-            row = {"platform": m.platform, "arm": m.arm, "status": m.status, "reason": "",
+            row = {"platform": m.platform, "arm": m.arm, "arm_label": m.arm, "status": m.status,
+                   "reason": "", "lmcache_kernels": kernels.NOT_APPLICABLE,
                    "prefix_tokens": n, "kv_bytes_per_token": bpt,
                    "kv_bytes_model": n * bpt if bpt else np.nan,
                    "recompute_prefill_ms": _prefill_ms(phases),

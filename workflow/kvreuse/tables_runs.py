@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import alternating, interference
+from . import alternating, interference, kernels
 from .freshness import Freshness
 from .results import RunMeta
 
@@ -18,18 +18,33 @@ def _vllm_starts(m: RunMeta) -> list[float]:
     return [s["startup_s"] for s in m.server_starts if s["process"] == "vllm"]
 
 
+def _lmcache_server_mib(m: RunMeta) -> tuple[float, float]:
+    """The LMCache server's GPU memory (MiB) just before and just after the run's first vLLM
+    stop that recorded it (kvreuse.servers); NaN where none did or nvidia-smi could not tell."""
+    for stop in m.stops:
+        mib = stop.get("lmcache_server_gpu_mib")
+        if mib:
+            return tuple(np.nan if mib.get(k) is None else float(mib[k]) for k in ("before", "after"))
+    return np.nan, np.nan
+
+
 def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd.DataFrame:
     """Every run and its provenance; with ``fresh``, whether it answers the current config
-    (``freshness``: current | stale | archived, the expected hash beside the recorded one)."""
+    (``freshness``: current | stale | archived, the expected hash beside the recorded one).
+    Arms with an LMCache server: the server's GPU memory just before and just after the first
+    vLLM stop (``lmcache_server_gpu_mib_before_stop``, ``..._after_stop``): what it keeps of a
+    stopped vLLM."""
     rows = []
     for i, m in enumerate(metas):
         acc, v, model = m.accelerator or {}, m.versions or {}, m.model or {}
         starts = _vllm_starts(m)
+        mib_before, mib_after = _lmcache_server_mib(m)
         rows.append({"platform": m.platform, "experiment": m.experiment, "arm": m.arm,
                      "status": m.status, "reason": m.reason or "",
                      "accelerator": acc.get("name"), "driver": acc.get("driver"),
                      "vllm": v.get("vllm"), "lmcache": v.get("lmcache"), "torch": v.get("torch"),
-                     "lmcache_kernels": (m.lmcache or {}).get("cuda_kernels"),
+                     # loaded | fallback | unknown | not recorded | n/a (kvreuse.kernels)
+                     "lmcache_kernels": kernels.status(m),
                      "model": model.get("name"), "weights": model.get("weights"),
                      "n_requests": m.n_requests, "n_errors": m.n_errors,
                      "server_starts": len(starts),
@@ -38,6 +53,8 @@ def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd
                      "warmup_phases": sum(1 for ph in m.phases.values() if ph.kind == "warmup"),
                      "first_start_s": starts[0] if starts else np.nan,
                      "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
+                     "lmcache_server_gpu_mib_before_stop": mib_before,
+                     "lmcache_server_gpu_mib_after_stop": mib_after,
                      "config_hash": m.config_hash, "git_commit": m.git_commit})
         if fresh is not None:
             rows[-1].update(freshness=fresh[i].freshness,

@@ -4,12 +4,13 @@ Per populated prefix i, the first measured request on it after the restart
 (``post_restart_first``, ``repeat`` = i) is judged by
 
 ``hit fraction``  its cache hits / its reusable tokens, at most 1. Hits: vLLM's external
-                  prefix-cache hits for arms with a connector (LMCache), vLLM's own
-                  prefix-cache hits for APC. Reusable tokens: the prompt sent (it was sent
-                  before the restart too) less its last token, which vLLM always computes,
-                  rounded down to whole chunks (LMCache's ``chunk_size``) or blocks (vLLM's
-                  block size: ``--block-size`` where given, else vLLM's default, 16 on a GPU
-                  and 128 on a CPU). A 1040-token prompt has 1024 reusable tokens in either.
+                  prefix-cache hits for arms with a connector (LMCache, vLLM's own
+                  offloading), vLLM's own prefix-cache hits for APC. Reusable tokens: the
+                  prompt sent (it was sent before the restart too) less its last token, which
+                  vLLM always computes, rounded down to whole chunks (LMCache's
+                  ``chunk_size``) or blocks (vLLM's block size: ``--block-size`` where given,
+                  else vLLM's default, 16 on a GPU and 128 on a CPU). A 1040-token prompt has
+                  1024 reusable tokens in either.
 ``output``        equal to the output of the same prompt before the restart (``populate``).
 
 ``persisted``      fraction >= :data:`PERSISTED_FRACTION` and the same output;
@@ -50,12 +51,16 @@ def classify(fraction: float, output_equal: bool | None) -> tuple[str, str]:
 
 
 def connector(meta: RunMeta) -> bool:
-    return (meta.arm_config or {}).get("lmcache") is not None
+    """Whether the arm loads KV through a connector (LMCache, or vLLM's own offloading), whose
+    loads count as vLLM's external prefix-cache hits."""
+    arm = meta.arm_config or {}
+    return arm.get("lmcache") is not None or arm.get("offload") is not None
 
 
 def reuse_unit(meta: RunMeta) -> int:
-    """Tokens per cached unit: LMCache's chunk for connector arms, else vLLM's block."""
-    if connector(meta):
+    """Tokens per cached unit: LMCache's chunk for LMCache arms, else vLLM's block (vLLM's
+    offloading stores whole blocks)."""
+    if (meta.arm_config or {}).get("lmcache") is not None:
         return int(meta.arm_config["lmcache"].get("chunk_size", 256))
     args = list((meta.server or {}).get("vllm_args") or [])
     if "--block-size" in args:

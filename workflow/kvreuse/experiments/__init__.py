@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from .. import offload as vllm_offload
 from .. import schema
 from ..lmcache import logs as lmcache_logs
 from ..loadgen import BenchServe
@@ -83,6 +84,8 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
         asyncio.run(main())
     if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
         meta.lmcache = lmcache_logs.finish(plan, spec.log_dir, spec.model_dir)
+    if plan.offload is not None:  # tiers, store folder, bytes per token, store cleanup
+        meta.offload = vllm_offload.finish(plan, spec.model_dir)
     finish_meta(meta, recorder.records, servers.starts, servers.stops, servers.lock.as_meta())
     write_pair(spec.out_jsonl, recorder.records, meta)
     return meta.to_dict()

@@ -70,6 +70,16 @@ class Context:
     def lmcache(self) -> bool:
         return self.plan.lmcache is not None
 
+    @property
+    def offload(self) -> bool:
+        """Whether the arm uses vLLM's own offloading (kvreuse.offload)."""
+        return self.plan.offload is not None
+
+    @property
+    def connector(self) -> bool:
+        """Whether the arm loads KV through a connector (LMCache or vLLM's offloading)."""
+        return self.lmcache or self.offload
+
     def restart_lmcache_server(self) -> bool:
         """Whether a restart stops the LMCache server too (the arm's ``restart_lmcache_server``)."""
         return self.plan.lmcache_server is not None and schema.get(
@@ -108,7 +118,8 @@ async def warmup(c: Context, *, after: str | None = None) -> None:
 
 
 def store_after_stop(c: Context) -> None:
-    """The LMCache store's files and bytes, read while no server runs."""
+    """The store's files and bytes (LMCache's, or the file tier of vLLM's offloading), read
+    while no vLLM runs."""
     c.meta.store_after_stop = lmcache_store.list_store(c.plan)
 
 

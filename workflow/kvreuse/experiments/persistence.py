@@ -17,7 +17,7 @@ async def restart(c: Context, p: dict) -> None:
 
     A warm-up of never-seen prompts follows every server start. With ``cold_reference:
     fresh_apc`` (LMCache arms), each prefix's first prompt also goes to a fresh vLLM without
-    the connector (``cold_reference_<i>``: one more start). Whether the cache persisted is
+    the connector (``cold_reference_<i>``: one more start; LMCache and vLLM offloading arms). Whether the cache persisted is
     decided in aggregation (kvreuse.verdict), from each prefix's hit counters and outputs.
     """
     srv, rec = c.servers, c.recorder
@@ -34,7 +34,7 @@ async def restart(c: Context, p: dict) -> None:
         outputs.append(pop.output_token_ids)
         await rec.phase(srv.target(), "warm", prompts[1:1 + p["n_warm"]], name=phase_name("warm", i), **fields)
     srv.stop(lmcache_server=c.restart_lmcache_server())
-    if c.lmcache:
+    if c.connector:
         store_after_stop(c)
     srv.start()
     await warmup(c, after="post_restart")
@@ -48,7 +48,7 @@ async def restart(c: Context, p: dict) -> None:
                             name=phase_name("post_restart_cold", i), **fields)
     await rec.phase(srv.target(), "post_restart_steady", steady, after_restart=True, repeat=0,
                     prefix_tokens=p["prefix_tokens"])
-    if ref == "fresh_apc" and c.lmcache:
+    if ref == "fresh_apc" and c.connector:
         srv.stop(lmcache_server=True)
         srv.start(connector=False)
         await warmup(c, after="cold_reference")

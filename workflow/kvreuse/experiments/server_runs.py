@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import alternating, schema
+from .. import offload as vllm_offload
 from ..gpu_share import MeasureLock
 from ..lmcache import logs as lmcache_logs
 from ..plan import ServerPlan
@@ -48,6 +49,7 @@ class ArmRuns:
     starts: list[dict] = dataclasses.field(default_factory=list)
     stops: list[dict] = dataclasses.field(default_factory=list)
     lmcache: list[dict] = dataclasses.field(default_factory=list)
+    offload: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -82,6 +84,8 @@ class ArmRuns:
             self.stops += [{**x, "server_run": i} for x in servers.stops]
         if plan.lmcache is not None:  # kernels loaded or fallback, bytes per token, store cleanup
             self.lmcache.append({**lmcache_logs.finish(plan, run_dir, self.spec.model_dir), "server_run": i})
+        if plan.offload is not None:  # tiers, store folder, bytes per token, store cleanup
+            self.offload.append({**vllm_offload.finish(plan, self.spec.model_dir), "server_run": i})
 
 
 def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]:
@@ -139,5 +143,7 @@ def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | Non
         finish_meta(meta, a.recorder.records, a.starts, a.stops, a.lock.as_meta())
         if a.lmcache:
             meta.lmcache = {**a.lmcache[0], "server_runs": a.lmcache}
+        if a.offload:
+            meta.offload = {**a.offload[0], "server_runs": a.offload}
         write_pair(a.spec.out_jsonl, a.recorder.records, meta)
     return [read_meta(meta_path(s.out_jsonl)).to_dict() for s in specs]

@@ -24,10 +24,11 @@ async def prefix_sweep(c: Context, p: dict) -> None:
     """Per prefix length, ``n_cold`` never-seen prefixes, each a cold request followed by its
     ``n_warm`` warm ones (``cold_<n>_<i>``, ``warm_<n>_<i>``; ``repeat`` = i).
 
-    LMCache arms (``post_restart_reload``): then a graceful restart, a warm-up of never-seen
-    prompts and, per length and prefix i, interleaved, ``reload_<n>_<i>`` (cold prompt i again:
-    loaded from the store, bytes and time from LMCache) and ``recompute_<n>_<i>`` (a prefix
-    never seen: prefilled), a pair of the same server run that aggregation compares by i.
+    Arms with a connector (LMCache, vLLM's offloading; ``post_restart_reload``): then a
+    graceful restart, a warm-up of never-seen prompts and, per length and prefix i,
+    interleaved, ``reload_<n>_<i>`` (cold prompt i again: loaded from the store, bytes and time
+    from the store's own account) and ``recompute_<n>_<i>`` (a prefix never seen: prefilled),
+    a pair of the same server run that aggregation compares by i.
     """
     srv, rec = c.servers, c.recorder
     srv.start()
@@ -42,7 +43,7 @@ async def prefix_sweep(c: Context, p: dict) -> None:
                             repeat=i)
             await rec.phase(srv.target(), "warm", prompts[1:], name=phase_name("warm", n, i), prefix_tokens=n,
                             repeat=i)
-    if not c.lmcache or not schema.get(p, "experiments", "prefix_sweep", "post_restart_reload"):
+    if not c.connector or not schema.get(p, "experiments", "prefix_sweep", "post_restart_reload"):
         return
     srv.stop(lmcache_server=c.restart_lmcache_server())
     store_after_stop(c)

@@ -18,8 +18,10 @@ kvreuse.plan, which imports them.
 
 An arm's ``lmcache:`` block (config.yaml) names a mode and a store; ``flags.apply`` turns it
 into processes and files. Every flag, config key, connector name, environment variable and
-metric name in this package was checked against the sources that run on the GPU host:
-LMCache 0.5.6 and vLLM 0.26.0 (paths relative to each package).
+metric name in this package was checked against the sources of vLLM 0.26.0 and LMCache 0.5.6,
+and the flags, config keys, log lines and kernel modules again against LMCache 0.5.3, the
+release pinned for GPU runs (envs/serve.yaml: its compiled kernels load against vLLM's torch;
+0.5.6's do not). Paths are relative to each package.
 
 - ``in_process``: vLLM loads ``LMCacheConnectorV1`` (vllm: distributed/kv_transfer/kv_connector/
   factory.py), which reads the YAML named by ``LMCACHE_CONFIG_FILE`` (lmcache:

@@ -101,25 +101,31 @@ def apply(plan, arm_name: str, cfg: dict, *, run_dir: Path, store_root: Path | s
                                "health_url": f"{url}/healthcheck", "metrics_url": f"{url}/metrics",
                                "env": dict(QUIET_ENV)}
     if s["store"] == "local_disk":
-        plan.notes.append("LMCache 0.5.6's LocalDiskBackend keeps its index in memory only and "
-                          "does not rescan its folder at start (v1/storage_backend/"
+        plan.notes.append("LMCache's LocalDiskBackend (0.5.3 and 0.5.6) keeps its index in memory "
+                          "only and does not rescan its folder at start (v1/storage_backend/"
                           "local_disk_backend.py), so files left by a stopped vLLM are not found")
     info["ports"] = dict(ports)
     plan.lmcache = info
 
 
+#: vLLM flags that attach a KV connector, each with one value: LMCache's and vLLM's own
+#: offloading (kvreuse.offload: --kv-offloading-size/--kv-offloading-backend)
+CONNECTOR_FLAGS = ("--kv-transfer-config", "--kv-offloading-size", "--kv-offloading-backend")
+
+
 def apc_only(plan) -> tuple[list[str], dict]:
-    """vLLM's flags and environment for the same arm without the connector (APC only)."""
+    """vLLM's flags and environment for the same arm without the connector (APC only): no
+    LMCache, no offloading."""
     args, out = list(plan.vllm_args), []
     skip = False
     for a in args:
         if skip:
             skip = False
             continue
-        if a == "--kv-transfer-config":
+        if a in CONNECTOR_FLAGS:
             skip = True
             continue
-        if not a.startswith("--kv-transfer-config="):
+        if a.split("=", 1)[0] not in CONNECTOR_FLAGS:
             out.append(a)
     env = {k: v for k, v in plan.env.items() if k != CONFIG_FILE_ENV}
     return out, env

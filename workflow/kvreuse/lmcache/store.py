@@ -98,13 +98,15 @@ def _mem_available() -> int | None:
 
 # -- after a stop --------------------------------------------------------------------------
 def list_store(plan) -> dict:
-    """Files and bytes of the arm's store folders (after a graceful stop).
+    """Files and bytes of the arm's store folders (after a graceful stop): an LMCache arm's
+    (``plan.lmcache``) or the file tier of vLLM's own offloading (``plan.offload``,
+    kvreuse.offload), whose info names its folders the same way (``store_paths``).
 
     With ``evict_page_cache`` each file is fsynced and dropped from the page cache
     (posix_fadvise DONTNEED, best effort: no root needed, but some file systems ignore it) so
     that a reload after the restart reads the device, not memory.
     """
-    info = plan.lmcache or {}
+    info = plan.lmcache or getattr(plan, "offload", None) or {}
     out = {"paths": {}, "files": 0, "bytes": 0, "page_cache_evicted_files": 0}
     for root in info.get("store_paths", []):
         files, nbytes, sample = 0, 0, []

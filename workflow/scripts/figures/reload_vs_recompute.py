@@ -1,4 +1,5 @@
-"""Reload vs recompute after a restart: measured LMCache loads beside bytes / link bandwidth.
+"""Reload vs recompute after a restart: measured loads (LMCache, vLLM's offloading) beside
+bytes / link bandwidth.
 
 Left: time against prefix length (TTFT of the reload and of recomputing the same length, the
 load time LMCache reports, and the analytic load time per link). Right: achieved GB/s of the
@@ -23,16 +24,17 @@ for (ax, gx), p in zip(axes, plats):
         empty(gx, "")
         continue
     one = ok.drop_duplicates(["arm", "prefix_tokens"]).sort_values("prefix_tokens")
-    for k, (arm, a) in enumerate(one[one.reload_ttft_ms.notna()].groupby("arm")):
+    for k, (_, a) in enumerate(one[one.reload_ttft_ms.notna()].groupby("arm")):
         m, c = markers[k % len(markers)], f"C{k % 10}"
-        kernels = a.cuda_kernels.dropna().iloc[0] if a.cuda_kernels.notna().any() else "?"
+        kernels = a.lmcache_kernels.dropna().iloc[0] if a.lmcache_kernels.notna().any() else "?"
+        arm = a.arm_label.iloc[0]  # marked where LMCache ran its torch fallback
         ax.plot(a.prefix_tokens, a.reload_ttft_ms, marker=m, ms=4, color=c, label=f"{arm}: TTFT of the reload")
         ax.plot(a.prefix_tokens, a.load_ms, marker=m, ms=3, ls=":", color=c,
                 label=f"{arm}: load time ({a.load_source.dropna().iloc[0] if a.load_source.notna().any() else '?'})")
         ax.plot(a.prefix_tokens, a.recompute_ttft_ms, marker=m, ms=3, ls="--", color=c, alpha=0.6,
                 label=f"{arm}: TTFT recomputing the same length")
         gx.plot(a.prefix_tokens, a.achieved_gb_s, marker=m, ms=4, color=c,
-                label=f"{arm} (CUDA kernels: {kernels})")
+                label=f"{arm}" + (f" (LMCache kernels: {kernels})" if kernels != "n/a" else ""))
     apc = one.dropna(subset=["apc_cold_ttft_ms"]).drop_duplicates("prefix_tokens")
     if len(apc):
         ax.plot(apc.prefix_tokens, apc.apc_cold_ttft_ms, color="#444444", lw=1, marker=".",

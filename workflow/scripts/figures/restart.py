@@ -1,6 +1,7 @@
 """Per arm: cold (populate), first request after a restart on a populated prefix, steady after
 the restart, and a never-seen prefix after the restart (the recompute reference); the verdict
-from counters and outputs above each arm."""
+from counters and outputs above each arm, whose name is marked where LMCache's kernels did not
+load ("(torch fallback)")."""
 import numpy as np
 import pandas as pd
 
@@ -35,7 +36,8 @@ for ax, p in zip(axes[:, 0], plats):
             if v == "partial" and pd.notna(r.get("hit_fraction")):
                 v = f"partial ({r['hit_fraction']:.0%})"
             ax.text(i, top * 1.06, v, ha="center", fontsize=7)
-    ax.set_xticks(x, sub.arm, fontsize=7)
+    # the arm as the table labels it: marked where LMCache ran its torch fallback (kvreuse.kernels)
+    ax.set_xticks(x, sub.arm_label if "arm_label" in sub else sub.arm, fontsize=7)
     ax.set_ylabel("TTFT median (ms)")
     archived = "freshness" in sub and len(sub) and (sub.freshness == "archived").all()
     ax.set_title(f"{p}{' (archived results)' if archived else ''}: the KV cache across a vLLM restart "
