@@ -107,14 +107,14 @@ def test_restart_lmcache_server_needs_a_server_arm(config):
 # -- generated configs and command lines -----------------------------------------------------
 @pytest.mark.parametrize("arm, store", [
     ("lmcache_cpu", {}),
-    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 24.0}),
+    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 27.0}),
     ("lmcache_fs", {"remote_storage_plugins": ["fs"], "remote_serde": "naive",
                     "extra_config": {"remote_storage_plugin.fs.base_path": "{store}/fs"}}),
 ])
 def test_in_process_arm_config_file_flags_and_env(config, h100, tmp_path, arm, store):
     p = make_plan(config, h100, arm, tmp_path)
     run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
-    expected = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 20.0,
+    expected = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 27.0,
                 "pre_caching_hash_algorithm": "sha256_cbor", "save_unfull_chunk": False,
                 "internal_api_server_enabled": True, "internal_api_server_host": "127.0.0.1",
                 "internal_api_server_port_start": PORTS["internal_api"] - 1,
@@ -140,7 +140,7 @@ def test_server_arm_command_line_and_connector(config, h100, tmp_path, arm):
     run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
     argv = [sys.executable, "-m", "lmcache.cli.main", "server", "--host", "127.0.0.1",
             "--port", "42001", "--http-host", "127.0.0.1", "--http-port", "43001",
-            "--chunk-size", "256", "--hash-algorithm", "blake3", "--l1-size-gb", "20.0",
+            "--chunk-size", "256", "--hash-algorithm", "blake3", "--l1-size-gb", "27.0",
             "--eviction-policy", "LRU"]
     if arm == "lmcache_mp_l2":
         argv += ["--l2-adapter", json.dumps({"type": "fs", "base_path": f"{run_store}/l2"},
@@ -479,6 +479,8 @@ def test_scraper_skips_an_optional_url_that_does_not_answer():
 def test_finish_records_kernels_and_deletes_only_when_asked(config, h100, tmp_path, monkeypatch):
     monkeypatch.setattr(logs, "probe_kernels",
                         lambda env: {"kernels": "loaded", "lmcache.cuda_ops": "loaded"})
+    keep = {**config["arms"]["lmcache_fs"]["lmcache"], "delete_store": False}
+    config = {**config, "arms": {**config["arms"], "lmcache_fs": {**config["arms"]["lmcache_fs"], "lmcache": keep}}}
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
     (tmp_path / "logs" / "vllm.log").write_text("lmcache.cuda_ops compiled extension not found; ...\n")
     (tmp_path / "model").mkdir()
@@ -509,10 +511,10 @@ def test_preflight_makes_folders_and_writes_configs(config, tmp_path):
     shown = json.loads((tmp_path / "lm" / "configs" / "lmcache_mp_l2.json").read_text())
     assert "--l2-adapter" in shown["lmcache_server"]["argv"]
     assert yaml.safe_load((tmp_path / "lm" / "configs" / "lmcache_disk" / "lmcache.yaml").read_text())[
-        "max_local_disk_size"] == 24.0
+        "max_local_disk_size"] == 27.0
     small = {a: {**c, "lmcache": {**c["lmcache"], "cpu_gb": 0.001}} for a, c in arms_used.items()}
     got = lmcache_store.preflight(tmp_path / "lm", small, runs, has_cuda=True)
-    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 24 << 30
+    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 27 << 30
 
 
 def test_preflight_fails_clearly(config, tmp_path):

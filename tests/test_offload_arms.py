@@ -88,14 +88,14 @@ def test_cross_key_checks(config, arm, message):
 # -- generated flags -----------------------------------------------------------------------------
 def test_cpu_tier_is_vllms_documented_flag(config, h200, tmp_path):
     p = make_plan(config, h200, "vllm_offload_cpu", tmp_path)
-    assert p.vllm_args[-4:] == ["--kv-offloading-size", "20", "--kv-offloading-backend", "native"]
+    assert p.vllm_args[-4:] == ["--kv-offloading-size", "27", "--kv-offloading-backend", "native"]
     assert "--kv-transfer-config" not in p.vllm_args and p.lmcache is None
     # keys that hash the same in every process: APC with a fixed hash, a fixed PYTHONHASHSEED
     i = p.vllm_args.index("--prefix-caching-hash-algo")
     assert p.vllm_args[i + 1] == "sha256_cbor" and "--enable-prefix-caching" in p.vllm_args
-    assert p.env == {"PYTHONHASHSEED": "0", "VLLM_USE_SIMPLE_KV_OFFLOAD": "0"}
+    assert p.env == {"PYTHONHASHSEED": "0", "VLLM_USE_SIMPLE_KV_OFFLOAD": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     assert p.offload["spec_name"] == "CPUOffloadingSpec" and p.offload["store_paths"] == []
-    assert p.offload["cpu_bytes"] == 20 * GIB
+    assert p.offload["cpu_bytes"] == 27 * GIB
     assert not (tmp_path / "store").exists()  # no files: nothing made on disk
 
 
@@ -105,7 +105,7 @@ def test_file_tier_kv_transfer_config_json_exact(config, h200, tmp_path):
     i = p.vllm_args.index("--kv-transfer-config")
     assert p.vllm_args.count("--kv-transfer-config") == 1 and "--kv-offloading-size" not in p.vllm_args
     assert p.vllm_args[i + 1] == (
-        '{"kv_connector":"OffloadingConnector","kv_connector_extra_config":{"cpu_bytes_to_use":21474836480,'
+        '{"kv_connector":"OffloadingConnector","kv_connector_extra_config":{"cpu_bytes_to_use":28991029248,'
         '"secondary_tiers":[{"root_dir":"' + str(root) + '","type":"fs"}],'
         '"spec_name":"TieringOffloadingSpec"},"kv_role":"kv_both"}')
     assert p.offload["store_paths"] == [str(root)] and root.is_dir()  # a new folder per run
@@ -179,7 +179,9 @@ def test_fresh_apc_reference_starts_vllm_without_offloading(config, h200, tmp_pa
 
 
 def test_finish_records_the_tiers_and_deletes_the_store_when_asked(config, h200, tmp_path):
-    p = make_plan(config, h200, "vllm_offload_fs", tmp_path)
+    keep = {**config["arms"]["vllm_offload_fs"], "offload": {**config["arms"]["vllm_offload_fs"]["offload"],
+                                                             "delete_store": False}}
+    p = make_plan({**config, "arms": {**config["arms"], "vllm_offload_fs": keep}}, h200, "vllm_offload_fs", tmp_path)
     got = offload.finish(p)
     assert got["tiers"] == ["cpu", "fs"] and "store_deleted" not in got
     assert os.path.isdir(p.offload["store_paths"][0])
