@@ -291,3 +291,28 @@ def test_restart_lengths_are_validated_and_must_fit_the_model_and_the_store(conf
     empty["experiments"]["restart"]["prefix_tokens_list"] = []
     with pytest.raises(ConfigError, match="prefix_tokens_list"):
         validate(empty, schema)
+
+
+# -- the source study's break-even claim ---------------------------------------------------------
+def test_the_reload_wins_claim_needs_a_store_that_reloaded():
+    import pandas as pd
+
+    from kvreuse import claims
+
+    cited = yaml.safe_load((REPO / "workflow/resources/cited.yaml").read_text())
+    cited["claims"] = [g for g in cited["claims"] if g["group"] == "s000-restart"]
+    for g in cited["claims"]:
+        g["claims"] = [c for c in g["claims"] if c["id"] == "s000-restart-reload-wins"]
+    llama = yaml.safe_load((REPO / "workflow/resources/llama-3.1-8b/config.json").read_text())
+
+    def rows(verdict_at_1024: str) -> pd.DataFrame:
+        return pd.DataFrame([{"platform": "h100", "arm": "lmcache_disk", "prefix_tokens": n, "verdict": v,
+                              "reload_minus_recompute_ms": d, "reload_minus_recompute_ci95_lo_ms": d - 5,
+                              "reload_minus_recompute_ci95_hi_ms": d + 5}
+                             for n, v, d in ((1024, verdict_at_1024, -40.0), (8192, verdict.PERSISTED, -400.0))])
+
+    got = claims.table(cited, {"reload_vs_recompute": rows(verdict.PERSISTED)}, llama).iloc[0]
+    assert got.verdict == "reproduced" and got.ours == -40.0  # our shortest length (the study's: ~500)
+    # a first request that the counters show recomputed is no reload: the claim is not measured there
+    got = claims.table(cited, {"reload_vs_recompute": rows(verdict.NOT_PERSISTED)}, llama).iloc[0]
+    assert got.verdict == "not measured" and "verdict=not" not in got.reason
