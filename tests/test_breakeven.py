@@ -236,6 +236,7 @@ def test_break_even_table_per_store_measured_and_model(runs):
     assert model.status == breakeven.CROSSING
     off = t[(t.arm == "vllm_offload_cpu") & (t.estimate == "measured")].iloc[0]
     assert off.status == breakeven.CROSSING and off.verdict == verdict.PERSISTED
+    assert off.store == "vLLM's own offloading"
     # APC reloads nothing: no measured break-even, but the model beside its recomputes
     apc = t[t.arm == "apc"].set_index("estimate")
     assert apc.loc["measured", "status"] == "not persisted" and math.isnan(apc.loc["measured", "break_even_tokens"])

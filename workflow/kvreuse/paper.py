@@ -214,12 +214,15 @@ def _break_even_row(r: dict) -> dict:
     return {**r, "crossing": r.get("status") == breakeven.CROSSING,
             "below": r.get("status") == breakeven.BELOW, "not_within": r.get("status") == breakeven.NOT_WITHIN,
             "not_persisted": r.get("status") == "not persisted", "not_run": r.get("status") == "not run",
-            "has_ci": bool(r.get("ci_low_where")),
+            "has_ci": isinstance(r.get("ci_low_where"), str) and bool(r.get("ci_low_where")),
             "lo_below": r.get("ci_low_where") == breakeven.BELOW,
             "lo_beyond": r.get("ci_low_where") == breakeven.NOT_WITHIN,
             "hi_beyond": r.get("ci_high_where") == breakeven.NOT_WITHIN,
             "hi_below": r.get("ci_high_where") == breakeven.BELOW,
-            "one_length": claims.is_number(r.get("shortest_tokens")) and r.get("shortest_tokens") == r.get("longest_tokens")}
+            "one_length": claims.is_number(r.get("shortest_tokens")) and r.get("shortest_tokens") == r.get("longest_tokens"),
+            # a CSV cell of one length reads back as a number
+            "lengths_text": ", ".join(fmt(int(float(x))) for x in str(r.get("lengths") or "").split()
+                                      if x.replace(".", "", 1).isdigit())}
 
 
 def reload_context(t: dict[str, pd.DataFrame]) -> dict:

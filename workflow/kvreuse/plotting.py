@@ -69,3 +69,25 @@ def prefix_axis(ax, lengths) -> None:
                   fontsize=6)
     ax.minorticks_off()
     ax.set_xlabel("prefix tokens", fontsize=7)
+
+
+def log_ms_axis(ax, label: str = "TTFT median (ms)") -> None:
+    """A log y axis of milliseconds, labelled with plain numbers (50, 100, 200)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
+    ax.tick_params(axis="y", which="both", labelsize=6)
+    ax.set_ylabel(label, fontsize=7)
+
+
+def info_panel(ax, handles, labels, notes: list[str]) -> None:
+    """The figure's legend and notes (runs not run, with why) in a panel of their own."""
+    ax.set_axis_off()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", fontsize=6, frameon=False)
+    if notes:
+        ax.text(0.0, 0.0 if handles else 0.5, "\n".join(notes), transform=ax.transAxes, fontsize=5.5,
+                va="bottom" if handles else "center", ha="left", color="#555555", wrap=True)

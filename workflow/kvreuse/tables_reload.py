@@ -48,16 +48,18 @@ BREAK_EVEN_COLUMNS = [
 ]
 
 
-def store_label(arm_config: dict) -> str:
-    """What holds the KV cache across the restart, in words, from the arm's config."""
-    lm = (arm_config or {}).get("lmcache")
+def store_label(m: RunMeta) -> str:
+    """What holds the KV cache across the restart, in words, from the run's arm config and the
+    connector its vLLM was given (kvreuse.verdict.connector)."""
+    arm_config = m.arm_config or {}
+    lm = arm_config.get("lmcache")
     if lm:
         where = "an LMCache server" if lm.get("mode") == "server" else "LMCache in vLLM's process"
         return f"{lm.get('store', '?')} store of {where}"
-    offload = [k for k in (arm_config or {}) if "offload" in k]
-    if offload:
-        return f"vLLM's own offloading ({offload[0]})"
-    caching = schema.get(arm_config or {}, "arms", "*", "prefix_caching")
+    if verdict.connector(m):
+        args = " ".join(map(str, (m.server or {}).get("vllm_args") or []))
+        return "vLLM's own offloading" if "Offloading" in args or "--kv-offloading" in args else "a KV connector"
+    caching = schema.get(arm_config, "arms", "*", "prefix_caching")
     return "none (vLLM's GPU prefix cache)" if caching else "none"
 
 
@@ -87,7 +89,7 @@ def _prefill_ms(phases) -> float:
 
 
 def _base(m: RunMeta) -> dict:
-    return {"platform": m.platform, "arm": m.arm, "store": store_label(m.arm_config), "status": m.status,
+    return {"platform": m.platform, "arm": m.arm, "store": store_label(m), "status": m.status,
             "reason": m.reason or "", "cuda_kernels": (m.lmcache or {}).get("cuda_kernels")}
 
 

@@ -36,6 +36,7 @@ for (ax, gx), p in zip(axes, plats):
             gx.plot(g.prefix_tokens, g.achieved_gb_s, marker=m, ms=3, color=c,
                     label=f"{arm} ({g.load_source.iloc[0]}{', kernels: ' + str(kernels) if kernels else ''})")
     ax.axhline(0, color="#777777", lw=0.8)
+    ax.set_yscale("symlog", linthresh=10)  # the sign near zero and the size far from it
     for link, lk in ok.dropna(subset=["link"]).groupby("link"):
         gx.axhline(lk.link_gb_s.iloc[0], color="#999999", ls="-.", lw=1,
                    label=f"{link} ({lk.link_gb_s.iloc[0]:g} GB/s nominal)")
@@ -44,7 +45,7 @@ for (ax, gx), p in zip(axes, plats):
     for a in (ax, gx):
         prefix_axis(a, one.prefix_tokens)
         a.legend(fontsize=5)
-    ax.set_ylabel("reload - recompute TTFT (ms)")
+    ax.set_ylabel("reload - recompute TTFT (ms, symlog)")
     ax.set_title(f"{p}: reload after a restart minus recompute (< 0: reload faster)", fontsize=8)
     gx.set_ylabel("achieved GB/s (bytes / load time)")
     gx.set_title(f"{p}: load bandwidth", fontsize=8)

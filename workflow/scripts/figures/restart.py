@@ -5,7 +5,7 @@ same length after the restart (the recompute reference); the verdict from counte
 in the panel's title. Arms that did not run are listed with why."""
 import pandas as pd
 
-from kvreuse.plotting import empty, panels, platforms_in, prefix_axis, read_tables, save
+from kvreuse.plotting import info_panel, log_ms_axis, panels, platforms_in, prefix_axis, read_tables, save
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821
@@ -28,7 +28,7 @@ def verdict_text(r) -> str:
 
 shown = [r for p in platforms_in(runs) for _, r in runs[runs.platform == p].iterrows() if r.status == "ok"]
 skipped = runs[runs.status != "ok"] if len(runs) else runs
-fig, axes = panels(len(shown) + (1 if len(skipped) else 0))
+fig, axes = panels(len(shown) + 1, ncols=3, width=3.0)
 for ax, r in zip(axes, shown):
     sub = lengths[(lengths.platform == r.platform) & (lengths.arm == r.arm)].drop_duplicates("prefix_tokens")
     sub = sub.dropna(subset=["prefix_tokens"]).sort_values("prefix_tokens")
@@ -43,22 +43,15 @@ for ax, r in zip(axes, shown):
         ax.errorbar(s.prefix_tokens, s[col], yerr=yerr, color=color, marker=marker, ms=3, ls=ls or "none",
                     lw=1, capsize=2, label=label)
     prefix_axis(ax, sub.prefix_tokens)
-    ax.set_yscale("log")
-    ax.tick_params(labelsize=6)
-    ax.set_ylabel("TTFT median (ms)", fontsize=7)
+    log_ms_axis(ax)
     notes = [n for n, on in (("archived", r.get("freshness") == "archived"),
                              ("LMCache torch fallback", r.get("cuda_kernels") == "fallback")) if on]
     ax.set_title(f"{r.platform} / {r.arm}{' (' + ', '.join(notes) + ')' if notes else ''}\n"
-                 f"verdict (counters, outputs): {verdict_text(r)}", fontsize=7)
-if len(skipped):
-    ax = axes[len(shown)]
-    text = "\n".join(f"{r.platform} / {r.arm}: not run ({r.reason})" for r in skipped.itertuples())
-    empty(ax, text)
-    for t in ax.texts:
-        t.set_fontsize(6)
-if not len(runs):
-    empty(axes[0], "no restart results")
-if shown:
-    axes[0].legend(fontsize=5, loc="best")
+                 f"verdict: {verdict_text(r)}", fontsize=6.5)
+handles, labels = axes[0].get_legend_handles_labels() if shown else ([], [])
+info_panel(axes[len(shown)], handles, labels,
+           ["Verdicts from the hit counters and outputs, never from time."]
+           + [f"{r.platform} / {r.arm}: not run ({r.reason})" for r in skipped.itertuples()]
+           + ([] if len(runs) else ["no restart results"]))
 save(fig, snakemake.output.pdf, snakemake.output.png,  # noqa: F821
      source="workflow/scripts/figures/restart.py <- results/tables/restart.csv, reload_vs_recompute.csv")
