@@ -17,7 +17,9 @@ built in:
 
 - kvreuse.phase_stats: latency statistics and hit counters per phase (``phase_table``), the
   table of most experiments;
-- kvreuse.tables_restart: ``restart_table``, ``reload_vs_recompute_table``;
+- kvreuse.tables_restart: ``restart_table``;
+- kvreuse.tables_reload: ``reload_vs_recompute_table``, ``break_even_table`` (from the restart
+  experiment's runs, kvreuse.breakeven);
 - kvreuse.tables_serving: ``serving_table``, ``fidelity_table``;
 - kvreuse.tables_overhead: ``random_overhead_table``;
 - kvreuse.tables_runs: ``runs_table``, ``cost_table``, ``read_benchmarks``;
@@ -44,12 +46,13 @@ from .migrate import read_converted
 from .phase_stats import COUNTER_COLUMNS, PHASE_FIELDS, counter_rows, latency_stats, phase_table, summed_counters
 from .results import RequestRecord, RunMeta, meta_path, read_meta, read_records
 from .tables_overhead import random_overhead_table
-from .tables_restart import RELOAD_COLUMNS, RESTART_KINDS, reload_vs_recompute_table, restart_table
+from .tables_reload import BREAK_EVEN_COLUMNS, RELOAD_COLUMNS, break_even_table, reload_vs_recompute_table
+from .tables_restart import RESTART_KINDS, restart_table
 from .tables_runs import cost_table, read_benchmarks, runs_table
 from .tables_serving import fidelity_table, serving_table
 
-__all__ = ["COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLUMNS", "RELOAD_COLUMNS", "RESTART_KINDS",
-           "TooManyErrors", "build", "check_errors", "comparable_runs", "cost_table", "counter_rows",
+__all__ = ["BREAK_EVEN_COLUMNS", "COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLUMNS", "RELOAD_COLUMNS", "RESTART_KINDS",
+           "TooManyErrors", "break_even_table", "build", "check_errors", "comparable_runs", "cost_table", "counter_rows",
            "fidelity_table", "latency_stats", "load", "mark_freshness", "phase_table",
            "random_overhead_table", "read_benchmarks", "reload_vs_recompute_table", "restart_table",
            "runs_table", "serving_table", "summed_counters", "write"]
@@ -159,6 +162,8 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         check_errors(g, max_error_fraction)
     if experiment == "reload_vs_recompute":
         return reload_vs_recompute_table(df, metas, links_gb_s)
+    if experiment == "break_even":
+        return break_even_table(df, metas, links_gb_s)
     if experiment == "restart":
         return restart_table(df, metas)
     if experiment == "serving":

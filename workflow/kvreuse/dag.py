@@ -25,9 +25,13 @@ from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
-           "reload_vs_recompute"]
+           "reload_vs_recompute", "break_even"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
-DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
+DERIVED_TABLES = {"reload_vs_recompute": "restart", "break_even": "restart"}
+#: figures drawn from more than their own table (``results/tables/<figure>.csv``): every table
+#: each one reads, its own first
+FIGURE_TABLES = {"restart": ["restart", "reload_vs_recompute"],
+                 "break_even": ["break_even", "reload_vs_recompute"]}
 #: the table of every comparison with the CI of its difference, from several experiments' runs
 #: (kvreuse.comparisons)
 COMPARISONS_TABLE = "comparisons"
@@ -49,6 +53,7 @@ FIGURE_TITLES = {
     "serving": "Serving under load",
     "random_overhead": "Unique prompts (LMCache overhead)",
     "reload_vs_recompute": "Reload vs recompute after a restart",
+    "break_even": "Break-even prefix length per store",
 }
 #: what `rule all` builds besides the tables and figures (the artifact is built on request:
 #: `snakemake ... artifact`, README)
@@ -145,6 +150,11 @@ def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
 
 def figure_title(figure: str) -> str:
     return FIGURE_TITLES.get(figure, figure)
+
+
+def figure_tables(figure: str) -> list[str]:
+    """The tables a figure is drawn from (its rule's inputs besides its script), its own first."""
+    return [f"results/tables/{t}.csv" for t in FIGURE_TABLES.get(figure, [figure])]
 
 
 def all_targets(config: dict) -> list[str]:
@@ -273,8 +283,9 @@ def benchmark_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
 
 
 def table_params(config: dict, table: str) -> dict:
-    """Extra inputs of a derived table (reload_vs_recompute: the platforms' link bandwidths)."""
-    if table == "reload_vs_recompute":
+    """Extra inputs of a derived table (reload_vs_recompute, break_even: the platforms' link
+    bandwidths)."""
+    if table in ("reload_vs_recompute", "break_even"):
         return {"links_gb_s": {p: schema.get(pc, "platforms", p, "links_gb_s")
                                for p, pc in config["platforms"].items()}}
     return {}

@@ -91,6 +91,33 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "transfer_source": ("Measured by", None),
     "lmcache_server_gpu_mib_before_stop": ("LMCache server GPU before vLLM stop", "MiB"),
     "lmcache_server_gpu_mib_after_stop": ("LMCache server GPU after vLLM stop", "MiB"),
+    "reload_bytes_per_hit_token": ("Reloaded per hit token", "bytes"),
+    "load_source": ("Load counted by", None),
+    "latency_prefix_tokens": ("Latency at prefix", "tokens"),
+    "n_lengths": ("Prefix lengths", None),
+    # reload vs recompute after a restart, per prefix length (kvreuse.tables_reload)
+    "store": ("Store", None),
+    "n_reload": ("Reloads", None),
+    "n_recompute": ("Recomputes", None),
+    "reload_ttft_ms": ("Reload TTFT median", "ms"),
+    "recompute_ttft_ms": ("Recompute TTFT median", "ms"),
+    "reload_minus_recompute_ms": ("Reload minus recompute", "ms"),
+    "reload_minus_recompute_ci95_lo_ms": ("Reload minus recompute 95% CI low", "ms"),
+    "reload_minus_recompute_ci95_hi_ms": ("Reload minus recompute 95% CI high", "ms"),
+    "reload_minus_recompute_ci95_ms": ("Reload minus recompute 95% CI", "ms"),
+    "reload_hit_tokens": ("Reload hits", "tokens"),
+    "achieved_gb_s": ("Achieved", "GB/s"),
+    "link_gb_s": ("Link nominal", "GB/s"),
+    "model_load_ms": ("Model load time", "ms"),
+    # the break-even prefix length (kvreuse.breakeven)
+    "estimate": ("Estimate", None),
+    "link": ("Link", None),
+    "model_overhead_ms": ("Model fixed overhead", "ms"),
+    "break_even_tokens": ("Break-even", "tokens"),
+    "ci_low": ("95% CI low", "tokens"),
+    "ci_high": ("95% CI high", "tokens"),
+    "break_even_ci95": ("Break-even 95% CI", "tokens"),
+    "n_per_length": ("Reloads/recomputes per length", None),
     # comparisons: baseline (e.g. cold) against treatment (e.g. warm)
     "baseline": ("Baseline", None),
     "treatment": ("Against", None),
@@ -161,6 +188,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "speedup_ci95": ("speedup_ci95_lo", "speedup_ci95_hi"),
     "ttft_delta_ci95_pct": ("ttft_delta_ci95_lo_pct", "ttft_delta_ci95_hi_pct"),
     "e2e_delta_ci95_pct": ("e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"),
+    "reload_minus_recompute_ci95_ms": ("reload_minus_recompute_ci95_lo_ms", "reload_minus_recompute_ci95_hi_ms"),
+    "break_even_ci95": ("ci_low", "ci_high"),
 }
 
 

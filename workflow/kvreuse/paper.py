@@ -252,6 +252,60 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
     return out
 
 
+# -- reload vs recompute after a restart (break_even.csv, reload_vs_recompute.csv) ---------------
+def _break_even_row(r: dict) -> dict:
+    """A break_even.csv row with what the sentence needs: whether it has an interval and on
+    which side a censored bound lies (kvreuse.breakeven)."""
+    from . import breakeven
+
+    return {**r, "crossing": r.get("status") == breakeven.CROSSING,
+            "below": r.get("status") == breakeven.BELOW, "not_within": r.get("status") == breakeven.NOT_WITHIN,
+            "not_persisted": r.get("status") == "not persisted", "not_run": r.get("status") == "not run",
+            "has_ci": isinstance(r.get("ci_low_where"), str) and bool(r.get("ci_low_where")),
+            "lo_below": r.get("ci_low_where") == breakeven.BELOW,
+            "lo_beyond": r.get("ci_low_where") == breakeven.NOT_WITHIN,
+            "hi_beyond": r.get("ci_high_where") == breakeven.NOT_WITHIN,
+            "hi_below": r.get("ci_high_where") == breakeven.BELOW,
+            "one_length": claims.is_number(r.get("shortest_tokens")) and r.get("shortest_tokens") == r.get("longest_tokens"),
+            # a CSV cell of one length reads back as a number
+            "lengths_text": ", ".join(fmt(int(float(x))) for x in str(r.get("lengths") or "").split()
+                                      if x.replace(".", "", 1).isdigit())}
+
+
+def reload_context(t: dict[str, pd.DataFrame]) -> dict:
+    """What the section on reload against recompute says, from break_even.csv,
+    reload_vs_recompute.csv and accounting.csv (tables of an older build may lack the first two:
+    then nothing is measured): per platform and store the measured break-even with its interval
+    and the model's per link, the runs not run with why, the platforms with more than one
+    prefix length, and the configured restart runs that have no current result yet."""
+    be = t.get("break_even")
+    be = be if be is not None and not be.empty else pd.DataFrame(columns=["platform", "arm", "estimate", "status"])
+    rv = t.get("reload_vs_recompute")
+    rv = rv if rv is not None and "reload_minus_recompute_ms" in rv.columns else pd.DataFrame(
+        columns=["platform", "arm", "status", "prefix_tokens"])
+    rows = [_break_even_row(r) for r in _rows(be)]
+    measured = [r for r in rows if r["estimate"] == "measured"]
+    for r in measured:
+        r["models"] = [m for m in rows if m["estimate"] == "model" and (m["platform"], m["arm"]) == (r["platform"], r["arm"])]
+    ok = rv[(rv.status == "ok") & rv.prefix_tokens.notna()] if len(rv) else rv
+    lengths = ok.groupby("platform")["prefix_tokens"].nunique().to_dict() if len(ok) else {}
+    acc = t.get("accounting")
+    pending = []
+    if acc is not None and len(acc):
+        pending = _records(acc[(acc.experiment == "restart") & (acc.platform != "cpu")
+                               & ~acc.status.isin(["measured", "archived"])],
+                           ["platform", "arm", "status", "reason"])
+    return {"stores": [r for r in measured if not r["not_run"]],
+            "not_run": [r for r in measured if r["not_run"]],
+            "lengths": {p: int(n) for p, n in lengths.items()},
+            "multi_length": sorted(p for p, n in lengths.items() if n > 1),
+            "gpu_platforms": sorted({r["platform"] for r in measured if not r["not_run"] and r["platform"] != "cpu"}),
+            "pending": pending,
+            "table": ok.drop_duplicates(["platform", "arm", "prefix_tokens"]) if len(ok) else ok,
+            "break_even": be,
+            "models": [r for r in rows if r["estimate"] == "model"]}
+
+
 def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
     """The claims table as the write-up shows it: every row, the verdicts per study, each
     group's rows (the cited tables of the sections), and the GPUs the studies name that we did
@@ -348,6 +402,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run),
             "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": restart_rows(t["restart"], kernels), "baseline": _rows(t["baseline"]),
+            "reload": reload_context(t),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
             "lmcache_server_memory": lmcache_server_memory(_platform_rows(runs)),

@@ -97,6 +97,10 @@ def figure_title(wildcards):
     return dag.figure_title(wildcards.figure)
 
 
+def figure_tables(wildcards):
+    return dag.figure_tables(wildcards.figure)
+
+
 def run_params(experiment, platform):
     return lambda wildcards: dag.run_params(config, experiment, platform, wildcards.arm)
 
