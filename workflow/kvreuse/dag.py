@@ -25,7 +25,7 @@ from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
-           "reload_vs_recompute"]
+           "reload_vs_recompute", "cross_instance"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
 DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
 #: the table of every comparison with the CI of its difference, from several experiments' runs
@@ -49,6 +49,7 @@ FIGURE_TITLES = {
     "serving": "Serving under load",
     "random_overhead": "Unique prompts (LMCache overhead)",
     "reload_vs_recompute": "Reload vs recompute after a restart",
+    "cross_instance": "Across instances: one LMCache server, two vLLMs",
 }
 #: what `rule all` builds besides the tables and figures (the artifact is built on request:
 #: `snakemake ... artifact`, README)
