@@ -233,8 +233,8 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
     above zero, ``slower``: below, ``unresolved``: around it, ``no_ci``: fewer than two pairs)
     whether A was stopped before B started (``a_stopped``), whether B's outputs equal A's
     (``same_output``; None: not recorded) and whether that run's LMCache recorded its torch
-    fallback; and the runs that did not run, with their reason. Neither: no run of the
-    experiment in the results."""
+    fallback; the same rows as a table (``table``, None without any); and the runs that did not
+    run, with their reason. Neither: no run of the experiment in the results."""
     rows, not_run = [], []
     for r in _rows(t):
         if r.get("status") != "ok":
@@ -250,7 +250,9 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
                      "a_stopped": claims.is_number(r.get("instance_a_stopped")) and bool(r["instance_a_stopped"]),
                      "same_output": bool(equal) if claims.is_number(equal) else None,
                      "fallback": (r["platform"], "cross_instance", r["arm"]) in kernels["fallback"]})
-    return {"rows": rows, "not_run": not_run}
+    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
+    counts = [c for c in ("prefix_tokens", "n_cross_first", "n_cross_cold") if c in ok.columns]
+    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
 
 
 def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
