@@ -1,6 +1,8 @@
 """TTFT against prefix length on instance B: its first request on a prefix that instance A
 stored in the shared LMCache server, and a never-seen prefix of the same length, each median
 with its 95% CI; the hit fraction from B's counters above each first request."""
+import textwrap
+
 import pandas as pd
 
 from kvreuse.plotting import COLORS, empty, platforms_in, plt, save
@@ -23,7 +25,7 @@ for p in platforms_in(ok):
         for _, r in s.iterrows():
             if pd.notna(r.hit_fraction):
                 ax.annotate(f"hits {r.hit_fraction:.0%}", (r.prefix_tokens, r.cross_first_ttft_median_ms),
-                            textcoords="offset points", xytext=(0, -10), ha="center", fontsize=6)
+                            textcoords="offset points", xytext=(0, 5), ha="center", va="bottom", fontsize=6)
 if len(ok):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("prefix tokens")
@@ -31,7 +33,7 @@ if len(ok):
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=6)
 else:
-    why = "; ".join(sorted({f"{r.platform}/{r.arm}: {r.reason}" for r in t.itertuples()})) if len(t) else "no run"
-    empty(ax, f"cross_instance not run ({why})")
+    why = sorted({f"{r.platform}/{r.arm}: {r.reason}" for r in t.itertuples()}) if len(t) else ["no run"]
+    empty(ax, "cross_instance not run\n" + "\n".join(textwrap.fill(w, 60) for w in why))
 save(fig, snakemake.output.pdf, snakemake.output.png,  # noqa: F821
      source="workflow/scripts/figures/cross_instance.py <- results/tables/cross_instance.csv")
