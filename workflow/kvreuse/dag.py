@@ -144,13 +144,19 @@ def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
     return [t for t in tables(config) if t in named]
 
 
+def figures(config: dict) -> list[str]:
+    """The figures of the configured tables (each figure is drawn from its table)."""
+    made = set(tables(config))
+    return [f for f in FIGURES if f in made]
+
+
 def figure_title(figure: str) -> str:
     return FIGURE_TITLES.get(figure, figure)
 
 
 def all_targets(config: dict) -> list[str]:
     return ([f"results/tables/{t}.csv" for t in tables(config)]
-            + [f"results/figures/{f}.pdf" for f in FIGURES]
+            + [f"results/figures/{f}.pdf" for f in figures(config)]
             + DOCUMENTS)
 
 

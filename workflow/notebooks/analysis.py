@@ -46,7 +46,7 @@ tables["restart"]
 # ## Across instances: B's first request on a prefix A stored, against a never-seen one
 
 # %%
-tables["cross_instance"]
+tables.get("cross_instance")  # None where the study has no cross_instance experiment
 
 # %% [markdown]
 # ## Runs and what was not run
