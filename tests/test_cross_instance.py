@@ -185,14 +185,24 @@ def spec(config, tmp_path, platform: str, experiment: str, arm: str = "lmcache_m
         config_hash="0" * 16, repo_dir=REPO, lmcache_dir=tmp_path / "lmcache" / platform)
 
 
+def flag_value(plan, flag: str = arm_plan.GPU_MEMORY_FLAG) -> str:
+    assert plan.vllm_args.count(flag) == 1, plan.vllm_args  # replaced, not duplicated
+    return plan.vllm_args[plan.vllm_args.index(flag) + 1]
+
+
 def test_the_experiments_gpu_share_replaces_the_platforms_flag(config, tmp_path):
     flag = arm_plan.GPU_MEMORY_FLAG
-    ours = experiments.arm_plan(spec(config, tmp_path, "h200", "cross_instance"), tmp_path / "a", has_cuda=True)
-    assert ours.vllm_args.count(flag) == 1 and ours.vllm_args[ours.vllm_args.index(flag) + 1] == "0.35"
-    assert "--enforce-eager" in ours.vllm_args  # the rest of the platform's extra_args stays
-    assert ours.lmcache_server is not None and ours.not_run_reason is None
-    theirs = experiments.arm_plan(spec(config, tmp_path, "h200", "restart"), tmp_path / "b", has_cuda=True)
-    assert theirs.vllm_args[theirs.vllm_args.index(flag) + 1] == "0.85"  # other experiments: the platform's
+    # a100: the platform profiles 0.85 of the GPU for one vLLM; the experiment's two take 0.35 each
+    ours = experiments.arm_plan(spec(config, tmp_path, "a100", "cross_instance"), tmp_path / "a", has_cuda=True)
+    assert flag_value(ours) == "0.35" and ours.lmcache_server is not None and ours.not_run_reason is None
+    theirs = experiments.arm_plan(spec(config, tmp_path, "a100", "restart"), tmp_path / "b", has_cuda=True)
+    assert flag_value(theirs) == "0.85"  # other experiments: the platform's
+    # h200: a fixed KV cache per vLLM (--kv-cache-memory-bytes) and a free-memory check of 0.15;
+    # the experiment's null keeps them, and the rest of the platform's extra_args stays
+    h200 = experiments.arm_plan(spec(config, tmp_path, "h200", "cross_instance"), tmp_path / "c", has_cuda=True)
+    assert config["platforms"]["h200"]["experiments"]["cross_instance"]["gpu_memory_utilization"] is None
+    assert flag_value(h200) == "0.15" and "--kv-cache-memory-bytes" in h200.vllm_args
+    assert "--enforce-eager" in h200.vllm_args
     assert arm_plan.set_flag(["--x", f"{flag}=0.9", "--y", "1", flag, "0.8"], flag, "0.3") == [
         "--x", "--y", "1", flag, "0.3"]
     assert arm_plan.set_flag(["--y"], flag, "0.3") == ["--y", flag, "0.3"]

@@ -78,8 +78,10 @@ async def cross_instance(c: Context, p: dict) -> None:
 
     Both instances run with the experiment's ``gpu_memory_utilization`` (kvreuse.plan), since
     they share one GPU and the LMCache server keeps the memory a stopped vLLM registered with
-    it. The meta's params record the keys as run (defaults filled in); its ``stops`` say when A
-    stopped. Hits (B's ``vllm:external_prefix_cache_hits``, LMCache's) and whether B's outputs
+    it (null: the platform's, e.g. a fixed KV cache each). The meta's params record the keys as
+    run (defaults filled in); its ``stops`` say when A stopped. On a GPU node whose jobs share
+    the GPU, A's stop releases the measurement lock until B is ready (kvreuse.gpu_share):
+    another job may measure meanwhile, never while B does. Hits (B's ``vllm:external_prefix_cache_hits``, LMCache's) and whether B's outputs
     equal A's are read in aggregation."""
     if c.plan.lmcache_server is None:
         raise ConfigError(f"experiments.cross_instance: arm {c.spec.arm_name!r} has no LMCache server "
