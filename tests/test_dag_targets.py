@@ -123,6 +123,9 @@ def test_tables_figures_and_targets(config):
                (Path(p).stem for p in dag.figure_tables(f)))
     assert targets[-3:] == ["results/notebooks/analysis.ipynb", "paper/build/kvreuse.pdf", "paper/build/kvreuse.md"]
     assert set(dag.FIGURE_TITLES) == set(dag.FIGURES)
+    # a figure is drawn from its table: an experiment left out of the study has neither
+    assert dag.figures(config) == dag.FIGURES and "results/figures/cross_instance.pdf" in targets
+    assert "serving" not in dag.figures(cfg) and "serving" not in dag.tables(cfg)
     assert dag.figure_title("restart") == "Restart persistence" and dag.figure_title("new") == "new"
 
 

@@ -139,8 +139,8 @@ def test_server_arm_command_line_and_connector(config, h100, tmp_path, arm):
     run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
     argv = [sys.executable, "-m", "lmcache.cli.main", "server", "--host", "127.0.0.1",
             "--port", "42001", "--http-host", "127.0.0.1", "--http-port", "43001",
-            "--chunk-size", "256", "--hash-algorithm", "blake3", "--l1-size-gb", "27.0",
-            "--eviction-policy", "LRU"]
+            "--chunk-size", "256", "--hash-algorithm", "blake3",
+            "--l1-size-gb", str(float(config["arms"][arm]["lmcache"]["cpu_gb"])), "--eviction-policy", "LRU"]
     if arm == "lmcache_mp_l2":
         argv += ["--l2-adapter", json.dumps({"type": "fs", "base_path": f"{run_store}/l2"},
                                             separators=(",", ":"))]

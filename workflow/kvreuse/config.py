@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
-               "random_overhead")
+               "random_overhead", "cross_instance")
 
 
 #: vLLM flags that kvreuse sets itself; in ``extra_args`` they would move the server off
@@ -198,6 +198,10 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
         out = "output_tokens" if params.get("output_tokens") is not None else "client.max_tokens"
         return (params["system_tokens"] + params["context_tokens"] + params.get("output_tokens", max_tokens),
                 f"system_tokens + context_tokens + {out}")
+    if exp == "cross_instance":
+        lengths = schema.get(params, "experiments", exp, "prefix_tokens_list")
+        return (max(lengths) + params["suffix_tokens"] + max_tokens,
+                "max(prefix_tokens_list) + suffix_tokens + client.max_tokens")
     if exp == "prefix_sweep":
         lengths = params["prefix_tokens_list"]
         if lengths == "auto":
@@ -213,6 +217,12 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
     # baseline, cold_warm, restart: the schema requires both keys
     return (params["prefix_tokens"] + params["suffix_tokens"] + max_tokens,
             "prefix_tokens + suffix_tokens + client.max_tokens")
+
+
+def is_server_arm(arm: dict) -> bool:
+    """An arm with a standalone LMCache server (``lmcache.mode: server``), which several vLLM
+    instances can share."""
+    return (arm.get("lmcache") or {}).get("mode") == "server"
 
 
 def check(config: dict) -> None:
@@ -267,6 +277,13 @@ def check(config: dict) -> None:
                     f"experiments.restart on platform {p}: compat: true sends one literal prompt, "
                     f"which cannot have the {len(params['prefix_tokens_list'])} lengths of "
                     f"prefix_tokens_list (allowed: compat: false, or one length)")
+            if exp == "cross_instance":  # its two instances share the arm's LMCache server
+                shared = sorted(a for a, c in config["arms"].items() if is_server_arm(c))
+                for arm in params["arms"]:
+                    if not is_server_arm(config["arms"][arm]):
+                        raise ConfigError(f"{key}: {arm!r} has no LMCache server for the two instances "
+                                          f"to share (allowed: arms with lmcache.mode 'server': "
+                                          f"{', '.join(shared) or 'none defined'})")
             limit = server_config(config, p)["max_model_len"]
             need, how = prompt_tokens_needed(exp, params, config["client"]["max_tokens"])
             if need > limit:
@@ -284,7 +301,7 @@ def check(config: dict) -> None:
                              "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")
         if arm.get("offload") is not None:
             vllm_offload.check_arm(name, arm)
-        if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
+        if arm.get("restart_lmcache_server") and not is_server_arm(arm):
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")
 

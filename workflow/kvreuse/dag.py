@@ -25,7 +25,8 @@ from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
-           "reload_vs_recompute", "break_even"]
+           "reload_vs_recompute", "break_even",
+           "cross_instance"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
 DERIVED_TABLES = {"reload_vs_recompute": "restart", "break_even": "restart"}
 #: figures drawn from more than their own table (``results/tables/<figure>.csv``): every table
@@ -54,6 +55,7 @@ FIGURE_TITLES = {
     "random_overhead": "Unique prompts (LMCache overhead)",
     "reload_vs_recompute": "Reload vs recompute after a restart",
     "break_even": "Break-even prefix length per store",
+    "cross_instance": "Across instances: one LMCache server, two vLLMs",
 }
 #: what `rule all` builds besides the tables and figures (the artifact is built on request:
 #: `snakemake ... artifact`, README)
@@ -148,6 +150,12 @@ def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
     return [t for t in tables(config) if t in named]
 
 
+def figures(config: dict) -> list[str]:
+    """The figures of the configured tables (each figure is drawn from its table)."""
+    made = set(tables(config))
+    return [f for f in FIGURES if f in made]
+
+
 def figure_title(figure: str) -> str:
     return FIGURE_TITLES.get(figure, figure)
 
@@ -159,7 +167,7 @@ def figure_tables(figure: str) -> list[str]:
 
 def all_targets(config: dict) -> list[str]:
     return ([f"results/tables/{t}.csv" for t in tables(config)]
-            + [f"results/figures/{f}.pdf" for f in FIGURES]
+            + [f"results/figures/{f}.pdf" for f in figures(config)]
             + DOCUMENTS)
 
 

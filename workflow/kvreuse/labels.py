@@ -118,6 +118,20 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "ci_high": ("95% CI high", "tokens"),
     "break_even_ci95": ("Break-even 95% CI", "tokens"),
     "n_per_length": ("Reloads/recomputes per length", None),
+    # cross_instance: instance B's first request on A's prefix against a never-seen one
+    "instance_a_stopped": ("A stopped", None),
+    "n_cross_first": ("First on A's prefix n", None),
+    "n_cross_cold": ("Never-seen n", None),
+    "cross_first_ttft_median_ms": ("First on A's prefix", "ms"),
+    "cross_first_ttft_ci95_lo_ms": ("First on A's prefix 95% CI low", "ms"),
+    "cross_first_ttft_ci95_hi_ms": ("First on A's prefix 95% CI high", "ms"),
+    "cross_first_ttft_ci95_ms": ("First on A's prefix 95% CI", "ms"),
+    "cross_cold_ttft_median_ms": ("Never-seen on B", "ms"),
+    "cross_cold_ttft_ci95_lo_ms": ("Never-seen on B 95% CI low", "ms"),
+    "cross_cold_ttft_ci95_hi_ms": ("Never-seen on B 95% CI high", "ms"),
+    "cross_cold_ttft_ci95_ms": ("Never-seen on B 95% CI", "ms"),
+    "lmcache_hit_tokens": ("LMCache lookup hits", "tokens"),
+    "cross_cold_hit_tokens": ("Never-seen hits", "tokens"),
     # comparisons: baseline (e.g. cold) against treatment (e.g. warm)
     "baseline": ("Baseline", None),
     "treatment": ("Against", None),
@@ -190,6 +204,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "e2e_delta_ci95_pct": ("e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"),
     "reload_minus_recompute_ci95_ms": ("reload_minus_recompute_ci95_lo_ms", "reload_minus_recompute_ci95_hi_ms"),
     "break_even_ci95": ("ci_low", "ci_high"),
+    "cross_first_ttft_ci95_ms": ("cross_first_ttft_ci95_lo_ms", "cross_first_ttft_ci95_hi_ms"),
+    "cross_cold_ttft_ci95_ms": ("cross_cold_ttft_ci95_lo_ms", "cross_cold_ttft_ci95_hi_ms"),
 }
 
 

@@ -306,6 +306,34 @@ def reload_context(t: dict[str, pd.DataFrame]) -> dict:
             "models": [r for r in rows if r["estimate"] == "model"]}
 
 
+def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
+    """What the write-up says of cross_instance.csv: its measured rows (one per platform, arm
+    and prefix length), each with its direction by the CI of the time saved (``faster``: the CI
+    above zero, ``slower``: below, ``unresolved``: around it, ``no_ci``: fewer than two pairs)
+    whether A was stopped before B started (``a_stopped``), whether B's outputs equal A's
+    (``same_output``; None: not recorded) and whether that run's LMCache recorded its torch
+    fallback; the same rows as a table (``table``, None without any); and the runs that did not
+    run, with their reason. Neither: no run of the experiment in the results."""
+    rows, not_run = [], []
+    for r in _rows(t):
+        if r.get("status") != "ok":
+            not_run.append(r)
+            continue
+        lo, hi = r.get("diff_ci95_lo_ms"), r.get("diff_ci95_hi_ms")
+        if not (claims.is_number(lo) and claims.is_number(hi)):
+            direction = "no_ci"
+        else:
+            direction = "faster" if lo > 0 else "slower" if hi < 0 else "unresolved"
+        equal = r.get("output_equal")
+        rows.append({**r, "direction": direction,
+                     "a_stopped": claims.is_number(r.get("instance_a_stopped")) and bool(r["instance_a_stopped"]),
+                     "same_output": bool(equal) if claims.is_number(equal) else None,
+                     "fallback": (r["platform"], "cross_instance", r["arm"]) in kernels["fallback"]})
+    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
+    counts = [c for c in ("prefix_tokens", "n_cross_first", "n_cross_cold") if c in ok.columns]
+    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
+
+
 def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
     """The claims table as the write-up shows it: every row, the verdicts per study, each
     group's rows (the cited tables of the sections), and the GPUs the studies name that we did
@@ -406,6 +434,9 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
             "lmcache_server_memory": lmcache_server_memory(_platform_rows(runs)),
+
+
+            "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),
             "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,

@@ -15,7 +15,9 @@ Version history:
      every record; later, the optional field ``server_run`` in phases and records (files
      without it read as before: one server run); later, the optional meta fields ``offload``
      (vLLM's own offloading arms) and ``gpu_share`` (a job's holds of a GPU node's measurement
-     lock); files without them read them as None
+     lock); files without them read them as None;
+     later, the phase kinds ``cross_first`` and ``cross_cold`` and the optional phase field
+     ``instance`` (experiment cross_instance; additive: files without them read as before)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ PHASE_KINDS = (
     "measured",             # baseline: requests sharing one system prompt, APC off
     "cold",                 # a prefix never seen by any cache
     "warm",                 # a prefix seen before, on the same server
-    "populate",             # restart: the first request, which fills the caches
+    "populate",             # restart, cross_instance: the first request, which fills the caches
     "post_restart_first",   # restart: a populate prompt again, the first on its prefix after the restart
     "post_restart_steady",  # restart: later requests on the populated prefix
     "post_restart_cold",    # restart: a never-seen prefix on the restarted server
@@ -49,6 +51,9 @@ PHASE_KINDS = (
     "rate",                 # serving: vllm bench serve at a request rate
     "repeat",               # random-prompt overhead: one pass over the unique prompts (``repeat``)
                             # in one of an arm's server runs (``server_run``)
+    "cross_first",          # cross_instance: instance B's first request on a prefix that instance A
+                            # stored in the shared LMCache server (A's ``populate`` prompt again)
+    "cross_cold",           # cross_instance: a never-seen prefix of the same length on instance B
 )
 
 
@@ -71,6 +76,7 @@ class Phase:
     turn: int | None = None
     context_tokens: int | None = None
     server_run: int | None = None  # which of an arm's separate server runs (kvreuse.alternating)
+    instance: str | None = None    # the named vLLM instance it ran on (cross_instance: a, b); None: the run's one
     after_restart: bool = False
     bench_summary: dict | None = None  # vllm bench serve's own summary (kind rate, fidelity_bench)
     lmcache_log: dict | None = None    # LMCache's retrieve/store log lines of this phase

@@ -17,7 +17,7 @@ RUN_PLATFORMS = dag.run_platforms(config)
 EXPERIMENTS = dag.experiments(config)
 MODELS_DIR = config["paths"]["models"]
 LMCACHE_DIR = config["paths"]["lmcache"]
-FIGURES = dag.FIGURES
+FIGURES = dag.figures(config)
 TABLES = dag.tables(config)
 
 # The citable artifact (workflow/rules/artifact.smk). With artifact.source set, the raw results
