@@ -8,10 +8,11 @@
 # logs come back in $OUT after every step (run-targets.sh), so an interruption loses one step's
 # work, not the campaign's.
 #
-# NEW_CAMPAIGN=1 (the first step) drops the committed raw results of the platform from this copy
-# of the tree: they are superseded by this campaign (git keeps them), and a kept output would not
-# be measured again. Later steps start from the tree (where each step's results were committed)
-# and $KEEP (this host's state). The stores' disk cap is the free disk less a margin
+# The campaign's state is this host's $KEEP: the tree's committed raw results of the platform
+# are dropped from this copy (they are superseded by the campaign, git keeps them, and a kept
+# output would not be measured again), unless TREE_RESULTS=1 (a host lent anew mid-campaign: the
+# tree then holds the campaign's results committed so far). NEW_CAMPAIGN=1 (the first step)
+# also drops an earlier campaign's state on this host. The stores' disk cap is the free disk less a margin
 # (profiles/gpu-node caps the rest).
 set -uo pipefail
 platform="${1:?usage: campaign-step.sh PLATFORM [TARGET...]}"; shift
@@ -20,10 +21,13 @@ site="${SITE:-/root/site}"
 export KEEP="${KEEP:-/root/keep}"
 export PYTHONPATH="$site:$PWD/workflow"
 export DROP_STORES=1  # run-targets.sh: stores left by runs cut off at the budget are deleted
-if [[ "${NEW_CAMPAIGN:-0}" == 1 ]]; then
-  echo "campaign-step: a new campaign: the committed results/raw/$platform and" \
-       "results/benchmarks/$platform of this tree are superseded by it"
-  rm -rf "results/raw/$platform" "results/benchmarks/$platform" "$KEEP/results/raw/$platform"
+if [[ "${NEW_CAMPAIGN:-0}" == 1 ]]; then  # nothing of an earlier campaign on this host counts
+  rm -rf "$KEEP/results/raw/$platform" "$KEEP/results/benchmarks/$platform"
+fi
+if [[ "${TREE_RESULTS:-0}" != 1 ]]; then
+  echo "campaign-step: this tree's results/raw/$platform and results/benchmarks/$platform are" \
+       "superseded by the campaign (its state on this host: $KEEP; TREE_RESULTS=1 keeps the tree's)"
+  rm -rf "results/raw/$platform" "results/benchmarks/$platform"
 fi
 free_gb=$(df -P --block-size=1G . | awk 'NR==2 {print $4}')
 disk_cap=$(( free_gb > 12 ? free_gb - 10 : 1 ))
