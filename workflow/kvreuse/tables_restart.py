@@ -21,6 +21,10 @@ RESTART_KINDS = ("populate", "warm", "post_restart_first", "post_restart_steady"
                  "cold_reference")
 
 
+#: vLLM offloading's wait for its secondary (file) tier's asynchronous lookups, seconds (sum)
+OFFLOAD_LOOKUP_WAIT = "vllm:kv_offload_lookup_async_delay_seconds_sum"
+
+
 def connector_kind(m: RunMeta) -> str:
     """Which KV connector the arm loads through: ``lmcache``, ``vllm_offload`` or ``none`` (APC)."""
     arm = m.arm_config or {}
@@ -119,6 +123,10 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
                 hit = sum(verdict.hits(m, ph.counters) for ph, _ in loads)
                 row["reload_bytes_per_hit_token"] = nbytes / hit if hit else np.nan
                 row["load_source"] = loads[0][1][2]
+            # vLLM's offloading: the wait for its secondary tiers' lookups before a load (s, summed)
+            wait = [ph.counters.get(OFFLOAD_LOOKUP_WAIT, 0.0) for ph in mm.phases_of("post_restart_first")]
+            if sum(wait) > 0:
+                row["reload_lookup_wait_ms"] = 1000 * float(np.median(wait))
             row.update({k: v for k, v in judged.items() if k != "output_equal"})
             for kind in [k for k in RESTART_KINDS if k in by_kind]:
                 row[f"{kind}_n"] = by_kind[kind]["n"]

@@ -58,7 +58,8 @@ CONNECTOR_FLAGS = ("--kv-transfer-config", "--kv-offloading-size", "--kv-offload
 def connector(meta: RunMeta) -> bool:
     """Whether the run's vLLM had a KV connector (an LMCache arm, or vLLM's own offloading):
     its hits after a restart are the connector's (external) ones."""
-    if (meta.arm_config or {}).get("lmcache") is not None:
+    arm = meta.arm_config or {}
+    if arm.get("lmcache") is not None or arm.get("offload") is not None:
         return True
     args = (meta.server or {}).get("vllm_args") or []
     return any(str(a).split("=", 1)[0] in CONNECTOR_FLAGS for a in args)
