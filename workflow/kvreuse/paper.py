@@ -277,6 +277,9 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             llama_config: Path, repo: Path, cite: dict | None = None,
             attempts: list[dict] | None = None) -> dict:
     t = claims.measured_rows({name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"})
+    for df in t.values():  # tables made before the marked arm label: the arm itself
+        if "arm" in df.columns and "arm_label" not in df.columns:
+            df.insert(list(df.columns).index("arm") + 1, "arm_label", df["arm"])
     md = {name: p.with_suffix(".md").read_text() for name, p in tables.items() if p.with_suffix(".md").exists()}
     cited = yaml.safe_load(cited_path.read_text())
     llama = json.loads(llama_config.read_text())

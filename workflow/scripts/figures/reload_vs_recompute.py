@@ -7,6 +7,7 @@ loads against the links' nominal bandwidth.
 """
 import pandas as pd
 
+from kvreuse.kernels import NOT_APPLICABLE as NO_LMCACHE
 from kvreuse.plotting import empty, platforms_in, plt, save
 from kvreuse.rulelog import to_rule_log
 
@@ -34,7 +35,7 @@ for (ax, gx), p in zip(axes, plats):
         ax.plot(a.prefix_tokens, a.recompute_ttft_ms, marker=m, ms=3, ls="--", color=c, alpha=0.6,
                 label=f"{arm}: TTFT recomputing the same length")
         gx.plot(a.prefix_tokens, a.achieved_gb_s, marker=m, ms=4, color=c,
-                label=f"{arm}" + (f" (LMCache kernels: {kernels})" if kernels != "n/a" else ""))
+                label=f"{arm}" + (f" (LMCache kernels: {kernels})" if kernels != NO_LMCACHE else ""))
     apc = one.dropna(subset=["apc_cold_ttft_ms"]).drop_duplicates("prefix_tokens")
     if len(apc):
         ax.plot(apc.prefix_tokens, apc.apc_cold_ttft_ms, color="#444444", lw=1, marker=".",

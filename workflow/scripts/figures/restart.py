@@ -2,6 +2,8 @@
 the restart, and a never-seen prefix after the restart (the recompute reference); the verdict
 from counters and outputs above each arm, whose name is marked where LMCache's kernels did not
 load ("(torch fallback)")."""
+import textwrap
+
 import numpy as np
 import pandas as pd
 
@@ -28,7 +30,9 @@ for ax, p in zip(axes[:, 0], plats):
     ax.set_ylim(0, top * 1.2)  # headroom for the verdicts
     for i, r in sub.iterrows():
         if r.status != "ok":
-            ax.text(i, 0, f"not run:\n{r.reason}", ha="center", va="bottom", fontsize=6, rotation=90)
+            # the reason, shortened to fit beside the bars (restart.csv has it whole)
+            ax.text(i, 0, "not run:\n" + textwrap.shorten(str(r.reason), 40, placeholder="..."),
+                    ha="center", va="bottom", fontsize=5, rotation=90)
         else:
             # the verdict (kvreuse.verdict) where the table has one, else the boolean
             v = r.get("verdict") if isinstance(r.get("verdict"), str) else (
@@ -37,7 +41,7 @@ for ax, p in zip(axes[:, 0], plats):
                 v = f"partial ({r['hit_fraction']:.0%})"
             ax.text(i, top * 1.06, v, ha="center", fontsize=7)
     # the arm as the table labels it: marked where LMCache ran its torch fallback (kvreuse.kernels)
-    ax.set_xticks(x, sub.arm_label if "arm_label" in sub else sub.arm, fontsize=7)
+    ax.set_xticks(x, sub.arm_label if "arm_label" in sub else sub.arm, fontsize=6, rotation=20, ha="right")
     ax.set_ylabel("TTFT median (ms)")
     archived = "freshness" in sub and len(sub) and (sub.freshness == "archived").all()
     ax.set_title(f"{p}{' (archived results)' if archived else ''}: the KV cache across a vLLM restart "
