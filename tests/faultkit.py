@@ -216,6 +216,8 @@ def small_config(config: dict) -> dict:
             c["experiments"][exp].update(over)
     for params in c["experiments"].values():  # LMCache arms need CUDA: not run here anyway
         params["arms"] = [a for a in params["arms"] if not c["arms"][a].get("lmcache")]
+    # an experiment of LMCache arms only (cross_instance) has none left: left out
+    c["experiments"] = {e: params for e, params in c["experiments"].items() if params["arms"]}
     return c
 
 

@@ -16,10 +16,10 @@ import pandas as pd
 
 #: the tables of a run of every experiment on the CPU
 TABLES = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
-          "random_overhead", "runs", "cost", "fidelity", "reload_vs_recompute")
+          "random_overhead", "runs", "cost", "fidelity", "reload_vs_recompute", "break_even")
 #: columns that say which row it is (the rest are measurements, which vary run to run)
 KEYS = ("platform", "experiment", "arm", "phase", "kind", "prefix_tokens", "turn",
-        "context_tokens", "request_rate", "status", "n", "n_requests", "completed", "link")
+        "context_tokens", "request_rate", "status", "n", "n_requests", "completed", "link", "estimate")
 
 
 def _plain(v):

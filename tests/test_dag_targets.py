@@ -8,6 +8,7 @@ import copy
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,8 +97,9 @@ def test_each_table_reads_its_experiments_raw_files(config, tmp_path):
     assert dag.table_inputs(cfg, "runs", not_pinned, tmp_path) == raw
     assert dag.table_inputs(cfg, "cost", not_pinned, tmp_path) == raw
     assert dag.table_inputs(cfg, "fidelity", not_pinned, tmp_path) == dag.raw_inputs(cfg, "serving", not_pinned, tmp_path)
-    assert (dag.table_inputs(cfg, "reload_vs_recompute", not_pinned, tmp_path)
-            == dag.raw_inputs(cfg, "prefix_sweep", not_pinned, tmp_path))
+    for derived in ("reload_vs_recompute", "break_even"):  # reload against recompute: the restart's runs
+        assert (dag.table_inputs(cfg, derived, not_pinned, tmp_path)
+                == dag.raw_inputs(cfg, "restart", not_pinned, tmp_path))
     assert dag.table_inputs(cfg, "multiturn", not_pinned, tmp_path) == [
         "results/raw/cpu/multiturn/apc.jsonl", "results/raw/cpu/multiturn/apc.meta.json"]
     assert dag.benchmark_inputs(cfg, "cost", not_pinned, tmp_path) == dag.benchmark_files(cfg, not_pinned, tmp_path)
@@ -107,13 +109,23 @@ def test_each_table_reads_its_experiments_raw_files(config, tmp_path):
 def test_tables_figures_and_targets(config):
     cfg = study(config, experiments={k: v for k, v in reversed(config["experiments"].items()) if k != "serving"})
     assert dag.experiments(cfg) == [e for e in kc.EXPERIMENTS if e != "serving"]  # the study's order
-    assert dag.tables(cfg) == dag.experiments(cfg) + ["runs", "cost", "fidelity", "accounting", "reload_vs_recompute",
-                                                     "comparisons"]
+    assert dag.tables(cfg) == dag.experiments(cfg) + ["runs", "cost", "fidelity", "accounting", "interference",
+                                                     "reload_vs_recompute", "break_even", "comparisons"]
     targets = dag.all_targets(config)
     assert targets[0] == "results/tables/baseline.csv"
-    assert "results/figures/reload_vs_recompute.pdf" in targets
+    assert {"results/figures/reload_vs_recompute.pdf", "results/figures/break_even.pdf"} <= set(targets)
+    # a figure's inputs: its own table first, then any other it reads
+    assert dag.figure_tables("cold_warm") == ["results/tables/cold_warm.csv"]
+    assert dag.figure_tables("break_even") == ["results/tables/break_even.csv",
+                                               "results/tables/reload_vs_recompute.csv"]
+    assert dag.figure_tables("restart")[0] == "results/tables/restart.csv"
+    assert all(t in dag.tables(config) for f in dag.FIGURES for t in
+               (Path(p).stem for p in dag.figure_tables(f)))
     assert targets[-3:] == ["results/notebooks/analysis.ipynb", "paper/build/kvreuse.pdf", "paper/build/kvreuse.md"]
     assert set(dag.FIGURE_TITLES) == set(dag.FIGURES)
+    # a figure is drawn from its table: an experiment left out of the study has neither
+    assert dag.figures(config) == dag.FIGURES and "results/figures/cross_instance.pdf" in targets
+    assert "serving" not in dag.figures(cfg) and "serving" not in dag.tables(cfg)
     assert dag.figure_title("restart") == "Restart persistence" and dag.figure_title("new") == "new"
 
 
@@ -134,7 +146,8 @@ def test_run_params_hash_only_what_the_run_reads(config):
 def test_lmcache_preflight_lists_the_platforms_lmcache_runs(config):
     params = dag.lmcache_preflight_params(config, "cpu")
     assert params["store_root"] == "resources/lmcache/cpu"
-    assert ["restart", "lmcache_mp_l2"] in params["runs"] and ["prefix_sweep", "lmcache_fs"] in params["runs"]
+    assert ["restart", "lmcache_mp_l2"] in params["runs"] and ["restart", "lmcache_fs"] in params["runs"]
+    assert not any(e == "prefix_sweep" for e, _ in params["runs"])  # the sweep: APC only
     assert all(dag.uses_lmcache(config, arm) for _, arm in params["runs"])
     assert set(params["arms"]) == {arm for _, arm in params["runs"]}
     assert not dag.uses_lmcache(config, "apc")
@@ -145,6 +158,7 @@ def test_lmcache_preflight_lists_the_platforms_lmcache_runs(config):
 def test_table_params_give_reload_vs_recompute_the_link_bandwidths(config):
     links = dag.table_params(config, "reload_vs_recompute")["links_gb_s"]
     assert links["h100"] == {"pcie_gen5_x16": 64} and links["cpu"] == {}
+    assert dag.table_params(config, "break_even") == dag.table_params(config, "reload_vs_recompute")
     assert dag.table_params(config, "restart") == {}
 
 

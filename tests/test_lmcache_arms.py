@@ -1,6 +1,6 @@
 """LMCache arms without CUDA or LMCache: the generated configs and command lines, the not-run
 path on CPU, the restart and sweep logic (on a stand-in session), store listing, log and
-metric parsing, the preflight and the reload-vs-recompute table."""
+metric parsing and the preflight (the reload-vs-recompute tables: tests/test_breakeven.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import yaml
 
 from kvreuse import experiments, metrics, results, verdict
 from kvreuse import plan as arm_plan
-from kvreuse.aggregate import reload_vs_recompute_table
 from kvreuse.config import check, server_config
 from kvreuse.errors import ConfigError, PreflightError
 from kvreuse.lmcache import flags, logs, settings
@@ -107,14 +106,14 @@ def test_restart_lmcache_server_needs_a_server_arm(config):
 # -- generated configs and command lines -----------------------------------------------------
 @pytest.mark.parametrize("arm, store", [
     ("lmcache_cpu", {}),
-    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 24.0}),
+    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 27.0}),
     ("lmcache_fs", {"remote_storage_plugins": ["fs"], "remote_serde": "naive",
                     "extra_config": {"remote_storage_plugin.fs.base_path": "{store}/fs"}}),
 ])
 def test_in_process_arm_config_file_flags_and_env(config, h100, tmp_path, arm, store):
     p = make_plan(config, h100, arm, tmp_path)
     run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
-    expected = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 20.0,
+    expected = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 27.0,
                 "pre_caching_hash_algorithm": "sha256_cbor", "save_unfull_chunk": False,
                 "internal_api_server_enabled": True, "internal_api_server_host": "127.0.0.1",
                 "internal_api_server_port_start": PORTS["internal_api"] - 1,
@@ -140,8 +139,8 @@ def test_server_arm_command_line_and_connector(config, h100, tmp_path, arm):
     run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
     argv = [sys.executable, "-m", "lmcache.cli.main", "server", "--host", "127.0.0.1",
             "--port", "42001", "--http-host", "127.0.0.1", "--http-port", "43001",
-            "--chunk-size", "256", "--hash-algorithm", "blake3", "--l1-size-gb", "20.0",
-            "--eviction-policy", "LRU"]
+            "--chunk-size", "256", "--hash-algorithm", "blake3",
+            "--l1-size-gb", str(float(config["arms"][arm]["lmcache"]["cpu_gb"])), "--eviction-policy", "LRU"]
     if arm == "lmcache_mp_l2":
         argv += ["--l2-adapter", json.dumps({"type": "fs", "base_path": f"{run_store}/l2"},
                                             separators=(",", ":"))]
@@ -295,23 +294,23 @@ def test_restart_verdict_comes_from_external_hits_for_lmcache(config, h100, tmp_
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
     # vLLM's own prefix hits after the restart do not count for an LMCache arm
     s = FakeSession(p, config["arms"]["lmcache_fs"],
-                    {"post_restart_first_0": {"vllm:prefix_cache_hits": 512.0}})
+                    {"post_restart_first_1024_0": {"vllm:prefix_cache_hits": 512.0}})
     s.run(experiments.restart, {**RESTART, "cold_reference": "unseen_prefix"})
     assert s.verdict["verdict"] == verdict.NOT_PERSISTED and s.verdict["output_equal"] is True
     assert [e for e in s.events if e[0] != "phase"] == [("start", True), ("stop", False), ("start", True)]
     # a warm-up (never-seen prompts) after each start; the run itself no longer judges
-    assert list(s.phases) == ["warmup", "populate_0", "warm_0", "warmup_post_restart", "post_restart_first_0",
-                              "post_restart_cold_0", "post_restart_steady"]
+    assert list(s.phases) == ["warmup", "populate_1024_0", "warm_1024_0", "warmup_post_restart",
+                              "post_restart_first_1024_0", "post_restart_cold_1024_0", "post_restart_steady"]
     assert "store_after_stop" in s.extra_meta and "persisted" not in s.extra_meta
     # all the reusable tokens from the store, but another output: partial, not persisted
     s = FakeSession(p, config["arms"]["lmcache_fs"],
-                    {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0}},
-                    outputs={"post_restart_first_0": [1, 2]})
+                    {"post_restart_first_1024_0": {"vllm:external_prefix_cache_hits": 1024.0}},
+                    outputs={"post_restart_first_1024_0": [1, 2]})
     s.run(experiments.restart, RESTART)
     assert s.verdict["verdict"] == verdict.PARTIAL and s.verdict["persisted_hit_tokens"] == 1024.0
     assert s.verdict["hit_fraction"] == 1.0 and s.verdict["output_equal"] is False
     s = FakeSession(p, config["arms"]["lmcache_fs"],
-                    {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0}})
+                    {"post_restart_first_1024_0": {"vllm:external_prefix_cache_hits": 1024.0}})
     s.run(experiments.restart, RESTART)
     assert s.verdict["verdict"] == verdict.PERSISTED and s.verdict["reusable_tokens"] == 1024
 
@@ -320,8 +319,8 @@ def test_restart_warmups_come_before_populate_and_after_the_restart(config, h100
     p = make_plan(config, h100, "lmcache_mp", tmp_path)
     s = FakeSession(p, config["arms"]["lmcache_mp"], {})
     s.run(experiments.restart, {**RESTART, "warmup_requests": 5})
-    assert list(s.phases)[:3] == ["warmup", "populate_0", "warm_0"]
-    assert list(s.phases)[3:5] == ["warmup_post_restart", "post_restart_first_0"]
+    assert list(s.phases)[:3] == ["warmup", "populate_1024_0", "warm_1024_0"]
+    assert list(s.phases)[3:5] == ["warmup_post_restart", "post_restart_first_1024_0"]
     assert ("stop", False) in s.events  # lmcache_mp: only vLLM restarts
     # the warm-up after the restart is never-seen: none of its prompts was sent before
     sent = s.ctx.recorder.sent
@@ -335,15 +334,15 @@ def test_restart_fresh_apc_reference_and_server_restart(config, h100, tmp_path):
     s.run(experiments.restart, {**RESTART, "cold_reference": "fresh_apc"})
     assert [e for e in s.events if e[0] != "phase"] == [
         ("start", True), ("stop", True), ("start", True), ("stop", True), ("start", False)]
-    assert "cold_reference_0" in s.phases and s.extra_meta["output_equal_cold_reference"] is True
-    assert list(s.phases)[-2:] == ["warmup_cold_reference", "cold_reference_0"]  # a warm-up after that start too
+    assert "cold_reference_1024_0" in s.phases and s.extra_meta["output_equal_cold_reference"] is True
+    assert list(s.phases)[-2:] == ["warmup_cold_reference", "cold_reference_1024_0"]  # a warm-up after that start too
 
 
 def test_restart_apc_arm_verdict_from_its_own_hits(config, h100, tmp_path):
     server, model = h100
     p = arm_plan.plan("apc", config["arms"]["apc"], server=server, model=model, run_dir=tmp_path)
     # 16 of 1024 reusable tokens: no longer "persisted" (it was, as hits > 0): partial
-    s = FakeSession(p, config["arms"]["apc"], {"post_restart_first_0": {"vllm:prefix_cache_hits": 16.0}})
+    s = FakeSession(p, config["arms"]["apc"], {"post_restart_first_1024_0": {"vllm:prefix_cache_hits": 16.0}})
     s.run(experiments.restart, {**RESTART, "cold_reference": "none"})
     assert s.verdict["verdict"] == verdict.PARTIAL and s.verdict["hit_fraction"] == pytest.approx(16 / 1024)
     assert "store_after_stop" not in s.extra_meta
@@ -352,23 +351,60 @@ def test_restart_apc_arm_verdict_from_its_own_hits(config, h100, tmp_path):
 
 def test_restart_with_n_cold_interleaves_first_and_cold_per_prefix(config, h100, tmp_path):
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
-    hits = {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0},
-            "post_restart_first_1": {"vllm:external_prefix_cache_hits": 512.0},
-            "post_restart_first_2": {"vllm:external_prefix_cache_hits": 1024.0}}
+    hits = {"post_restart_first_1024_0": {"vllm:external_prefix_cache_hits": 1024.0},
+            "post_restart_first_1024_1": {"vllm:external_prefix_cache_hits": 512.0},
+            "post_restart_first_1024_2": {"vllm:external_prefix_cache_hits": 1024.0}}
     s = FakeSession(p, config["arms"]["lmcache_fs"], hits)
     s.run(experiments.restart, {**RESTART, "n_cold": 3})
     assert list(s.phases) == [
-        "warmup", "populate_0", "warm_0", "populate_1", "warm_1", "populate_2", "warm_2",
-        "warmup_post_restart", "post_restart_first_0", "post_restart_cold_0", "post_restart_first_1",
-        "post_restart_cold_1", "post_restart_first_2", "post_restart_cold_2", "post_restart_steady"]
-    assert [s.phases[f"post_restart_first_{i}"]["repeat"] for i in range(3)] == [0, 1, 2]
-    assert all(s.phases[f"post_restart_cold_{i}"]["after_restart"] for i in range(3))
+        "warmup", "populate_1024_0", "warm_1024_0", "populate_1024_1", "warm_1024_1", "populate_1024_2", "warm_1024_2",
+        "warmup_post_restart", "post_restart_first_1024_0", "post_restart_cold_1024_0", "post_restart_first_1024_1",
+        "post_restart_cold_1024_1", "post_restart_first_1024_2", "post_restart_cold_1024_2", "post_restart_steady"]
+    assert [s.phases[f"post_restart_first_1024_{i}"]["repeat"] for i in range(3)] == [0, 1, 2]
+    assert all(s.phases[f"post_restart_cold_1024_{i}"]["after_restart"] for i in range(3))
     # each prefix is its own, and its first request after the restart is the populate prompt
     firsts = [r for r in s.ctx.recorder.records if r.phase_kind == "post_restart_first"]
     assert len({r.prompt_tokens for r in firsts}) == 1 and len(firsts) == 3
     v = s.verdict
     assert v["verdict"] == verdict.PERSISTED and v["hit_fraction"] == 1.0  # the median prefix
     assert v["hit_fraction_min"] == 0.5 and v["n_prefixes"] == 3 and v["n_prefixes_persisted"] == 2
+
+
+def test_restart_over_prefix_lengths_populates_all_then_interleaves_reload_and_recompute(config, h100, tmp_path):
+    p = make_plan(config, h100, "lmcache_fs", tmp_path)
+    # prefix 1 of 1024 tokens reloads half of its reusable tokens; the others all of theirs
+    hits = {f"post_restart_first_{n}_{i}": {"vllm:external_prefix_cache_hits": n / (2 if (n, i) == (1024, 1) else 1)}
+            for n in (256, 1024) for i in range(2)}
+    s = FakeSession(p, config["arms"]["lmcache_fs"], hits, outputs={"post_restart_first_256_1": [1]})
+    s.run(experiments.restart, {**RESTART, "n_cold": 2, "prefix_tokens_list": [256, 1024]})
+    assert list(s.phases) == [
+        "warmup", "populate_256_0", "warm_256_0", "populate_256_1", "warm_256_1",
+        "populate_1024_0", "warm_1024_0", "populate_1024_1", "warm_1024_1", "warmup_post_restart",
+        "post_restart_first_256_0", "post_restart_cold_256_0", "post_restart_first_256_1", "post_restart_cold_256_1",
+        "post_restart_first_1024_0", "post_restart_cold_1024_0", "post_restart_first_1024_1",
+        "post_restart_cold_1024_1", "post_restart_steady"]
+    assert [e for e in s.events if e[0] != "phase"] == [("start", True), ("stop", False), ("start", True)]
+    ph = s.phases
+    assert (ph["post_restart_cold_1024_1"]["prefix_tokens"], ph["post_restart_cold_1024_1"]["repeat"]) == (1024, 1)
+    assert ph["post_restart_steady"]["prefix_tokens"] == 256 and ph["post_restart_steady"]["n_requests"] == 2
+    sent = dict(s.ctx.recorder.sent)  # a reload is its populate prompt; a recompute is new, of its length
+    for n in (256, 1024):
+        for i in range(2):
+            assert sent[f"post_restart_first_{n}_{i}"] == sent[f"populate_{n}_{i}"]
+            assert len(sent[f"post_restart_cold_{n}_{i}"]) == len(sent[f"populate_{n}_{i}"]) == n + 16
+            assert sent[f"post_restart_cold_{n}_{i}"] != sent[f"populate_{n}_{i}"]
+    # steady: later prompts on the first prefix (its prefix, other questions)
+    steady = [p for name, p in s.ctx.recorder.sent if name == "post_restart_steady"]
+    assert all(q[:256] == sent["populate_256_0"][:256] and q != sent["populate_256_0"] for q in steady)
+    # one verdict per prefix, a prefix being (length, i): outputs and hits are not mixed up across lengths
+    import pandas as pd
+    recs = pd.DataFrame([dataclasses.asdict(r) for r in s.ctx.recorder.records])
+    per = {(v.prefix_tokens, v.repeat): v for v in verdict.prefix_verdicts(s.ctx.meta, recs)}
+    assert list(per) == [(256, 0), (256, 1), (1024, 0), (1024, 1)]
+    assert per[256, 1].output_equal is False and per[256, 1].verdict == verdict.PARTIAL
+    assert per[1024, 1].hit_fraction == 0.5 and per[1024, 0].verdict == verdict.PERSISTED
+    assert per[256, 0].reusable_tokens == 256 and per[1024, 0].reusable_tokens == 1024
+    assert s.verdict["n_prefixes"] == 4 and s.verdict["n_prefixes_persisted"] == 2
 
 
 def test_cold_warm_interleaves_n_cold_prefixes(config, h100, tmp_path):
@@ -479,6 +515,8 @@ def test_scraper_skips_an_optional_url_that_does_not_answer():
 def test_finish_records_kernels_and_deletes_only_when_asked(config, h100, tmp_path, monkeypatch):
     monkeypatch.setattr(logs, "probe_kernels",
                         lambda env: {"kernels": "loaded", "lmcache.cuda_ops": "loaded"})
+    keep = {**config["arms"]["lmcache_fs"]["lmcache"], "delete_store": False}
+    config = {**config, "arms": {**config["arms"], "lmcache_fs": {**config["arms"]["lmcache_fs"], "lmcache": keep}}}
     p = make_plan(config, h100, "lmcache_fs", tmp_path)
     (tmp_path / "logs" / "vllm.log").write_text("lmcache.cuda_ops compiled extension not found; ...\n")
     (tmp_path / "model").mkdir()
@@ -509,10 +547,10 @@ def test_preflight_makes_folders_and_writes_configs(config, tmp_path):
     shown = json.loads((tmp_path / "lm" / "configs" / "lmcache_mp_l2.json").read_text())
     assert "--l2-adapter" in shown["lmcache_server"]["argv"]
     assert yaml.safe_load((tmp_path / "lm" / "configs" / "lmcache_disk" / "lmcache.yaml").read_text())[
-        "max_local_disk_size"] == 24.0
+        "max_local_disk_size"] == 27.0
     small = {a: {**c, "lmcache": {**c["lmcache"], "cpu_gb": 0.001}} for a, c in arms_used.items()}
     got = lmcache_store.preflight(tmp_path / "lm", small, runs, has_cuda=True)
-    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 24 << 30
+    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 27 << 30
 
 
 def test_preflight_fails_clearly(config, tmp_path):
@@ -524,60 +562,3 @@ def test_preflight_fails_clearly(config, tmp_path):
                                                             "disk_gb": 1e9, "cpu_gb": 0.001}}}
     with pytest.raises(PreflightError, match="disk_gb"):
         lmcache_store.preflight(tmp_path / "lm", huge, [["restart", "lmcache_fs"]], has_cuda=True)
-
-
-# -- reload vs recompute table ----------------------------------------------------------------
-def run_meta(d: dict):
-    """A meta written as a version-1 dict (phases by name), as the schema's RunMeta."""
-    from kvreuse.migrate import v1_phase
-    from kvreuse.results import Phase, RunMeta
-
-    base = dict(experiment="prefix_sweep", params={}, accelerator={}, versions={}, model={},
-                server={}, client={}, config_hash=None, git_commit=None, started_at="",
-                finished_at=None)
-    phases = {n: Phase(**{"n_requests": 1, "wall_s": 0.0, **v1_phase(n, ph, "test")})
-              for n, ph in d["phases"].items()}
-    return RunMeta(**{**base, **d, "phases": phases})
-
-
-def test_reload_vs_recompute_table():
-    import pandas as pd
-
-    bpt = 128 * 1024
-    phases = {
-        "cold_1024": {"prefix_tokens": 1024, "counters": {}},
-        "reload_1024": {"prefix_tokens": 1024,
-                        "counters": {"vllm:external_prefix_cache_hits": 1024.0},
-                        "lmcache_log": {"retrieves": 1, "retrieve_bytes": 1024 * bpt, "retrieve_ms": 10.0}},
-        "recompute_1024": {"prefix_tokens": 1024, "counters": {
-            "vllm:request_prefill_time_seconds_sum": 0.08, "vllm:request_prefill_time_seconds_count": 1.0}},
-    }
-    metas = [
-        {"platform": "h100", "arm": "lmcache_fs", "status": "ok", "arm_config": {"lmcache": {"mode": "in_process"}},
-         "lmcache": {"kv_bytes_per_token": bpt, "cuda_kernels": "fallback"}, "phases": phases},
-        {"platform": "h100", "arm": "apc", "status": "ok", "arm_config": {"prefix_caching": True},
-         "phases": {"cold_1024": {"prefix_tokens": 1024, "counters": {}}}},
-        {"platform": "cpu", "arm": "lmcache_fs", "status": "not_run", "reason": "LMCache needs CUDA",
-         "arm_config": {"lmcache": {"mode": "in_process"}}, "phases": {}},
-    ]
-    recs = [{"platform": "h100", "arm": a, "phase": ph, "phase_kind": ph.split("_")[0],
-             "prefix_tokens": 1024, "ttft_ms": v, "error": None}
-            for a, ph, v in [("lmcache_fs", "cold_1024", 100.0), ("lmcache_fs", "reload_1024", 30.0),
-                             ("lmcache_fs", "recompute_1024", 95.0), ("apc", "cold_1024", 90.0)]]
-    t = reload_vs_recompute_table(pd.DataFrame(recs), [run_meta(m) for m in metas], {"h100": {"pcie_gen5_x16": 64}})
-    ok = t[t.status == "ok"].iloc[0]
-    assert ok.prefix_tokens == 1024 and ok.reload_ttft_ms == 30.0 and ok.recompute_ttft_ms == 95.0
-    assert ok.apc_cold_ttft_ms == 90.0 and ok.cold_ttft_ms == 100.0 and ok.reload_hit_tokens == 1024
-    assert ok.achieved_gb_s == pytest.approx(1024 * bpt / 0.010 / 1e9)
-    assert ok.model_load_ms == pytest.approx(1024 * bpt / 64e9 * 1000)
-    assert ok.recompute_prefill_ms == pytest.approx(80.0) and ok.lmcache_kernels == "fallback"
-    assert ok.arm_label == "lmcache_fs (torch fallback)"
-    nr = t[t.platform == "cpu"].iloc[0]
-    assert nr.status == "not_run" and nr.reason == "LMCache needs CUDA"
-    # the APC-only sweep is drawn beside the model too (bytes per token from its model spec)
-    apc = t[t.arm == "apc"].iloc[0]
-    assert apc.cold_ttft_ms == 90.0 and pd.isna(apc.reload_ttft_ms) and pd.isna(apc.kv_bytes_per_token)
-    metas[1]["model"] = {"spec": {"config_json": str(REPO_LLAMA)}}
-    apc = reload_vs_recompute_table(pd.DataFrame(recs), [run_meta(m) for m in metas], {"h100": {"pcie_gen5_x16": 64}})
-    apc = apc[apc.arm == "apc"].iloc[0]
-    assert apc.kv_bytes_per_token == bpt and apc.model_load_ms == pytest.approx(1024 * bpt / 64e9 * 1000)

@@ -88,14 +88,14 @@ def test_cross_key_checks(config, arm, message):
 # -- generated flags -----------------------------------------------------------------------------
 def test_cpu_tier_is_vllms_documented_flag(config, h200, tmp_path):
     p = make_plan(config, h200, "vllm_offload_cpu", tmp_path)
-    assert p.vllm_args[-4:] == ["--kv-offloading-size", "20", "--kv-offloading-backend", "native"]
+    assert p.vllm_args[-4:] == ["--kv-offloading-size", "27", "--kv-offloading-backend", "native"]
     assert "--kv-transfer-config" not in p.vllm_args and p.lmcache is None
     # keys that hash the same in every process: APC with a fixed hash, a fixed PYTHONHASHSEED
     i = p.vllm_args.index("--prefix-caching-hash-algo")
     assert p.vllm_args[i + 1] == "sha256_cbor" and "--enable-prefix-caching" in p.vllm_args
-    assert p.env == {"PYTHONHASHSEED": "0", "VLLM_USE_SIMPLE_KV_OFFLOAD": "0"}
+    assert p.env == {"PYTHONHASHSEED": "0", "VLLM_USE_SIMPLE_KV_OFFLOAD": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     assert p.offload["spec_name"] == "CPUOffloadingSpec" and p.offload["store_paths"] == []
-    assert p.offload["cpu_bytes"] == 20 * GIB
+    assert p.offload["cpu_bytes"] == 27 * GIB
     assert not (tmp_path / "store").exists()  # no files: nothing made on disk
 
 
@@ -105,7 +105,7 @@ def test_file_tier_kv_transfer_config_json_exact(config, h200, tmp_path):
     i = p.vllm_args.index("--kv-transfer-config")
     assert p.vllm_args.count("--kv-transfer-config") == 1 and "--kv-offloading-size" not in p.vllm_args
     assert p.vllm_args[i + 1] == (
-        '{"kv_connector":"OffloadingConnector","kv_connector_extra_config":{"cpu_bytes_to_use":21474836480,'
+        '{"kv_connector":"OffloadingConnector","kv_connector_extra_config":{"cpu_bytes_to_use":28991029248,'
         '"secondary_tiers":[{"root_dir":"' + str(root) + '","type":"fs"}],'
         '"spec_name":"TieringOffloadingSpec"},"kv_role":"kv_both"}')
     assert p.offload["store_paths"] == [str(root)] and root.is_dir()  # a new folder per run
@@ -153,7 +153,7 @@ def test_restart_lists_the_file_tier_and_judges_by_external_hits(config, h200, t
         with open(os.path.join(root, "m_abc_r0", "0f3", "a1_g0", f"{i:064x}.bin"), "wb") as f:
             f.write(b"k" * 1000)
     s = FakeSession(p, config["arms"]["vllm_offload_fs"],
-                    {"post_restart_first_0": {"vllm:external_prefix_cache_hits": 1024.0,
+                    {"post_restart_first_1024_0": {"vllm:external_prefix_cache_hits": 1024.0,
                                               "vllm:prefix_cache_hits": 0.0}})
     s.run(experiments.restart, RESTART)
     listed = s.extra_meta["store_after_stop"]
@@ -175,11 +175,13 @@ def test_fresh_apc_reference_starts_vllm_without_offloading(config, h200, tmp_pa
     s.run(experiments.restart, {**RESTART, "cold_reference": "fresh_apc"})
     assert [e for e in s.events if e[0] != "phase"] == [
         ("start", True), ("stop", False), ("start", True), ("stop", True), ("start", False)]
-    assert "cold_reference_0" in s.phases
+    assert "cold_reference_1024_0" in s.phases
 
 
 def test_finish_records_the_tiers_and_deletes_the_store_when_asked(config, h200, tmp_path):
-    p = make_plan(config, h200, "vllm_offload_fs", tmp_path)
+    keep = {**config["arms"]["vllm_offload_fs"], "offload": {**config["arms"]["vllm_offload_fs"]["offload"],
+                                                             "delete_store": False}}
+    p = make_plan({**config, "arms": {**config["arms"], "vllm_offload_fs": keep}}, h200, "vllm_offload_fs", tmp_path)
     got = offload.finish(p)
     assert got["tiers"] == ["cpu", "fs"] and "store_deleted" not in got
     assert os.path.isdir(p.offload["store_paths"][0])
@@ -209,13 +211,13 @@ def test_restart_table_reports_the_offload_loads_from_the_counters(config):
     m = meta("vllm_offload_fs", config["arms"]["vllm_offload_fs"], phases,
              store_after_stop={"files": 64, "bytes": 128 * GIB / 1024})
     recs = pd.DataFrame([{"platform": "h200", "arm": "vllm_offload_fs", "phase": n, "phase_kind": ph.kind,
-                          "repeat": 0, "prompt_tokens": 1040, "ttft_ms": 50.0, "e2e_ms": 60.0,
+                          "repeat": 0, "prefix_tokens": 1024, "prompt_tokens": 1040, "ttft_ms": 50.0, "e2e_ms": 60.0,
                           "itl_ms": [], "error": None, "output_token_ids": [1, 2], "cached_tokens": 0}
                          for n, ph in phases.items()])
     row = restart_table(recs, [m]).iloc[0]
     assert row.reload_bytes == 128 * GIB / 1024 and row.reload_ms == pytest.approx(4.0)
     assert row.reload_gb_s == pytest.approx(128 * GIB / 1024 / 0.004 / 1e9)
-    assert row.reload_source == "vllm kv_offload counters: load" and row.reload_lookup_wait_ms == pytest.approx(50)
+    assert row.load_source.startswith("vllm") and row.reload_lookup_wait_ms == pytest.approx(50)
     assert row.lmcache_kernels == "no LMCache" and row.arm_label == "vllm_offload_fs"
     assert row.verdict == verdict.PERSISTED and row.store_files == 64
 

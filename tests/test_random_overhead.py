@@ -171,7 +171,7 @@ ARMS = ("apc", "lmcache_cpu", "vllm_offload_cpu")
 def test_alternating_job_params_and_benchmark_file(config):
     cfg = {**config, "run_platforms": ["cpu", "h200"]}
     p = dag.alternating_params(cfg, "random_overhead", "h200")
-    assert p["server_runs"] == 3 and p["platform"] == "h200"
+    assert p["server_runs"] == 2 and p["platform"] == "h200"  # platforms.h200 overrides server_runs
     assert [a["arm_name"] for a in p["arms"]] == list(ARMS)
     # each arm keeps the config hash of a job of its own (freshness compares per arm)
     assert [a["config_hash"] for a in p["arms"]] == [
@@ -310,3 +310,20 @@ def test_accounting_finds_the_shared_jobs_log(tmp_path):
     where, text = JobLogs(log_root=tmp_path).find("h200", "random_overhead", "lmcache_cpu")
     assert where == str(log) and "boom" in text
     assert JobLogs(log_root=tmp_path).find("h200", "restart", "alternating") is None
+
+
+def test_the_store_cost_on_the_cold_path_comes_from_lmcache_log_or_vllm_offload_counters():
+    from kvreuse.results import Phase
+    from kvreuse.tables_overhead import store_cost
+
+    lm = a_meta("lmcache_cpu")
+    lm.phases = {"repeat_run0_0": Phase(kind="repeat", n_requests=10, wall_s=1.0, counters={},
+                                        lmcache_log={"store_ms": 50.0, "store_bytes": 20_000_000, "stores": 10})}
+    assert store_cost(lm) == {"store_source": "lmcache_log", "store_ms_per_request": 5.0,
+                              "store_mb_per_request": 2.0}
+    off = a_meta("vllm_offload_cpu")
+    off.phases = {"repeat_run0_0": Phase(kind="repeat", n_requests=4, wall_s=1.0, counters={
+        "vllm:kv_offload_store_time": 0.02, "vllm:kv_offload_store_bytes": 8e6})}
+    assert store_cost(off) == {"store_source": "vllm:kv_offload_store_*", "store_ms_per_request": 5.0,
+                               "store_mb_per_request": 2.0}
+    assert store_cost(a_meta("apc"))["store_source"] == ""

@@ -54,7 +54,8 @@ def test_prompt_too_long_is_recorded_as_a_failure(vllm_server, tiny_model):
 def test_restart_experiment_end_to_end(config, tiny_model, tmp_path):
     before = vllm_pids()
     params = experiment_params(config, "cpu", "restart") | {"n_warm": 2, "n_post_restart_steady": 1,
-                                                            "prefix_tokens": 512, "n_cold": 2}
+                                                            "prefix_tokens": 512, "n_cold": 2,
+                                                            "prefix_tokens_list": [256, 512]}
     spec = RunSpec(platform="cpu", experiment="restart", arm_name="apc", arm=config["arms"]["apc"],
                    params=params, model_name="tiny-llama", model=config["models"]["tiny-llama"],
                    model_dir=tiny_model, server=server_config(config, "cpu"), client=config["client"],
@@ -62,29 +63,40 @@ def test_restart_experiment_end_to_end(config, tiny_model, tmp_path):
     meta = run(spec)
     assert vllm_pids() == before, "a vLLM process was left behind"
     records = [json.loads(x) for x in (tmp_path / "restart/apc.jsonl").read_text().splitlines()]
-    # a never-seen warm-up after each start; per prefix, its first request after the restart
-    # interleaved with a never-seen prompt (cold_reference: unseen_prefix)
+    # a never-seen warm-up after each start; every prefix of every length populated before the
+    # restart; after it, per length and prefix, its first request interleaved with a never-seen
+    # prompt of that length (cold_reference: unseen_prefix)
     assert [r["phase"] for r in records] == [
-        "warmup", "populate_0", "warm_0", "warm_0", "populate_1", "warm_1", "warm_1", "warmup_post_restart",
-        "post_restart_first_0", "post_restart_cold_0", "post_restart_first_1", "post_restart_cold_1",
-        "post_restart_steady"]
+        "warmup", "populate_256_0", "warm_256_0", "warm_256_0", "populate_256_1", "warm_256_1", "warm_256_1",
+        "populate_512_0", "warm_512_0", "warm_512_0", "populate_512_1", "warm_512_1", "warm_512_1",
+        "warmup_post_restart", "post_restart_first_256_0", "post_restart_cold_256_0", "post_restart_first_256_1",
+        "post_restart_cold_256_1", "post_restart_first_512_0", "post_restart_cold_512_0",
+        "post_restart_first_512_1", "post_restart_cold_512_1", "post_restart_steady"]
+    assert {r["prefix_tokens"] for r in records if r["phase_kind"] == "post_restart_cold"} == {256, 512}
     for field in ("experiment", "arm", "phase", "seq", "prompt_tokens", "cached_tokens", "output_tokens",
                   "ttft_ms", "itl_ms", "e2e_ms", "error"):
         assert all(field in r for r in records)
     on_disk = json.loads((tmp_path / "restart/apc.meta.json").read_text())
     assert on_disk == json.loads(json.dumps(meta))
     ph = meta["phases"]
-    assert ph["warm_0"]["counters"]["vllm:prefix_cache_hits"] > 0
-    for i in range(2):
-        assert ph[f"post_restart_first_{i}"]["counters"]["vllm:prefix_cache_hits"] == 0  # APC dies with the process
-        assert ph[f"post_restart_cold_{i}"]["counters"]["vllm:prefix_cache_hits"] == 0  # a prefix never seen
+    assert ph["warm_256_0"]["counters"]["vllm:prefix_cache_hits"] > 0
+    for n in (256, 512):
+        for i in range(2):
+            # APC dies with the process; the recompute's prefix was never seen
+            assert ph[f"post_restart_first_{n}_{i}"]["counters"]["vllm:prefix_cache_hits"] == 0
+            assert ph[f"post_restart_cold_{n}_{i}"]["counters"]["vllm:prefix_cache_hits"] == 0
     assert meta["persisted"] is None  # judged in aggregation, from counters and outputs
     from kvreuse.aggregate import build
 
     row = build("restart", [str(tmp_path / "restart/apc.jsonl")], 0.05).iloc[0]
     assert row.verdict == "not persisted" and not row.persisted and row.output_equal
-    assert row.n_prefixes == 2 and row.post_restart_first_n == 2
+    assert row.n_prefixes == 4 and row.post_restart_first_n == 2 and row.latency_prefix_tokens == 512
+    per_length = build("reload_vs_recompute", [str(tmp_path / "restart/apc.jsonl")], 0.05)
+    assert list(per_length.prefix_tokens) == [256, 512] and (per_length.n_reload == 2).all()
+    assert (per_length.verdict == "not persisted").all() and (per_length.n_recompute == 2).all()
+    be = build("break_even", [str(tmp_path / "restart/apc.jsonl")], 0.05).iloc[0]
+    assert be.status == "not persisted" and be.n_per_length == "256:2/2 512:2/2"
     assert [s["returncode"] for s in meta["stops"]] == [0]  # the mid-run stop was graceful
     assert meta["server"]["starts"] == 2 and meta["versions"]["vllm"]
     assert meta["accelerator"]["kind"] == "cpu"
-    assert "vllm:external_prefix_cache_hits" in ph["populate_0"]["counters"]
+    assert "vllm:external_prefix_cache_hits" in ph["populate_256_0"]["counters"]

@@ -3,6 +3,8 @@
 #   profiles/gpu-node/run-targets.sh h100 results/raw/h100/restart/apc.jsonl ...
 # State (results, models, .snakemake) is kept in $KEEP between calls on the same node; the raw
 # results, benchmarks and logs of the platform are packed into $OUT (if set) at the end.
+# Jobs may share the GPU (config.yaml: platforms.<p>.server.jobs_per_gpu; caps in
+# profiles/gpu-node/config.yaml); $KVREUSE_MEASURE_LOCK keeps their measurements apart.
 # BUDGET_S bounds the run: at the limit Snakemake gets SIGINT, which stops its jobs' servers.
 # Every server a job starts records its process group in $KVREUSE_PGID_DIR (a fresh folder per
 # run); groups still recorded once Snakemake has ended (a job killed before it could stop its
@@ -31,6 +33,8 @@ keep="${KEEP:-/root/keep}"
 mkdir -p "$keep" && cp -a "$keep/." . 2>/dev/null || true
 export KVREUSE_PGID_DIR
 KVREUSE_PGID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kvreuse-pgids.XXXXXX") || exit 1
+# one node-wide lock: jobs that share the GPU (server.jobs_per_gpu) never measure at once
+export KVREUSE_MEASURE_LOCK="$KVREUSE_PGID_DIR.measure.lock"
 export PYTHONHASHSEED=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 timeout -s INT -k 60 "${BUDGET_S:-540}" python3 -m snakemake "$@" --profile profiles/gpu-node \
   --config "run_platforms=[\"$platform\"]" "report_platforms=[\"$platform\"]"
@@ -38,7 +42,16 @@ rc=$?
 PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}" \
   python3 -m kvreuse.procs stop-recorded "$KVREUSE_PGID_DIR" --grace 3 \
   && rmdir "$KVREUSE_PGID_DIR"
-mkdir -p "$keep" && cp -a results resources .snakemake "$keep/" 2>/dev/null
+rm -f "$KVREUSE_MEASURE_LOCK"
+# kept: results, Snakemake's records, the models and the stores' preflight; not the KV stores
+# themselves (tens of GiB; a finished run lists its store in its meta and deletes it if its arm
+# says so, and a run cut off at the budget is measured again from scratch)
+mkdir -p "$keep/resources" && cp -a results .snakemake "$keep/" 2>/dev/null
+[[ -d resources/models ]] && cp -a resources/models "$keep/resources/"
+find resources -name preflight.json -exec cp --parents {} "$keep/" \; 2>/dev/null
+if [[ -n "${DROP_STORES:-}" ]]; then  # a run cut off at the budget leaves its store behind
+  find "resources/lmcache/$platform" -mindepth 3 -maxdepth 3 -type d -exec rm -rf {} + 2>/dev/null
+fi
 if [[ -n "${OUT:-}" ]]; then
   tar czf "$OUT/raw-$platform.tgz" results/raw/"$platform" results/benchmarks/"$platform" 2>/dev/null
   tar czf "$OUT/logs-$platform.tgz" results/logs/"$platform" 2>/dev/null

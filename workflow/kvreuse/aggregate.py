@@ -17,10 +17,15 @@ built in:
 
 - kvreuse.phase_stats: latency statistics and hit counters per phase (``phase_table``), the
   table of most experiments;
-- kvreuse.tables_restart: ``restart_table``, ``reload_vs_recompute_table``;
+- kvreuse.tables_restart: ``restart_table``;
+- kvreuse.tables_reload: ``reload_vs_recompute_table``, ``break_even_table`` (from the restart
+  experiment's runs, kvreuse.breakeven);
 - kvreuse.tables_serving: ``serving_table``, ``fidelity_table``;
 - kvreuse.tables_overhead: ``random_overhead_table``;
+- kvreuse.tables_cross_instance: ``cross_instance_table``;
 - kvreuse.tables_runs: ``runs_table``, ``cost_table``, ``read_benchmarks``;
+- kvreuse.interference: ``interference_table`` (requests that overlapped another job's
+  server start on a shared GPU);
 - kvreuse.comparisons and kvreuse.accounting: ``comparisons_table``, ``accounting_table``.
 
 Their names are re-exported here, so ``from kvreuse.aggregate import ...`` works as before.
@@ -37,16 +42,20 @@ import pandas as pd
 from .accounting import JobLogs, accounting_table, load_attempts
 from .comparisons import comparisons_table
 from .freshness import Freshness, comparable, freshness
+from .interference import interference_table
 from .migrate import read_converted
 from .phase_stats import COUNTER_COLUMNS, PHASE_FIELDS, counter_rows, latency_stats, phase_table, summed_counters
 from .results import RequestRecord, RunMeta, meta_path, read_meta, read_records
+from .tables_cross_instance import cross_instance_table
 from .tables_overhead import random_overhead_table
-from .tables_restart import RELOAD_COLUMNS, RESTART_KINDS, reload_vs_recompute_table, restart_table
+from .tables_reload import BREAK_EVEN_COLUMNS, RELOAD_COLUMNS, break_even_table, reload_vs_recompute_table
+from .tables_restart import RESTART_KINDS, restart_table
 from .tables_runs import cost_table, read_benchmarks, runs_table
 from .tables_serving import fidelity_table, serving_table
 
-__all__ = ["COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLUMNS", "RELOAD_COLUMNS", "RESTART_KINDS",
-           "TooManyErrors", "build", "check_errors", "comparable_runs", "cost_table", "counter_rows",
+__all__ = ["BREAK_EVEN_COLUMNS", "COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLUMNS", "RELOAD_COLUMNS", "RESTART_KINDS",
+           "TooManyErrors", "break_even_table", "build", "check_errors", "comparable_runs", "cost_table", "counter_rows",
+           "cross_instance_table",
            "fidelity_table", "latency_stats", "load", "mark_freshness", "phase_table",
            "random_overhead_table", "read_benchmarks", "reload_vs_recompute_table", "restart_table",
            "runs_table", "serving_table", "summed_counters", "write"]
@@ -143,6 +152,8 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
             logs=JobLogs(archives=[f for f in context_files if str(f).endswith(".tgz")]))
     if experiment == "cost":
         return cost_table(metas, read_benchmarks(list(benchmark_files)))
+    if experiment == "interference":  # every run's requests: the overlaps of the campaign
+        return interference_table(df, metas)
     df, metas, fresh = comparable_runs(df, metas, fresh)
     table = _comparison_table(experiment, df, metas, max_error_fraction, links_gb_s)
     return mark_freshness(table, metas, fresh) if expected_hashes is not None else table
@@ -154,6 +165,8 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         check_errors(g, max_error_fraction)
     if experiment == "reload_vs_recompute":
         return reload_vs_recompute_table(df, metas, links_gb_s)
+    if experiment == "break_even":
+        return break_even_table(df, metas, links_gb_s)
     if experiment == "restart":
         return restart_table(df, metas)
     if experiment == "serving":
@@ -162,6 +175,8 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         return fidelity_table(df, metas)
     if experiment == "random_overhead":
         return random_overhead_table(df, metas)
+    if experiment == "cross_instance":
+        return cross_instance_table(df, metas)
     if experiment == "comparisons":
         return comparisons_table(df, metas)
     if experiment == "prefix_sweep":  # per length and kind: all its samples in one row

@@ -5,7 +5,8 @@ two sides' medians over all their samples, their difference (baseline - treatmen
 the treatment saves) and ratio (baseline / treatment: the speedup), each with a percentile
 bootstrap 95% CI (kvreuse.stats.median_difference). The sides are resampled on their own,
 except where the design pairs them: ``recompute`` i and ``reload`` i of the same length in the
-same server run are paired by i. A side with fewer than two requests has NaN CIs.
+same server run are paired by i, as are ``cross_cold`` i and ``cross_first`` i (one after the
+other on instance B). A side with fewer than two requests has NaN CIs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ COMPARISONS = (
     Comparison("prefix_sweep", "cold", "warm"),
     Comparison("prefix_sweep", "recompute", "reload", paired=True),
     Comparison("restart", "post_restart_cold", "post_restart_first"),
+    # instance B: a never-seen prefix against its first request on a prefix A stored, paired by i
+    Comparison("cross_instance", "cross_cold", "cross_first", paired=True),
 )
 #: the experiments whose runs comparisons.csv reads
 EXPERIMENTS = tuple(dict.fromkeys(c.experiment for c in COMPARISONS))

@@ -13,13 +13,14 @@ import copy
 import json
 from pathlib import Path
 
+from . import kvmodel
 from . import offload as vllm_offload
 from . import redact, schema
 from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
-               "random_overhead")
+               "random_overhead", "cross_instance")
 
 
 #: vLLM flags that kvreuse sets itself; in ``extra_args`` they would move the server off
@@ -197,6 +198,10 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
         out = "output_tokens" if params.get("output_tokens") is not None else "client.max_tokens"
         return (params["system_tokens"] + params["context_tokens"] + params.get("output_tokens", max_tokens),
                 f"system_tokens + context_tokens + {out}")
+    if exp == "cross_instance":
+        lengths = schema.get(params, "experiments", exp, "prefix_tokens_list")
+        return (max(lengths) + params["suffix_tokens"] + max_tokens,
+                "max(prefix_tokens_list) + suffix_tokens + client.max_tokens")
     if exp == "prefix_sweep":
         lengths = params["prefix_tokens_list"]
         if lengths == "auto":
@@ -205,9 +210,19 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
                     "min_prefix_tokens + suffix_tokens + client.max_tokens")
         return (max(lengths) + params["suffix_tokens"] + max_tokens,
                 "max(prefix_tokens_list) + suffix_tokens + client.max_tokens")
+    if exp == "restart" and schema.get(params, "experiments", "restart", "prefix_tokens_list"):
+        longest = max([params["prefix_tokens"], *params["prefix_tokens_list"]])  # the warm-ups: prefix_tokens
+        return (longest + params["suffix_tokens"] + max_tokens,
+                "max(prefix_tokens, prefix_tokens_list) + suffix_tokens + client.max_tokens")
     # baseline, cold_warm, restart: the schema requires both keys
     return (params["prefix_tokens"] + params["suffix_tokens"] + max_tokens,
             "prefix_tokens + suffix_tokens + client.max_tokens")
+
+
+def is_server_arm(arm: dict) -> bool:
+    """An arm with a standalone LMCache server (``lmcache.mode: server``), which several vLLM
+    instances can share."""
+    return (arm.get("lmcache") or {}).get("mode") == "server"
 
 
 def check(config: dict) -> None:
@@ -228,6 +243,13 @@ def check(config: dict) -> None:
                              schema.get(args, "server", "extra_args"), RESERVED_SERVER_ARGS,
                              "servers listen on 127.0.0.1 on a port kvreuse picks; tokens come "
                              "from the environment")
+        if (schema.get(server, "server", "jobs_per_gpu") > 1
+                and not any(a.startswith("--kv-cache-memory-bytes") for a in server["extra_args"])):
+            raise ConfigError(
+                f"platforms.{p}.server.jobs_per_gpu: {server['jobs_per_gpu']} jobs on one GPU need a "
+                f"fixed KV cache per server, so that no server profiles GPU memory while another one "
+                f"allocates (allowed: 1, or add '--kv-cache-memory-bytes', '<bytes>' to "
+                f"platforms.{p}.server.extra_args)")
         context = model_context(config["models"][pc["model"]])
         if context is not None and server["max_model_len"] > context:
             raise ConfigError(
@@ -249,6 +271,19 @@ def check(config: dict) -> None:
                 if arm not in config["arms"]:
                     raise ConfigError(f"{key}: {arm!r} is not a known arm "
                                       f"(allowed: {sorted(config['arms'])})")
+            if exp == "restart" and len(schema.get(params, "experiments", exp, "prefix_tokens_list") or []) > 1 and \
+                    schema.get(params, "experiments", "restart", "compat"):
+                raise ConfigError(
+                    f"experiments.restart on platform {p}: compat: true sends one literal prompt, "
+                    f"which cannot have the {len(params['prefix_tokens_list'])} lengths of "
+                    f"prefix_tokens_list (allowed: compat: false, or one length)")
+            if exp == "cross_instance":  # its two instances share the arm's LMCache server
+                shared = sorted(a for a, c in config["arms"].items() if is_server_arm(c))
+                for arm in params["arms"]:
+                    if not is_server_arm(config["arms"][arm]):
+                        raise ConfigError(f"{key}: {arm!r} has no LMCache server for the two instances "
+                                          f"to share (allowed: arms with lmcache.mode 'server': "
+                                          f"{', '.join(shared) or 'none defined'})")
             limit = server_config(config, p)["max_model_len"]
             need, how = prompt_tokens_needed(exp, params, config["client"]["max_tokens"])
             if need > limit:
@@ -256,6 +291,7 @@ def check(config: dict) -> None:
                     f"experiments.{exp} on platform {p}: prompts reach {need} tokens ({how}) but "
                     f"platforms.{p}.server.max_model_len is {limit} (allowed: at most {limit} "
                     f"tokens); shorten the prefix or raise the limit")
+    _check_restart_stores(config)
     for name, arm in config["arms"].items():
         if arm.get("lmcache") is not None:
             lmcache_settings.check_arm(name, arm["lmcache"])
@@ -265,6 +301,37 @@ def check(config: dict) -> None:
                              "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")
         if arm.get("offload") is not None:
             vllm_offload.check_arm(name, arm)
-        if arm.get("restart_lmcache_server") and (arm.get("lmcache") or {}).get("mode") != "server":
+        if arm.get("restart_lmcache_server") and not is_server_arm(arm):
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")
+
+
+def _check_restart_stores(config: dict) -> None:
+    """The restart experiment populates every prefix of every length before the restart: the KV
+    bytes of all of them (the model's bytes per token, kvreuse.kvmodel) must fit the store that
+    outlives the restart (an LMCache arm's disk_gb for a file store, else its cpu_gb), or the
+    store evicts populated prefixes before they are reloaded and the verdict measures the
+    eviction, not the persistence."""
+    if "restart" not in config["experiments"]:
+        return
+    for p, pc in config["platforms"].items():
+        bpt = kvmodel.model_kv_bytes_per_token(config["models"][pc["model"]])
+        params = experiment_params(config, p, "restart")
+        if bpt is None:
+            continue
+        lengths = schema.get(params, "experiments", "restart", "prefix_tokens_list") or [params["prefix_tokens"]]
+        n = schema.get(params, "experiments", "restart", "n_cold")
+        tokens = n * sum(length + params["suffix_tokens"] for length in lengths)
+        for arm in params["arms"]:
+            lm = config["arms"][arm].get("lmcache")
+            if lm is None:
+                continue
+            s = lmcache_settings.settings(lm)
+            key = "disk_gb" if s["store"] in lmcache_settings.FILE_STORES else "cpu_gb"
+            if s.get(key) is not None and tokens * bpt > s[key] * kvmodel.GIB:
+                raise ConfigError(
+                    f"experiments.restart on platform {p}: n_cold x (prefix_tokens_list + suffix_tokens) "
+                    f"= {tokens} tokens of KV cache, {tokens * bpt / kvmodel.GIB:.1f} GiB at {bpt} bytes "
+                    f"per token, do not fit arms.{arm}.lmcache.{key} = {s[key]} GiB: the store would "
+                    f"evict populated prefixes before the restart (allowed: at most {s[key]} GiB; lower "
+                    f"n_cold or prefix_tokens_list for the platform, or raise {key})")

@@ -20,20 +20,25 @@ import yaml
 from . import alternating
 from . import artifact as ka
 from . import config as kc
-from . import platforms, schema
+from . import gpu_share, platforms, schema
 from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
-           "reload_vs_recompute"]
+           "reload_vs_recompute", "break_even",
+           "cross_instance"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
-DERIVED_TABLES = {"reload_vs_recompute": "prefix_sweep"}
+DERIVED_TABLES = {"reload_vs_recompute": "restart", "break_even": "restart"}
+#: figures drawn from more than their own table (``results/tables/<figure>.csv``): every table
+#: each one reads, its own first
+FIGURE_TABLES = {"restart": ["restart", "reload_vs_recompute"],
+                 "break_even": ["break_even", "reload_vs_recompute"]}
 #: the table of every comparison with the CI of its difference, from several experiments' runs
 #: (kvreuse.comparisons)
 COMPARISONS_TABLE = "comparisons"
 #: tables of every run (the provenance of each, the cost), of the serving fidelity check, and
 #: of what became of every configured run (kvreuse.accounting)
-STUDY_TABLES = ["runs", "cost", "fidelity", "accounting"]
+STUDY_TABLES = ["runs", "cost", "fidelity", "accounting", "interference"]
 #: the source studies' claims (workflow/resources/cited.yaml) beside our measurements
 #: (kvreuse.claims, rule claims): made from the tables its rules name, not from raw files
 CITED = "workflow/resources/cited.yaml"
@@ -49,6 +54,8 @@ FIGURE_TITLES = {
     "serving": "Serving under load",
     "random_overhead": "Unique prompts (LMCache overhead)",
     "reload_vs_recompute": "Reload vs recompute after a restart",
+    "break_even": "Break-even prefix length per store",
+    "cross_instance": "Across instances: one LMCache server, two vLLMs",
 }
 #: what `rule all` builds besides the tables and figures (the artifact is built on request:
 #: `snakemake ... artifact`, README)
@@ -143,13 +150,24 @@ def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
     return [t for t in tables(config) if t in named]
 
 
+def figures(config: dict) -> list[str]:
+    """The figures of the configured tables (each figure is drawn from its table)."""
+    made = set(tables(config))
+    return [f for f in FIGURES if f in made]
+
+
 def figure_title(figure: str) -> str:
     return FIGURE_TITLES.get(figure, figure)
 
 
+def figure_tables(figure: str) -> list[str]:
+    """The tables a figure is drawn from (its rule's inputs besides its script), its own first."""
+    return [f"results/tables/{t}.csv" for t in FIGURE_TABLES.get(figure, [figure])]
+
+
 def all_targets(config: dict) -> list[str]:
     return ([f"results/tables/{t}.csv" for t in tables(config)]
-            + [f"results/figures/{f}.pdf" for f in FIGURES]
+            + [f"results/figures/{f}.pdf" for f in figures(config)]
             + DOCUMENTS)
 
 
@@ -255,7 +273,7 @@ def _every_raw_input(config: dict, unpacked: Unpacked, root) -> list[str]:
 def table_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
                  root: Path | str | None = None) -> list[str]:
     """The raw files (and metas) a table is made from."""
-    if table in ("runs", "cost", "accounting"):
+    if table in ("runs", "cost", "accounting", "interference"):
         return _every_raw_input(config, unpacked, root)
     if table == "fidelity":
         return raw_inputs(config, "serving", unpacked, root)
@@ -273,8 +291,9 @@ def benchmark_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
 
 
 def table_params(config: dict, table: str) -> dict:
-    """Extra inputs of a derived table (reload_vs_recompute: the platforms' link bandwidths)."""
-    if table == "reload_vs_recompute":
+    """Extra inputs of a derived table (reload_vs_recompute, break_even: the platforms' link
+    bandwidths)."""
+    if table in ("reload_vs_recompute", "break_even"):
         return {"links_gb_s": {p: schema.get(pc, "platforms", p, "links_gb_s")
                                for p, pc in config["platforms"].items()}}
     return {}
@@ -399,3 +418,14 @@ def lmcache_preflight_params(config: dict, platform: str) -> dict:
         "runs": runs,
         "arms": {arm: config["arms"][arm] for _, arm in runs},
     }
+
+
+# -- what a run job takes of a GPU node (its resources; caps: profiles/gpu-node) ------------
+def job_resources(config: dict, experiment: str, platform: str, arms: list[str]) -> dict:
+    """``gpu_pct`` (its share of the GPU), ``host_mem_gb`` and ``store_disk_gb`` (its stores)
+    for a job that runs ``arms`` of ``experiment`` on ``platform`` (kvreuse.gpu_share)."""
+    server = kc.server_config(config, platform)
+    arm_cfgs = [config["arms"][a] for a in arms]
+    return {"gpu_pct": gpu_share.gpu_pct(server, experiment),
+            "host_mem_gb": gpu_share.host_mem_gb(server, experiment, arm_cfgs),
+            "store_disk_gb": gpu_share.store_disk_gb(arm_cfgs)}

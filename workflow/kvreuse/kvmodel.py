@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8": 1}
+GIB = 1024 ** 3
 
 
 def kv_bytes_per_token(hf_config: dict, dtype: str | None = None) -> int:
@@ -12,6 +16,19 @@ def kv_bytes_per_token(hf_config: dict, dtype: str | None = None) -> int:
     head_dim = hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"]
     nbytes = DTYPE_BYTES[dtype or hf_config.get("torch_dtype", "bfloat16")]
     return layers * 2 * kv_heads * head_dim * nbytes
+
+
+def model_kv_bytes_per_token(model: dict) -> int | None:
+    """Bytes per token of a ``models.<name>`` entry: from a tiny model's architecture or a dummy
+    model's config.json (a path from the repository root); None where neither is at hand (a hub
+    model before its download)."""
+    if model.get("source") == "tiny":
+        return kv_bytes_per_token(model["architecture"])
+    path = model.get("config_json")
+    if path and Path(path).is_file():
+        cfg = json.loads(Path(path).read_text())
+        return kv_bytes_per_token(cfg, cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    return None
 
 
 def load_time_s(tokens: int, bytes_per_token: int, bandwidth_gb_s: float) -> float:

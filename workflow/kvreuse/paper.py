@@ -126,7 +126,7 @@ def lmcache_kernels(runs: pd.DataFrame) -> dict:
     """What the LMCache runs recorded of LMCache's compiled kernels (runs.csv lmcache_kernels,
     kvreuse.kernels): how many LMCache runs, how many in each kernel state (``not recorded``
     included); ``all_fallback`` only when every one recorded the torch fallback. Runs without
-    LMCache (``n/a``) are not counted."""
+    LMCache (``no LMCache``) are not counted."""
     col = runs["lmcache_kernels"] if "lmcache_kernels" in runs.columns else pd.Series(dtype=object)
     known = col.dropna().astype(str)
     known = known[known != kernels_mod.NOT_APPLICABLE]
@@ -161,6 +161,28 @@ def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
     return out
 
 
+def sharing(cost: pd.DataFrame | None, interference: pd.DataFrame | None) -> list[dict]:
+    """Per platform whose jobs shared a GPU: the GPU-minutes held (each GPU counted once,
+    ``gpu_minutes_held``) against the jobs' own times summed, and what the overlaps of one
+    job's server start with another's measurement cost (interference.csv): requests that
+    overlapped, conditions where the CI of the difference lies above zero, the largest median
+    difference."""
+    if cost is None or cost.empty or "gpu_minutes_held" not in cost.columns:
+        return []
+    out = []
+    for r in cost[cost.experiment == "TOTAL"].itertuples():
+        if not claims.is_number(r.gpu_minutes_held) or not r.gpu_minutes > r.gpu_minutes_held + 1e-9:
+            continue  # no GPU shared on this platform
+        row = {"platform": r.platform, "held": float(r.gpu_minutes_held), "summed": float(r.gpu_minutes),
+               "overlap_n": 0, "conditions": 0, "slower": 0, "max_diff_ms": None}
+        i = interference[interference.platform == r.platform] if interference is not None and len(interference) else None
+        if i is not None and len(i):
+            row.update(overlap_n=int(i.n_overlap.sum()), conditions=len(i),
+                       slower=int((i.diff_ci95_lo_ms > 0).sum()), max_diff_ms=float(i.diff_median_ms.max()))
+        out.append(row)
+    return out
+
+
 def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
     """The restart table's rows, each with what the numbers say: whether reloading the cache
     beat recomputing a never-seen prompt on the restarted server (``reload_beat_recompute``,
@@ -176,13 +198,10 @@ def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
 
 def _labelled(r: dict) -> dict:
     """A table row with the columns the write-up's text reads, where a table made before them
-    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_source``,
-    ``reload_lookup_wait_ms``."""
-    out = {"connector": "", "reload_source": "", "reload_lookup_wait_ms": float("nan"), **r}
+    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_lookup_wait_ms``."""
+    out = {"connector": "", "reload_lookup_wait_ms": float("nan"), **r}
     if not isinstance(out.get("arm_label"), str):
         out["arm_label"] = r["arm"]
-    if not isinstance(out.get("reload_source"), str):
-        out["reload_source"] = ""
     return out
 
 
@@ -228,6 +247,88 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
         out.append({**_labelled(r), "direction": direction,
                     "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"]})
     return out
+
+
+# -- reload vs recompute after a restart (break_even.csv, reload_vs_recompute.csv) ---------------
+def _break_even_row(r: dict) -> dict:
+    """A break_even.csv row with what the sentence needs: whether it has an interval and on
+    which side a censored bound lies (kvreuse.breakeven)."""
+    from . import breakeven
+
+    return {**r, "crossing": r.get("status") == breakeven.CROSSING,
+            "below": r.get("status") == breakeven.BELOW, "not_within": r.get("status") == breakeven.NOT_WITHIN,
+            "not_persisted": r.get("status") == "not persisted", "not_run": r.get("status") == "not run",
+            "has_ci": isinstance(r.get("ci_low_where"), str) and bool(r.get("ci_low_where")),
+            "lo_below": r.get("ci_low_where") == breakeven.BELOW,
+            "lo_beyond": r.get("ci_low_where") == breakeven.NOT_WITHIN,
+            "hi_beyond": r.get("ci_high_where") == breakeven.NOT_WITHIN,
+            "hi_below": r.get("ci_high_where") == breakeven.BELOW,
+            "one_length": claims.is_number(r.get("shortest_tokens")) and r.get("shortest_tokens") == r.get("longest_tokens"),
+            # a CSV cell of one length reads back as a number
+            "lengths_text": ", ".join(fmt(int(float(x))) for x in str(r.get("lengths") or "").split()
+                                      if x.replace(".", "", 1).isdigit())}
+
+
+def reload_context(t: dict[str, pd.DataFrame]) -> dict:
+    """What the section on reload against recompute says, from break_even.csv,
+    reload_vs_recompute.csv and accounting.csv (tables of an older build may lack the first two:
+    then nothing is measured): per platform and store the measured break-even with its interval
+    and the model's per link, the runs not run with why, the platforms with more than one
+    prefix length, and the configured restart runs that have no current result yet."""
+    be = t.get("break_even")
+    be = be if be is not None and not be.empty else pd.DataFrame(columns=["platform", "arm", "estimate", "status"])
+    rv = t.get("reload_vs_recompute")
+    rv = rv if rv is not None and "reload_minus_recompute_ms" in rv.columns else pd.DataFrame(
+        columns=["platform", "arm", "status", "prefix_tokens"])
+    rows = [_break_even_row(r) for r in _rows(be)]
+    measured = [r for r in rows if r["estimate"] == "measured"]
+    for r in measured:
+        r["models"] = [m for m in rows if m["estimate"] == "model" and (m["platform"], m["arm"]) == (r["platform"], r["arm"])]
+    ok = rv[(rv.status == "ok") & rv.prefix_tokens.notna()] if len(rv) else rv
+    lengths = ok.groupby("platform")["prefix_tokens"].nunique().to_dict() if len(ok) else {}
+    acc = t.get("accounting")
+    pending = []
+    if acc is not None and len(acc):
+        pending = _records(acc[(acc.experiment == "restart") & (acc.platform != "cpu")
+                               & ~acc.status.isin(["measured", "archived"])],
+                           ["platform", "arm", "status", "reason"])
+    return {"stores": [r for r in measured if not r["not_run"]],
+            "not_run": [r for r in measured if r["not_run"]],
+            "lengths": {p: int(n) for p, n in lengths.items()},
+            "multi_length": sorted(p for p, n in lengths.items() if n > 1),
+            "gpu_platforms": sorted({r["platform"] for r in measured if not r["not_run"] and r["platform"] != "cpu"}),
+            "pending": pending,
+            "table": ok.drop_duplicates(["platform", "arm", "prefix_tokens"]) if len(ok) else ok,
+            "break_even": be,
+            "models": [r for r in rows if r["estimate"] == "model"]}
+
+
+def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
+    """What the write-up says of cross_instance.csv: its measured rows (one per platform, arm
+    and prefix length), each with its direction by the CI of the time saved (``faster``: the CI
+    above zero, ``slower``: below, ``unresolved``: around it, ``no_ci``: fewer than two pairs)
+    whether A was stopped before B started (``a_stopped``), whether B's outputs equal A's
+    (``same_output``; None: not recorded) and whether that run's LMCache recorded its torch
+    fallback; the same rows as a table (``table``, None without any); and the runs that did not
+    run, with their reason. Neither: no run of the experiment in the results."""
+    rows, not_run = [], []
+    for r in _rows(t):
+        if r.get("status") != "ok":
+            not_run.append(r)
+            continue
+        lo, hi = r.get("diff_ci95_lo_ms"), r.get("diff_ci95_hi_ms")
+        if not (claims.is_number(lo) and claims.is_number(hi)):
+            direction = "no_ci"
+        else:
+            direction = "faster" if lo > 0 else "slower" if hi < 0 else "unresolved"
+        equal = r.get("output_equal")
+        rows.append({**r, "direction": direction,
+                     "a_stopped": claims.is_number(r.get("instance_a_stopped")) and bool(r["instance_a_stopped"]),
+                     "same_output": bool(equal) if claims.is_number(equal) else None,
+                     "fallback": (r["platform"], "cross_instance", r["arm"]) in kernels["fallback"]})
+    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
+    counts = [c for c in ("prefix_tokens", "n_cross_first", "n_cross_cold") if c in ok.columns]
+    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
 
 
 def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
@@ -329,10 +430,15 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run),
             "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": restart_rows(t["restart"], kernels), "baseline": _rows(t["baseline"]),
+            "reload": reload_context(t),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
             "lmcache_server_memory": lmcache_server_memory(_platform_rows(runs)),
+
+
+            "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
+            "sharing": sharing(t.get("cost"), t.get("interference")),
             "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,
             "no_warmup_runs": no_warmup_runs(runs), "gpu_models": models,
             "cited": cited, "kv": kv_context(llama, ctx_claims["claims_by_id"].get("s000-kv-size")),

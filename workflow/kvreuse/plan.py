@@ -15,7 +15,10 @@ from . import schema
 from .lmcache import flags as lmcache_flags
 from .lmcache.flags import kv_transfer_json
 
-__all__ = ["ServerPlan", "base_vllm_args", "cuda_available", "kv_transfer_json", "plan"]
+__all__ = ["ServerPlan", "base_vllm_args", "cuda_available", "kv_transfer_json", "plan", "set_flag"]
+
+#: vLLM's share of the GPU's memory; an experiment that runs two instances on one GPU sets its own
+GPU_MEMORY_FLAG = "--gpu-memory-utilization"
 
 
 @dataclass
@@ -40,7 +43,26 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def base_vllm_args(arm: dict, server: dict, model: dict) -> list[str]:
+def set_flag(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with ``flag`` given once, as ``flag value`` at the end: every earlier
+    ``flag value`` or ``flag=value`` (e.g. from ``server.extra_args``) is taken out, so the
+    flag is replaced, not duplicated."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == flag:
+            i += 2  # the flag and its value
+            continue
+        if not args[i].startswith(flag + "="):
+            out.append(args[i])
+        i += 1
+    return out + [flag, value]
+
+
+def base_vllm_args(arm: dict, server: dict, model: dict,
+                   gpu_memory_utilization: float | None = None) -> list[str]:
+    """vLLM's flags for an arm: prefix caching, the model's length and seed, the platform's
+    ``server.extra_args``; ``gpu_memory_utilization`` (an experiment's own, e.g. two instances
+    on one GPU) replaces the one of ``extra_args``."""
     apc = schema.get(arm, "arms", "*", "prefix_caching")
     args = ["--enable-prefix-caching" if apc
             else "--no-enable-prefix-caching",
@@ -53,15 +75,19 @@ def base_vllm_args(arm: dict, server: dict, model: dict) -> list[str]:
         # a hash that does not depend on the process, so keys match across restarts
         args += ["--prefix-caching-hash-algo", schema.get(server, "server", "prefix_caching_hash_algo")]
     args += [str(a) for a in schema.get(server, "server", "extra_args")]
+    if gpu_memory_utilization is not None:
+        args = set_flag(args, GPU_MEMORY_FLAG, str(gpu_memory_utilization))
     return args
 
 
 def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
          has_cuda: bool | None = None, store_root: Path | str | None = None,
-         **lmcache_kw) -> ServerPlan:
+         gpu_memory_utilization: float | None = None, **lmcache_kw) -> ServerPlan:
+    """The arm's plan; ``gpu_memory_utilization``: every vLLM instance's share of the GPU
+    (an experiment's own), in place of the platform's ``--gpu-memory-utilization``."""
     env = {str(k): str(v) for k, v in schema.get(server, "server", "env").items()}
     env.setdefault("PYTHONHASHSEED", "0")
-    args = base_vllm_args(arm, server, model)
+    args = base_vllm_args(arm, server, model, gpu_memory_utilization)
     p = ServerPlan(vllm_args=args, env=env)
     if arm.get("lmcache"):
         if not (cuda_available() if has_cuda is None else has_cuda):

@@ -35,3 +35,59 @@ def platforms_in(df) -> list[str]:
 def empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
     ax.set_axis_off()
+
+
+def read_tables(paths) -> dict:
+    """A figure's tables (its rule's ``tables`` input: results/tables/<name>.csv) by name."""
+    import pandas as pd
+    from pathlib import Path
+
+    return {Path(p).stem: pd.read_csv(p) for p in ([paths] if isinstance(paths, str) else paths)}
+
+
+def panels(n: int, ncols: int = 4, width: float = 2.6, height: float = 2.3):
+    """A figure with ``n`` panels (at least one) in rows of ``ncols``, and its axes in order;
+    panels beyond ``n`` are switched off."""
+    n = max(n, 1)
+    cols = min(n, ncols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.2, height * rows + 0.4), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_axis_off()
+    return fig, flat[:n]
+
+
+def prefix_axis(ax, lengths) -> None:
+    """A log2 axis of prefix lengths with a tick at each measured one (one length too)."""
+    lengths = sorted({int(x) for x in lengths})
+    if not lengths:
+        return
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(lengths[0] / 1.5, lengths[-1] * 1.5)
+    ax.set_xticks(lengths, [f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n) for n in lengths],
+                  fontsize=6)
+    ax.minorticks_off()
+    ax.set_xlabel("prefix tokens", fontsize=7)
+
+
+def log_ms_axis(ax, label: str = "TTFT median (ms)") -> None:
+    """A log y axis of milliseconds, labelled with plain numbers (50, 100, 200)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
+    ax.tick_params(axis="y", which="both", labelsize=6)
+    ax.set_ylabel(label, fontsize=7)
+
+
+def info_panel(ax, handles, labels, notes: list[str]) -> None:
+    """The figure's legend and notes (runs not run, with why) in a panel of their own."""
+    ax.set_axis_off()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", fontsize=6, frameon=False)
+    if notes:
+        ax.text(0.0, 0.0 if handles else 0.5, "\n".join(notes), transform=ax.transAxes, fontsize=5.5,
+                va="bottom" if handles else "center", ha="left", color="#555555", wrap=True)

@@ -44,7 +44,7 @@ def accelerator() -> dict:
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,uuid",
                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True)
             rows = [[c.strip() for c in line.split(",")] for line in out.stdout.strip().splitlines()]
             if rows:
@@ -54,8 +54,10 @@ def accelerator() -> dict:
                     cuda = torch.version.cuda
                 except ImportError:
                     pass
+                # the GPUs' UUIDs and the host: which runs shared a GPU (cost, interference)
                 return {"kind": "gpu", "name": rows[0][0], "count": len(rows),
-                        "driver": rows[0][1], "memory": rows[0][2], "cuda": cuda}
+                        "driver": rows[0][1], "memory": rows[0][2], "cuda": cuda,
+                        "uuids": [r[3] for r in rows if len(r) > 3], "host": _platform.node()}
         except (subprocess.SubprocessError, OSError):
             pass
     cpu = _platform.processor() or _platform.machine()

@@ -13,8 +13,11 @@ Version history:
   1  (no ``schema_version``): phases told apart by their names (``cold_<n>``, ``rate_<r>``)
   2  typed phases (``kind`` and fields), ``schema_version`` in every meta, ``phase_kind`` in
      every record; later, the optional field ``server_run`` in phases and records (files
-     without it read as before: one server run), and the optional meta field ``offload``
-     (vLLM's own offloading arms; files without it read as None)
+     without it read as before: one server run); later, the optional meta fields ``offload``
+     (vLLM's own offloading arms) and ``gpu_share`` (a job's holds of a GPU node's measurement
+     lock); files without them read them as None;
+     later, the phase kinds ``cross_first`` and ``cross_cold`` and the optional phase field
+     ``instance`` (experiment cross_instance; additive: files without them read as before)
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ PHASE_KINDS = (
     "measured",             # baseline: requests sharing one system prompt, APC off
     "cold",                 # a prefix never seen by any cache
     "warm",                 # a prefix seen before, on the same server
-    "populate",             # restart: the first request, which fills the caches
+    "populate",             # restart, cross_instance: the first request, which fills the caches
     "post_restart_first",   # restart: a populate prompt again, the first on its prefix after the restart
     "post_restart_steady",  # restart: later requests on the populated prefix
     "post_restart_cold",    # restart: a never-seen prefix on the restarted server
@@ -48,6 +51,9 @@ PHASE_KINDS = (
     "rate",                 # serving: vllm bench serve at a request rate
     "repeat",               # random-prompt overhead: one pass over the unique prompts (``repeat``)
                             # in one of an arm's server runs (``server_run``)
+    "cross_first",          # cross_instance: instance B's first request on a prefix that instance A
+                            # stored in the shared LMCache server (A's ``populate`` prompt again)
+    "cross_cold",           # cross_instance: a never-seen prefix of the same length on instance B
 )
 
 
@@ -70,6 +76,7 @@ class Phase:
     turn: int | None = None
     context_tokens: int | None = None
     server_run: int | None = None  # which of an arm's separate server runs (kvreuse.alternating)
+    instance: str | None = None    # the named vLLM instance it ran on (cross_instance: a, b); None: the run's one
     after_restart: bool = False
     bench_summary: dict | None = None  # vllm bench serve's own summary (kind rate, fidelity_bench)
     lmcache_log: dict | None = None    # LMCache's retrieve/store log lines of this phase
@@ -151,6 +158,7 @@ class RunMeta:
     store_after_stop: dict | None = None
     lmcache: dict | None = None      # LMCache arms: mode, store, kernels loaded or fallback
     offload: dict | None = None      # vLLM's own offloading arms: tiers, store folder (kvreuse.offload)
+    gpu_share: dict | None = None    # jobs sharing a GPU: this job's measurement-lock holds (kvreuse.gpu_share)
     migration: list[dict] = field(default_factory=list)  # what kvreuse.migrate changed
 
     def add_phase(self, name: str, phase: Phase) -> None:

@@ -77,6 +77,16 @@ def key_schemas(*path: str, schema: dict | None = None) -> list[dict]:
     return [p for n in nodes for p in _parts(n, root)]
 
 
+def defines(*path: str, schema: dict | None = None) -> bool:
+    """Whether the config schema has a key at ``path`` (``"experiments", "restart",
+    "gpu_memory_utilization"``: no)."""
+    try:
+        key_schemas(*path, schema=schema)
+    except SchemaError:
+        return False
+    return True
+
+
 def default(*path: str, schema: dict | None = None):
     """The schema's default of the config key at ``path`` (a copy: a list or dict may be
     changed by the caller), e.g. ``default("experiments", "restart", "cold_reference")``;

@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import gpu_memory, schema
 from .errors import ServerError
+from .gpu_share import MeasureLock
 from .lmcache import flags as lmcache_flags
 from .plan import ServerPlan
 from .server import ManagedProcess, vllm_server
@@ -66,8 +67,11 @@ class Servers:
     """The running servers of one arm: ``vllm`` (by instance name) and ``lmcache_server``."""
 
     def __init__(self, plan: ServerPlan, *, model_dir: Path, model_name: str, log_dir: Path,
-                 server: dict):
+                 server: dict, lock: MeasureLock | None = None):
         self.plan = plan
+        # held from the moment a server is ready until the last one has stopped, so that jobs
+        # sharing a GPU never measure at once (kvreuse.gpu_share; a no-op without the runner's lock)
+        self.lock = lock if lock is not None else MeasureLock()
         self.model_dir = model_dir
         self.model_name = model_name
         self.log_dir = Path(log_dir)
@@ -89,8 +93,12 @@ class Servers:
         self.close()
 
     def close(self) -> None:
-        """Stop every process started, latest first (vLLM before the LMCache server). Idempotent."""
-        self._stack.close()
+        """Stop every process started, latest first (vLLM before the LMCache server), then let
+        other jobs measure. Idempotent."""
+        try:
+            self._stack.close()
+        finally:
+            self.lock.release()
 
     def start(self, name: str = MAIN, *, connector: bool = True) -> ManagedProcess:
         """Start vLLM instance ``name`` (and the LMCache server first, if the plan has one and
@@ -113,6 +121,7 @@ class Servers:
         self.connected[name] = connector
         self.starts.append({"process": label, "at": now_iso(), "connector": connector,
                             "startup_s": round(proc.startup_s, 3)})
+        self.lock.acquire()
         return proc
 
     def _start_lmcache_server(self) -> None:
@@ -143,6 +152,8 @@ class Servers:
         if lmcache_server and self.lmcache_server is not None:
             self._record_stop(LMCACHE_SERVER, self.lmcache_server)
             self.lmcache_server = None
+        if not self.vllm:
+            self.lock.release()
 
     def _record_stop(self, process: str, proc: ManagedProcess) -> dict:
         rc = proc.stop()

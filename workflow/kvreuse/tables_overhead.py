@@ -13,7 +13,8 @@ from .results import RunMeta
 
 def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -> pd.DataFrame:
     """Per platform and arm: mean and median TTFT and e2e over the unique prompts, the number
-    of separate server runs (``server_runs``), and the change of the mean against the APC-only
+    of separate server runs (``server_runs``), the store's cost per request (:func:`store_cost`),
+    and the change of the mean against the APC-only
     arm on the very same prompts, with a 95% CI that resamples server runs within each arm and
     then prompts, paired (kvreuse.alternating.ratio_ci): NaN with fewer than two server runs
     on either side (runs made before the alternating design had one). Arms whose store
@@ -47,5 +48,25 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
             if nbytes > 0:
                 row[f"{key}_bytes"], row[f"{direction}_ms"] = nbytes, secs * 1000
                 row["transfer_source"] = "; ".join(filter(None, [row.get("transfer_source"), source]))
+        row.update(store_cost(m))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def store_cost(m: RunMeta) -> dict:
+    """What storing each unique prompt's KV cost on the cold path (the source study's
+    explanation of its L40S slowdown), per measured request: LMCache's own store log lines
+    (``lmcache_log``: ms and bytes per store), or vLLM offloading's counters
+    (``vllm:kv_offload_store_time`` in s, ``_store_bytes``); none for an arm that stores nothing."""
+    phases = [ph for ph in m.phases.values() if ph.kind == "repeat"]
+    n = sum(ph.n_requests for ph in phases)
+    logs = [ph.lmcache_log for ph in phases if ph.lmcache_log]
+    offload = [ph.counters for ph in phases if "vllm:kv_offload_store_bytes" in ph.counters]
+    if not n or not (logs or offload):
+        return {"store_source": "", "store_ms_per_request": float("nan"), "store_mb_per_request": float("nan")}
+    if logs:
+        ms, nbytes, source = sum(x["store_ms"] for x in logs), sum(x["store_bytes"] for x in logs), "lmcache_log"
+    else:
+        ms = 1000 * sum(c.get("vllm:kv_offload_store_time", 0.0) for c in offload)
+        nbytes, source = sum(c["vllm:kv_offload_store_bytes"] for c in offload), "vllm:kv_offload_store_*"
+    return {"store_source": source, "store_ms_per_request": ms / n, "store_mb_per_request": nbytes / n / 1e6}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import alternating, kernels
+from . import alternating, interference, kernels
 from .freshness import Freshness
 from .results import RunMeta
 
@@ -103,8 +103,33 @@ def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataF
     if len(t):
         tot = t.groupby("platform", sort=False)[["wall_s", "gpu_minutes", "server_starts", "startup_s_total", "requests"]].sum().reset_index()
         tot["experiment"], tot["arm"] = "TOTAL", ""
+        # jobs that shared a GPU (kvreuse.gpu_share) held it once: the union of their intervals
+        tot["gpu_minutes_held"] = [_held_minutes([m for m in metas if m.platform == p and m.status == "ok"],
+                                                 benchmarks) for p in tot["platform"]]
         t = pd.concat([t, tot], ignore_index=True)
     return t
+
+
+def _held_minutes(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
+    """GPU-minutes the runs' jobs held their GPUs (kvreuse.interference.held_gpu_minutes): a job
+    spans its wall time up to its meta's finished_at; one without either counts in full."""
+    spans, seen = [], set()
+    for m in metas:
+        acc = m.accelerator or {}
+        gpus = acc.get("count", 1) if acc.get("kind") == "gpu" else 0
+        wall = benchmarks.get((m.platform, m.experiment, m.arm),
+                              benchmarks.get((m.platform, m.experiment, alternating.JOB)))
+        job = (m.platform, m.experiment) + (() if alternating.alternates(m.experiment) else (m.arm,))
+        if not gpus or wall is None or np.isnan(wall) or job in seen:  # an alternating job: once
+            continue
+        seen.add(job)
+        key = interference.gpu_key(m)
+        if key is None or not m.finished_at:
+            spans.append((None, 0.0, wall, gpus))
+        else:
+            end = interference.epoch(m.finished_at)
+            spans.append((key, end - wall, end, gpus))
+    return interference.held_gpu_minutes(spans)
 
 
 def read_benchmarks(files: list[str]) -> dict[tuple, float]:

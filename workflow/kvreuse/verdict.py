@@ -5,12 +5,11 @@ Per populated prefix i, the first measured request on it after the restart
 
 ``hit fraction``  its cache hits / its reusable tokens, at most 1. Hits: vLLM's external
                   prefix-cache hits for arms with a connector (LMCache, vLLM's own
-                  offloading), vLLM's own prefix-cache hits for APC. Reusable tokens: the
-                  prompt sent (it was sent before the restart too) less its last token, which
-                  vLLM always computes, rounded down to whole chunks (LMCache's
-                  ``chunk_size``) or blocks (vLLM's block size: ``--block-size`` where given,
-                  else vLLM's default, 16 on a GPU and 128 on a CPU). A 1040-token prompt has
-                  1024 reusable tokens in either.
+                  offloading), vLLM's own prefix-cache hits for APC. Reusable tokens: the prompt sent (it was sent
+                  before the restart too) less its last token, which vLLM always computes,
+                  rounded down to whole chunks (LMCache's ``chunk_size``) or blocks (vLLM's
+                  block size: ``--block-size`` where given, else vLLM's default, 16 on a GPU
+                  and 128 on a CPU). A 1040-token prompt has 1024 reusable tokens in either.
 ``output``        equal to the output of the same prompt before the restart (``populate``).
 
 ``persisted``      fraction >= :data:`PERSISTED_FRACTION` and the same output;
@@ -19,7 +18,9 @@ Per populated prefix i, the first measured request on it after the restart
 ``not persisted``  no hits at all.
 
 A run's verdict is that of its median fraction (with the outputs of all its prefixes); the
-table also gives the smallest and largest fraction and how many prefixes persisted.
+table also gives the smallest and largest fraction and how many prefixes persisted. The same
+rule over the prefixes of one length gives the verdict at that length (``run_verdict`` of
+``prefix_verdicts`` at that ``prefix_tokens``; kvreuse.tables_reload).
 """
 
 from __future__ import annotations
@@ -50,16 +51,22 @@ def classify(fraction: float, output_equal: bool | None) -> tuple[str, str]:
     return PERSISTED, ""
 
 
+#: vLLM flags that give it a KV connector (LMCache's, or its own OffloadingConnector)
+CONNECTOR_FLAGS = ("--kv-transfer-config", "--kv-offloading-size", "--kv-offloading-backend")
+
+
 def connector(meta: RunMeta) -> bool:
-    """Whether the arm loads KV through a connector (LMCache, or vLLM's own offloading), whose
-    loads count as vLLM's external prefix-cache hits."""
+    """Whether the run's vLLM had a KV connector (an LMCache arm, or vLLM's own offloading):
+    its hits after a restart are the connector's (external) ones."""
     arm = meta.arm_config or {}
-    return arm.get("lmcache") is not None or arm.get("offload") is not None
+    if arm.get("lmcache") is not None or arm.get("offload") is not None:
+        return True
+    args = (meta.server or {}).get("vllm_args") or []
+    return any(str(a).split("=", 1)[0] in CONNECTOR_FLAGS for a in args)
 
 
 def reuse_unit(meta: RunMeta) -> int:
-    """Tokens per cached unit: LMCache's chunk for LMCache arms, else vLLM's block (vLLM's
-    offloading stores whole blocks)."""
+    """Tokens per cached unit: LMCache's chunk for LMCache arms, else vLLM's block."""
     if (meta.arm_config or {}).get("lmcache") is not None:
         return int(meta.arm_config["lmcache"].get("chunk_size", 256))
     args = list((meta.server or {}).get("vllm_args") or [])
@@ -82,6 +89,7 @@ def hits(meta: RunMeta, counters: dict[str, float]) -> float:
 @dataclass(frozen=True)
 class PrefixVerdict:
     repeat: int | None
+    prefix_tokens: int | None
     hit_tokens: float
     reusable_tokens: int
     hit_fraction: float
@@ -90,9 +98,16 @@ class PrefixVerdict:
     reason: str
 
 
+def _key(prefix_tokens, repeat) -> tuple[int, int]:
+    """A populated prefix: (length, index), -1 for a field the run did not record."""
+    return (-1 if prefix_tokens is None or pd.isna(prefix_tokens) else int(prefix_tokens),
+            -1 if repeat is None or pd.isna(repeat) else int(repeat))
+
+
 def _outputs(records: pd.DataFrame, kind: str) -> dict:
     sub = records[(records.phase_kind == kind) & records.error.isna()]
-    return {(-1 if pd.isna(r) else int(r)): list(o or []) for r, o in zip(sub["repeat"], sub["output_token_ids"])}
+    lengths = sub["prefix_tokens"] if "prefix_tokens" in sub else [None] * len(sub)
+    return {_key(n, r): list(o or []) for n, r, o in zip(lengths, sub["repeat"], sub["output_token_ids"])}
 
 
 def _prompt_tokens(records: pd.DataFrame, phase: str) -> float:
@@ -105,16 +120,17 @@ def _prompt_tokens(records: pd.DataFrame, phase: str) -> float:
 
 
 def prefix_verdicts(meta: RunMeta, records: pd.DataFrame) -> list[PrefixVerdict]:
-    """One verdict per populated prefix (its ``post_restart_first`` phase), in prefix order.
-    ``records``: the run's records (kvreuse.aggregate.load). Runs of one prefix made before
-    the records kept outputs fall back on the run's own ``output_equal``."""
+    """One verdict per populated prefix (its ``post_restart_first`` phase), by prefix length,
+    then prefix index (a prefix is its length and its ``repeat``). ``records``: the run's
+    records (kvreuse.aggregate.load). Runs of one prefix made before the records kept outputs
+    fall back on the run's own ``output_equal``."""
     before, after = _outputs(records, "populate"), _outputs(records, "post_restart_first")
     unit = reuse_unit(meta)
     out = []
     firsts = sorted(((name, ph) for name, ph in meta.phases.items() if ph.kind == "post_restart_first"),
-                    key=lambda x: -1 if x[1].repeat is None else x[1].repeat)
+                    key=lambda x: _key(x[1].prefix_tokens, x[1].repeat))
     for name, ph in firsts:
-        key = -1 if ph.repeat is None else ph.repeat
+        key = _key(ph.prefix_tokens, ph.repeat)
         prompt = _prompt_tokens(records, name)
         if np.isnan(prompt):
             prompt = (ph.prefix_tokens or (meta.params or {}).get("prefix_tokens", 0)) + 1
@@ -123,7 +139,8 @@ def prefix_verdicts(meta: RunMeta, records: pd.DataFrame) -> list[PrefixVerdict]
         fraction = min(h / reusable, 1.0) if reusable else float("nan")
         a, b = before.get(key), after.get(key)
         equal = (a == b) if a and b else (meta.output_equal if len(firsts) == 1 else None)
-        out.append(PrefixVerdict(ph.repeat, h, reusable, fraction, equal, *classify(fraction, equal)))
+        out.append(PrefixVerdict(ph.repeat, ph.prefix_tokens, h, reusable, fraction, equal,
+                                 *classify(fraction, equal)))
     return out
 
 

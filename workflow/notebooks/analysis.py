@@ -43,6 +43,12 @@ pivot
 tables["restart"]
 
 # %% [markdown]
+# ## Across instances: B's first request on a prefix A stored, against a never-seen one
+
+# %%
+tables.get("cross_instance")  # None where the study has no cross_instance experiment
+
+# %% [markdown]
 # ## Runs and what was not run
 
 # %%

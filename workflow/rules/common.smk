@@ -17,7 +17,7 @@ RUN_PLATFORMS = dag.run_platforms(config)
 EXPERIMENTS = dag.experiments(config)
 MODELS_DIR = config["paths"]["models"]
 LMCACHE_DIR = config["paths"]["lmcache"]
-FIGURES = dag.FIGURES
+FIGURES = dag.figures(config)
 TABLES = dag.tables(config)
 
 # The citable artifact (workflow/rules/artifact.smk). With artifact.source set, the raw results
@@ -97,8 +97,21 @@ def figure_title(wildcards):
     return dag.figure_title(wildcards.figure)
 
 
+def figure_tables(wildcards):
+    return dag.figure_tables(wildcards.figure)
+
+
 def run_params(experiment, platform):
     return lambda wildcards: dag.run_params(config, experiment, platform, wildcards.arm)
+
+
+def job_resource(experiment, platform, key):
+    """A run job's share of its node (kvreuse.dag.job_resources): of its arm, or of every arm
+    of an alternating job."""
+    if ALTERNATING(experiment):
+        arms = dag.kc.arms_for(config, experiment, platform)
+        return dag.job_resources(config, experiment, platform, arms)[key]
+    return lambda wildcards: dag.job_resources(config, experiment, platform, [wildcards.arm])[key]
 
 
 def lmcache_inputs(platform):

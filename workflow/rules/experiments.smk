@@ -23,8 +23,14 @@ for _platform in RUN_PLATFORMS:
                     f"results/logs/{_platform}/{_experiment}/{ALTERNATING_JOB}.log",
                 benchmark:
                     f"results/benchmarks/{_platform}/{_experiment}/{ALTERNATING_JOB}.tsv"
+                # its server runs go one after another, so it is a platform's longest job:
+                # started first, it does not prolong a campaign whose other jobs share the GPU
+                priority: 1
                 resources:
                     server=1,  # one vLLM server at a time: the arms take turns
+                    gpu_pct=job_resource(_experiment, _platform, "gpu_pct"),
+                    host_mem_gb=job_resource(_experiment, _platform, "host_mem_gb"),
+                    store_disk_gb=job_resource(_experiment, _platform, "store_disk_gb"),
                 conda:
                     "../../envs/serve.yaml"
                 script:
@@ -50,6 +56,10 @@ for _platform in RUN_PLATFORMS:
                     f"results/benchmarks/{_platform}/{_experiment}/{{arm}}.tsv"
                 resources:
                     server=1,  # a job that holds a vLLM server; profiles cap how many run at once
+                    # its share of a GPU node (kvreuse.gpu_share; capped in profiles/gpu-node)
+                    gpu_pct=job_resource(_experiment, _platform, "gpu_pct"),
+                    host_mem_gb=job_resource(_experiment, _platform, "host_mem_gb"),
+                    store_disk_gb=job_resource(_experiment, _platform, "store_disk_gb"),
                 conda:
                     "../../envs/serve.yaml"
                 script:

@@ -4,6 +4,8 @@ rule figure:
     localrule: True  # seconds of matplotlib: on a cluster, runs where snakemake runs
     input:
         table="results/tables/{figure}.csv",
+        # every table the figure reads, its own first (kvreuse.dag.FIGURE_TABLES)
+        tables=figure_tables,
         script="workflow/scripts/figures/{figure}.py",
     output:
         pdf="results/figures/{figure}.pdf",

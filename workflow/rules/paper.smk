@@ -25,6 +25,8 @@ rule paper:
         citation_cff="CITATION.cff",
         accounting_template="paper/accounting.md.j2",  # included by the templates
         accounting_tex_template="paper/accounting.tex.j2",
+        reload_template="paper/reload.md.j2",  # included by the templates
+        reload_tex_template="paper/reload.tex.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),

@@ -17,6 +17,7 @@ Modules, each one job:
 - :mod:`.sweep`: ``prefix_sweep`` and its lengths (``sweep_lengths``).
 - :mod:`.serving_load`: ``serving`` (vLLM's load generator, the fidelity workload).
 - :mod:`.overhead`: ``random_overhead`` (one server run of the "random prompts" test).
+- :mod:`.sharing`: ``cross_instance`` (two vLLM instances share one LMCache server).
 - :mod:`.server_runs`: alternating server runs (:data:`SERVER_RUNS`, ``run_alternating``).
 
 This module holds the registry :data:`EXPERIMENTS` and :func:`run` (one run of one arm), and
@@ -43,16 +44,18 @@ from .overhead import random_overhead
 from .persistence import restart
 from .server_runs import SERVER_RUNS, ArmRuns, alternate, prepare, run_alternating
 from .serving_load import serving
+from .sharing import cross_instance
 from .sweep import prefix_sweep, sweep_lengths
 
 __all__ = ["EXPERIMENTS", "SERVER_RUNS", "ArmRuns", "Context", "RunSpec", "alternate", "arm_plan",
-           "base_meta", "baseline", "cold_warm", "multiturn", "n_cold", "prefix_sweep", "prepare",
+           "base_meta", "baseline", "cold_warm", "cross_instance", "multiturn", "n_cold", "prefix_sweep", "prepare",
            "random_overhead", "restart", "run", "run_alternating", "serving", "shared",
            "store_after_stop", "sweep_lengths", "warmup", "write_not_run", "write_pair"]
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
     "prefix_sweep": prefix_sweep, "multiturn": multiturn, "serving": serving,
+    "cross_instance": cross_instance,
 }
 
 
@@ -86,6 +89,6 @@ def run(spec: RunSpec, has_cuda: bool | None = None) -> dict:
         meta.lmcache = lmcache_logs.finish(plan, spec.log_dir, spec.model_dir)
     if plan.offload is not None:  # tiers, store folder, bytes per token, store cleanup
         meta.offload = vllm_offload.finish(plan, spec.model_dir)
-    finish_meta(meta, recorder.records, servers.starts, servers.stops)
+    finish_meta(meta, recorder.records, servers.starts, servers.stops, servers.lock.as_meta())
     write_pair(spec.out_jsonl, recorder.records, meta)
     return meta.to_dict()

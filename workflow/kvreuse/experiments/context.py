@@ -17,7 +17,7 @@ from ..plan import ServerPlan
 from ..plan import plan as make_plan
 from ..recorder import Recorder
 from ..results import RequestRecord, RunMeta, meta_path, phase_name, write_meta, write_records
-from ..servers import Servers, now_iso
+from ..servers import MAIN, Servers, now_iso
 from ..workloads import PromptMaker, shared_prefix_prompts
 
 log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
@@ -100,21 +100,30 @@ def n_cold(c: Context, p: dict) -> int:
     return schema.get(p, "experiments", c.spec.experiment, "n_cold")
 
 
-async def warmup(c: Context, *, after: str | None = None) -> None:
+def warmup_sizes(p: dict) -> tuple[int, int]:
+    """A warm-up prompt's prefix and suffix lengths: the experiment's ``prefix_tokens`` and
+    ``suffix_tokens`` where it has them, else :data:`WARMUP_PREFIX_TOKENS` and
+    :data:`WARMUP_SUFFIX_TOKENS`."""
+    return p.get("prefix_tokens", WARMUP_PREFIX_TOKENS), p.get("suffix_tokens", WARMUP_SUFFIX_TOKENS)
+
+
+async def warmup(c: Context, *, after: str | None = None, instance: str | None = None) -> None:
     """``warmup_requests`` requests with prompts used nowhere else, right after a server start,
     so its one-time costs stay out of the measurement. ``after``: which later start this
-    follows (``post_restart``, ``cold_reference``): its own never-seen prompts (a re-sent
-    warm-up prompt would be reloaded from a store, and would warm that path instead), phase
-    ``warmup_<after>``."""
+    follows (``post_restart``, ``cold_reference``, ``instance_b``): its own never-seen prompts
+    (a re-sent warm-up prompt would be reloaded from a store, and would warm that path
+    instead), phase ``warmup_<after>``. ``instance``: the named vLLM instance it goes to
+    (recorded in the phase), else the run's one (kvreuse.servers.MAIN)."""
     p = c.spec.params
     n = schema.get(p, "experiments", c.spec.experiment, "warmup_requests")
     if n:
         tag = f"warmup/{after}" if after else "warmup"
-        prompts = [c.prompts.tokens(f"{tag}/{i}", p.get("prefix_tokens", WARMUP_PREFIX_TOKENS))
-                   + c.prompts.tokens(f"{tag}/q{i}", p.get("suffix_tokens", WARMUP_SUFFIX_TOKENS))
+        prefix, suffix = warmup_sizes(p)
+        prompts = [c.prompts.tokens(f"{tag}/{i}", prefix) + c.prompts.tokens(f"{tag}/q{i}", suffix)
                    for i in range(n)]
-        await c.recorder.phase(c.servers.target(), "warmup", prompts, after_restart=after == "post_restart",
-                               name=phase_name("warmup", after) if after else None)
+        await c.recorder.phase(c.servers.target(instance or MAIN), "warmup", prompts,
+                               after_restart=after == "post_restart",
+                               name=phase_name("warmup", after) if after else None, instance=instance)
 
 
 def store_after_stop(c: Context) -> None:
@@ -140,11 +149,21 @@ def base_meta(spec: RunSpec, plan: ServerPlan) -> RunMeta:
         phases={})
 
 
+def gpu_memory_utilization(spec: RunSpec) -> float | None:
+    """The experiment's own share of the GPU for each vLLM instance (its key
+    ``gpu_memory_utilization``: cross_instance, whose two instances share one GPU), or None for
+    an experiment without that key or with it null (the platform's ``server.extra_args``
+    decide)."""
+    path = ("experiments", spec.experiment, "gpu_memory_utilization")
+    return schema.get(spec.params, *path) if schema.defines(*path) else None
+
+
 def arm_plan(spec: RunSpec, run_dir: Path, has_cuda: bool | None = None) -> ServerPlan:
     """The arm's servers for one run (LMCache arms: a new store folder and ports each time)."""
     return make_plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
                      run_dir=run_dir, has_cuda=has_cuda,
-                     store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment)
+                     store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment,
+                     gpu_memory_utilization=gpu_memory_utilization(spec))
 
 
 def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:
@@ -156,9 +175,11 @@ def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:
 
 
 def finish_meta(meta: RunMeta, records: list[RequestRecord], starts: list[dict],
-                stops: list[dict]) -> None:
-    """The meta's end of run: when, the servers' starts and stops, requests and errors."""
+                stops: list[dict], gpu_share: dict | None = None) -> None:
+    """The meta's end of run: when, the servers' starts and stops, requests and errors, and
+    the job's waits for the GPU node's measurement lock (kvreuse.gpu_share), if it had one."""
     meta.finished_at = now_iso()
+    meta.gpu_share = gpu_share
     meta.server_starts, meta.stops = starts, stops
     meta.n_requests = len(records)
     meta.n_errors = sum(1 for r in records if r.error)

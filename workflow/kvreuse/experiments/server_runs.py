@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import alternating, schema
 from .. import offload as vllm_offload
+from ..gpu_share import MeasureLock
 from ..lmcache import logs as lmcache_logs
 from ..plan import ServerPlan
 from ..recorder import ClientSettings, Recorder
@@ -43,6 +44,8 @@ class ArmRuns:
     plan: ServerPlan            # the first server run's (the meta's server block is this one's)
     recorder: Recorder
     has_cuda: bool | None = None
+    #: the job's one measurement lock, shared by its arms (kvreuse.gpu_share)
+    lock: MeasureLock = dataclasses.field(default_factory=MeasureLock)
     starts: list[dict] = dataclasses.field(default_factory=list)
     stops: list[dict] = dataclasses.field(default_factory=list)
     lmcache: list[dict] = dataclasses.field(default_factory=list)
@@ -72,7 +75,7 @@ class ArmRuns:
         plan = self.plan if i == 0 else arm_plan(self.spec, run_dir, self.has_cuda)
         self.recorder.lmcache_log_dir = run_dir if plan.lmcache is not None else None
         servers = Servers(plan, model_dir=self.spec.model_dir, model_name=self.spec.model_name,
-                          log_dir=run_dir, server=self.spec.server)
+                          log_dir=run_dir, server=self.spec.server, lock=self.lock)
         try:
             with servers:
                 yield Context(self.spec, plan, servers, self.recorder, None, self.prompts)
@@ -88,7 +91,7 @@ class ArmRuns:
 def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]:
     """The arms that can run here, in the given order; an arm that cannot (its plan's
     ``not_run_reason``, e.g. LMCache without CUDA) is written now as not run, with its reason."""
-    arms = []
+    arms, lock = [], MeasureLock()
     for spec in specs:
         run_dir = ArmRuns.run_dir(spec, 0)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +103,7 @@ def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]
         runs = schema.get(spec.params, "experiments", spec.experiment, "server_runs")
         meta.params = {**meta.params, "server_runs": runs}
         recorder = Recorder(meta, ClientSettings.from_config(spec.model_name, spec.client, spec.seed))
-        arms.append(ArmRuns(spec, plan, recorder, has_cuda))
+        arms.append(ArmRuns(spec, plan, recorder, has_cuda, lock))
     return arms
 
 
@@ -137,7 +140,7 @@ def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | Non
             asyncio.run(main())
     for a in arms:
         meta = a.meta
-        finish_meta(meta, a.recorder.records, a.starts, a.stops)
+        finish_meta(meta, a.recorder.records, a.starts, a.stops, a.lock.as_meta())
         if a.lmcache:
             meta.lmcache = {**a.lmcache[0], "server_runs": a.lmcache}
         if a.offload:

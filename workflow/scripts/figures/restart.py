@@ -1,53 +1,57 @@
-"""Per arm: cold (populate), first request after a restart on a populated prefix, steady after
-the restart, and a never-seen prefix after the restart (the recompute reference); the verdict
-from counters and outputs above each arm, whose name is marked where LMCache's kernels did not
-load ("(torch fallback)")."""
-import textwrap
-
-import numpy as np
+"""The KV cache across a restart, one panel per store (arm) and platform: TTFT against prefix
+length of the populating request (cold), its warm requests, the first request on a populated
+prefix after the restart (the reload), the later ones (steady) and a never-seen prompt of the
+same length after the restart (the recompute reference); the verdict from counters and outputs
+in the panel's title. Arms that did not run are listed with why."""
 import pandas as pd
 
-from kvreuse.plotting import empty, platforms_in, plt, save
+from kvreuse.plotting import info_panel, log_ms_axis, panels, platforms_in, prefix_axis, read_tables, save
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821
-t = pd.read_csv(snakemake.input.table)  # noqa: F821
-plats = platforms_in(t)
-phases = [("populate", "cold (populate)", "#444444"), ("post_restart_first", "first after restart", "#d62728"),
-          ("post_restart_steady", "steady after restart", "#1f77b4"),
-          ("post_restart_cold", "never-seen after restart", "#aaaaaa")]
-width = 0.8 / len(phases)
-fig, axes = plt.subplots(len(plats) or 1, 1, figsize=(7, 2.6 * max(len(plats), 1)), squeeze=False)
-for ax, p in zip(axes[:, 0], plats):
-    sub = t[t.platform == p].reset_index(drop=True)
-    x = np.arange(len(sub))
-    for k, (ph, label, color) in enumerate(phases):
-        col = f"{ph}_ttft_median_ms"
-        vals = sub[col] if col in sub else pd.Series([np.nan] * len(sub))
-        ax.bar(x + (k - (len(phases) - 1) / 2) * width, vals, width=width, label=label, color=color)
-    top = np.nanmax(sub[[f"{ph}_ttft_median_ms" for ph, _, _ in phases if f"{ph}_ttft_median_ms" in sub]]
-                    .to_numpy(float), initial=1.0)
-    ax.set_ylim(0, top * 1.2)  # headroom for the verdicts
-    for i, r in sub.iterrows():
-        if r.status != "ok":
-            # the reason, shortened to fit beside the bars (restart.csv has it whole)
-            ax.text(i, 0, "not run:\n" + textwrap.shorten(str(r.reason), 40, placeholder="..."),
-                    ha="center", va="bottom", fontsize=5, rotation=90)
-        else:
-            # the verdict (kvreuse.verdict) where the table has one, else the boolean
-            v = r.get("verdict") if isinstance(r.get("verdict"), str) else (
-                "persisted" if r.get("persisted") else "not persisted")
-            if v == "partial" and pd.notna(r.get("hit_fraction")):
-                v = f"partial ({r['hit_fraction']:.0%})"
-            ax.text(i, top * 1.06, v, ha="center", fontsize=7)
-    # the arm as the table labels it: marked where LMCache ran its torch fallback (kvreuse.kernels)
-    ax.set_xticks(x, sub.arm_label if "arm_label" in sub else sub.arm, fontsize=6, rotation=20, ha="right")
-    ax.set_ylabel("TTFT median (ms)")
-    archived = "freshness" in sub and len(sub) and (sub.freshness == "archived").all()
-    ax.set_title(f"{p}{' (archived results)' if archived else ''}: the KV cache across a vLLM restart "
-                 f"(verdicts: counters and outputs)", fontsize=9)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-if not plats:
-    empty(axes[0][0], "no restart results")
+tables = read_tables(snakemake.input.tables)  # noqa: F821
+runs, lengths = tables["restart"], tables["reload_vs_recompute"]
+LINES = [("populate_ttft_ms", "cold (populate)", "#444444", "o", "-"),
+         ("warm_ttft_ms", "warm, before the stop", "#2ca02c", ".", "-"),
+         ("reload_ttft_ms", "first after restart (reload)", "#d62728", "s", "-"),
+         ("steady_ttft_ms", "steady after restart", "#1f77b4", "^", ""),
+         ("recompute_ttft_ms", "never-seen after restart (recompute)", "#999999", "D", "--")]
+
+
+def verdict_text(r) -> str:
+    v = r.get("verdict") if isinstance(r.get("verdict"), str) else (
+        "persisted" if r.get("persisted") else "not persisted")
+    if v == "partial" and pd.notna(r.get("hit_fraction")):
+        v = f"partial ({r['hit_fraction']:.0%} reused)"
+    return v
+
+
+shown = [r for p in platforms_in(runs) for _, r in runs[runs.platform == p].iterrows() if r.status == "ok"]
+skipped = runs[runs.status != "ok"] if len(runs) else runs
+fig, axes = panels(len(shown) + 1, ncols=3, width=3.0)
+for ax, r in zip(axes, shown):
+    sub = lengths[(lengths.platform == r.platform) & (lengths.arm == r.arm)].drop_duplicates("prefix_tokens")
+    sub = sub.dropna(subset=["prefix_tokens"]).sort_values("prefix_tokens")
+    for col, label, color, marker, ls in LINES:
+        s = sub.dropna(subset=[col])
+        if s.empty:
+            continue
+        side = col.removesuffix("_ttft_ms")
+        lo, hi = f"{side}_ttft_ci95_lo_ms", f"{side}_ttft_ci95_hi_ms"
+        yerr = ([(s[col] - s[lo]).fillna(0).clip(lower=0), (s[hi] - s[col]).fillna(0).clip(lower=0)]
+                if lo in s else None)
+        ax.errorbar(s.prefix_tokens, s[col], yerr=yerr, color=color, marker=marker, ms=3, ls=ls or "none",
+                    lw=1, capsize=2, label=label)
+    prefix_axis(ax, sub.prefix_tokens)
+    log_ms_axis(ax)
+    notes = [n for n, on in (("archived", r.get("freshness") == "archived"),
+                             ("LMCache torch fallback", r.get("lmcache_kernels") == "fallback")) if on]
+    ax.set_title(f"{r.platform} / {r.arm}{' (' + ', '.join(notes) + ')' if notes else ''}\n"
+                 f"verdict: {verdict_text(r)}", fontsize=6.5)
+handles, labels = axes[0].get_legend_handles_labels() if shown else ([], [])
+info_panel(axes[len(shown)], handles, labels,
+           ["Verdicts from the hit counters and outputs, never from time."]
+           + [f"{r.platform} / {r.arm}: not run ({r.reason})" for r in skipped.itertuples()]
+           + ([] if len(runs) else ["no restart results"]))
 save(fig, snakemake.output.pdf, snakemake.output.png,  # noqa: F821
-     source="workflow/scripts/figures/restart.py <- results/tables/restart.csv")
+     source="workflow/scripts/figures/restart.py <- results/tables/restart.csv, reload_vs_recompute.csv")

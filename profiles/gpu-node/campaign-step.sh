@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One step of a GPU campaign on the lent host (a `device` call, under its 10-minute limit), run
+# from the tree's root after ../shared/gpu-host/install-wheels.sh installed vLLM, LMCache and
+# Snakemake into $SITE (default /root/site):
+#   KVREUSE_GIT_COMMIT=<sha> OUT=$OUT bash profiles/gpu-node/campaign-step.sh h200 [TARGET...]
+# Each step measures what is still missing (default target: `measure`) until BUDGET_S (default
+# 540 s); state stays in $KEEP between steps, and the platform's raw results, benchmarks and job
+# logs come back in $OUT after every step (run-targets.sh), so an interruption loses one step's
+# work, not the campaign's.
+#
+# The campaign's state is this host's $KEEP: the tree's committed raw results of the platform
+# are dropped from this copy (they are superseded by the campaign, git keeps them, and a kept
+# output would not be measured again), unless TREE_RESULTS=1 (a host lent anew mid-campaign: the
+# tree then holds the campaign's results committed so far). NEW_CAMPAIGN=1 (the first step)
+# also drops an earlier campaign's state on this host. The stores' disk cap is the free disk less a margin
+# (profiles/gpu-node caps the rest).
+set -uo pipefail
+platform="${1:?usage: campaign-step.sh PLATFORM [TARGET...]}"; shift
+targets=("${@:-measure}")
+site="${SITE:-/root/site}"
+export KEEP="${KEEP:-/root/keep}"
+export PYTHONPATH="$site:$PWD/workflow"
+export DROP_STORES=1  # run-targets.sh: stores left by runs cut off at the budget are deleted
+if [[ "${NEW_CAMPAIGN:-0}" == 1 ]]; then  # nothing of an earlier campaign on this host counts
+  rm -rf "$KEEP/results/raw/$platform" "$KEEP/results/benchmarks/$platform"
+fi
+if [[ "${TREE_RESULTS:-0}" != 1 ]]; then
+  echo "campaign-step: this tree's results/raw/$platform and results/benchmarks/$platform are" \
+       "superseded by the campaign (its state on this host: $KEEP; TREE_RESULTS=1 keeps the tree's)"
+  rm -rf "results/raw/$platform" "results/benchmarks/$platform"
+fi
+free_gb=$(df -P --block-size=1G . | awk 'NR==2 {print $4}')
+disk_cap=$(( free_gb > 12 ? free_gb - 10 : 1 ))
+echo "campaign-step: $(date -u +%FT%TZ) platform $platform, targets ${targets[*]}, free disk ${free_gb} GiB" \
+     "(store_disk_gb cap $disk_cap), memory: $(free -g | awk '/Mem:/ {print $7}') GiB available"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
+# --resources on the command line replaces the profile's list: all of its caps are given here
+caps=$(sed -n 's/^  - \(gpu_pct\|host_mem_gb\)=/\1=/p' profiles/gpu-node/config.yaml | tr '\n' ' ')
+bash profiles/gpu-node/run-targets.sh "$platform" "${targets[@]}" --resources $caps "store_disk_gb=$disk_cap"
+rc=$?
+echo "campaign-step: $(date -u +%FT%TZ) done (snakemake exit $rc); runs of $platform on this host:"
+PYTHONPATH="$PWD/workflow" python3 - "$platform" <<'EOF'
+import glob, json, sys
+for f in sorted(glob.glob(f"results/raw/{sys.argv[1]}/*/*.meta.json")):
+    m = json.load(open(f))
+    starts = [s["startup_s"] for s in m.get("server_starts", []) if s["process"].startswith("vllm")]
+    print(f"  {m['experiment']}/{m['arm']}: {m['status']} {m.get('reason') or ''} requests {m.get('n_requests')}"
+          f" errors {m.get('n_errors')} starts {starts} lmcache kernels {(m.get('lmcache') or {}).get('cuda_kernels')}")
+EOF
+exit $rc
