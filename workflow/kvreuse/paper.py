@@ -126,7 +126,7 @@ def lmcache_kernels(runs: pd.DataFrame) -> dict:
     """What the LMCache runs recorded of LMCache's compiled kernels (runs.csv lmcache_kernels,
     kvreuse.kernels): how many LMCache runs, how many in each kernel state (``not recorded``
     included); ``all_fallback`` only when every one recorded the torch fallback. Runs without
-    LMCache (``n/a``) are not counted."""
+    LMCache (``no LMCache``) are not counted."""
     col = runs["lmcache_kernels"] if "lmcache_kernels" in runs.columns else pd.Series(dtype=object)
     known = col.dropna().astype(str)
     known = known[known != kernels_mod.NOT_APPLICABLE]
@@ -198,13 +198,10 @@ def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
 
 def _labelled(r: dict) -> dict:
     """A table row with the columns the write-up's text reads, where a table made before them
-    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_source``,
-    ``reload_lookup_wait_ms``."""
-    out = {"connector": "", "reload_source": "", "reload_lookup_wait_ms": float("nan"), **r}
+    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_lookup_wait_ms``."""
+    out = {"connector": "", "reload_lookup_wait_ms": float("nan"), **r}
     if not isinstance(out.get("arm_label"), str):
         out["arm_label"] = r["arm"]
-    if not isinstance(out.get("reload_source"), str):
-        out["reload_source"] = ""
     return out
 
 
@@ -381,6 +378,9 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             llama_config: Path, repo: Path, cite: dict | None = None,
             attempts: list[dict] | None = None) -> dict:
     t = claims.measured_rows({name: pd.read_csv(p) for name, p in tables.items() if p.suffix == ".csv"})
+    for df in t.values():  # tables made before the marked arm label: the arm itself
+        if "arm" in df.columns and "arm_label" not in df.columns:
+            df.insert(list(df.columns).index("arm") + 1, "arm_label", df["arm"])
     md = {name: p.with_suffix(".md").read_text() for name, p in tables.items() if p.with_suffix(".md").exists()}
     cited = yaml.safe_load(cited_path.read_text())
     llama = json.loads(llama_config.read_text())

@@ -43,7 +43,7 @@ def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd
                      "status": m.status, "reason": m.reason or "",
                      "accelerator": acc.get("name"), "driver": acc.get("driver"),
                      "vllm": v.get("vllm"), "lmcache": v.get("lmcache"), "torch": v.get("torch"),
-                     # loaded | fallback | unknown | not recorded | n/a (kvreuse.kernels)
+                     # loaded | fallback | unknown | not recorded | no LMCache (kvreuse.kernels)
                      "lmcache_kernels": kernels.status(m),
                      "model": model.get("name"), "weights": model.get("weights"),
                      "n_requests": m.n_requests, "n_errors": m.n_errors,
