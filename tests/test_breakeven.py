@@ -213,7 +213,7 @@ def test_reload_vs_recompute_per_length_from_the_restart_runs(runs):
     assert r.store == "fs store of LMCache in vLLM's process"
     # vLLM's offloading: bytes and seconds from its own counters
     off = t[t.arm == "vllm_offload_cpu"].set_index("prefix_tokens").loc[8192]
-    assert off.load_source == "vllm offload: load" and off.achieved_gb_s == pytest.approx(20.0)
+    assert off.load_source == "vllm kv_offload counters: load" and off.achieved_gb_s == pytest.approx(20.0)
     # APC: the first request after the restart recomputes; the counters say so
     apc = t[t.arm == "apc"]
     assert (apc.verdict == verdict.NOT_PERSISTED).all() and apc.loaded_bytes.isna().all()
