@@ -213,7 +213,7 @@ def test_reload_vs_recompute_per_length_from_the_restart_runs(runs):
     assert r.store == "fs store of LMCache in vLLM's process"
     # vLLM's offloading: bytes and seconds from its own counters
     off = t[t.arm == "vllm_offload_cpu"].set_index("prefix_tokens").loc[8192]
-    assert off.load_source == "vllm offload: load" and off.achieved_gb_s == pytest.approx(20.0)
+    assert off.load_source == "vllm kv_offload counters: load" and off.achieved_gb_s == pytest.approx(20.0)
     # APC: the first request after the restart recomputes; the counters say so
     apc = t[t.arm == "apc"]
     assert (apc.verdict == verdict.NOT_PERSISTED).all() and apc.loaded_bytes.isna().all()
@@ -317,3 +317,34 @@ def test_the_reload_wins_claim_needs_a_store_that_reloaded():
     # a first request that the counters show recomputed is no reload: the claim is not measured there
     got = claims.table(cited, {"reload_vs_recompute": rows(verdict.NOT_PERSISTED)}, llama).iloc[0]
     assert got.verdict == "not measured" and "verdict=not" not in got.reason
+
+
+# -- the figures: from these tables, and from none ------------------------------------------------
+FIGURE_SCRIPTS = ("restart", "break_even", "reload_vs_recompute")
+
+
+def draw(tables_dir: Path, out: Path) -> list[Path]:
+    """Each figure's script on the tables in ``tables_dir`` (its inputs: kvreuse.dag.figure_tables)."""
+    import runpy
+    from types import SimpleNamespace
+
+    from kvreuse import dag
+
+    made = []
+    for fig in FIGURE_SCRIPTS:
+        tables = [str(tables_dir / Path(t).name) for t in dag.figure_tables(fig)]
+        sm = SimpleNamespace(input=SimpleNamespace(table=tables[0], tables=tables), log=[],
+                             output=SimpleNamespace(pdf=str(out / f"{fig}.pdf"), png=str(out / f"{fig}.png")))
+        runpy.run_path(str(REPO / f"workflow/scripts/figures/{fig}.py"), init_globals={"snakemake": sm})
+        made.append(out / f"{fig}.png")
+    return made
+
+
+def test_figures_draw_the_runs_and_say_when_there_are_none(runs, tmp_path):
+    full, empty = tmp_path / "full", tmp_path / "empty"
+    for folder, files in ((full, runs), (empty, [])):
+        folder.mkdir()
+        for t in ("restart", "reload_vs_recompute", "break_even"):
+            aggregate.build(t, files, 0.05, links_gb_s=LINKS).to_csv(folder / f"{t}.csv", index=False)
+    assert all(p.stat().st_size > 0 for p in draw(full, full))
+    assert all(p.stat().st_size > 0 for p in draw(empty, empty))

@@ -64,6 +64,8 @@ ADDED_COLUMNS = {
     # store's cost per request on the cold path
     "random_overhead": ["server_runs", "freshness", "arm_label", "lmcache_kernels", "store_source",
                         "store_ms_per_request", "store_mb_per_request"],
+    # GPU-minutes held once per GPU where jobs shared it (kvreuse.tables_runs)
+    "cost": ["gpu_minutes_held"],
     # the LMCache server's GPU memory around the first vLLM stop (kvreuse.servers)
     "runs": ["warmup_phases", "freshness", "expected_config_hash", "archived_note",
              "lmcache_server_gpu_mib_before_stop", "lmcache_server_gpu_mib_after_stop"],

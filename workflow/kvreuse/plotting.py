@@ -38,11 +38,19 @@ def empty(ax, text: str) -> None:
 
 
 def read_tables(paths) -> dict:
-    """A figure's tables (its rule's ``tables`` input: results/tables/<name>.csv) by name."""
-    import pandas as pd
+    """A figure's tables (its rule's ``tables`` input: results/tables/<name>.csv) by name; a
+    table without rows or columns (no run of its experiment) as an empty frame."""
     from pathlib import Path
 
-    return {Path(p).stem: pd.read_csv(p) for p in ([paths] if isinstance(paths, str) else paths)}
+    import pandas as pd
+
+    def read(p):
+        try:
+            return pd.read_csv(p)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame(columns=["platform", "arm", "status"])
+
+    return {Path(p).stem: read(p) for p in ([paths] if isinstance(paths, str) else paths)}
 
 
 def panels(n: int, ncols: int = 4, width: float = 2.6, height: float = 2.3):
@@ -76,9 +84,11 @@ def log_ms_axis(ax, label: str = "TTFT median (ms)") -> None:
     from matplotlib.ticker import FuncFormatter
 
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    narrow = lo > 0 and hi / lo < 10  # less than a decade: every minor tick labelled
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if narrow or f"{v:.1g}"[0] in "25" else ""))
     ax.tick_params(axis="y", which="both", labelsize=6)
     ax.set_ylabel(label, fontsize=7)
 

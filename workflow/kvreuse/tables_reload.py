@@ -6,7 +6,7 @@
     restarted server), medians with their CIs, n on both sides and the CI of the difference
     (kvreuse.stats); the verdict at that length (kvreuse.verdict) with the hit tokens from the
     counters; the bytes and time of the loads from the store's own counters
-    (kvreuse.tables_restart.loaded) and their GB/s against the link's nominal bandwidth
+    (kvreuse.phase_stats.transfers) and their GB/s against the link's nominal bandwidth
     (``platforms.<p>.links_gb_s``); and the analytic load time, KV bytes / bandwidth;
 ``break_even_table``  per run: the break-even prefix length (kvreuse.breakeven) measured, and
     per link that of the analytic model, with bootstrap intervals.
@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from . import breakeven, kernels, kvmodel, schema, verdict
+from .phase_stats import transfers
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
-from .tables_restart import lengths_of, loaded, phase_length, run_records
+from .tables_restart import lengths_of, phase_length, run_records
 
 #: the restart experiment's kinds: the reload, the recompute, and the context of the figure
 RELOAD, RECOMPUTE = "post_restart_first", "post_restart_cold"
@@ -125,9 +126,9 @@ def _length_row(m: RunMeta, records: pd.DataFrame, length: int, judged: list) ->
                 "reload_hit_tokens": float(sum(x.hit_tokens for x in here)),
                 "reusable_tokens": float(sum(x.reusable_tokens for x in here))})
     firsts = [ph for ph in m.phases_of(RELOAD) if phase_length(m, ph) == length]
-    nbytes, secs, source = loaded(firsts)
-    row.update({"loaded_bytes": nbytes if source else np.nan, "load_ms": 1000 * secs if source else np.nan,
-                "load_source": source, "achieved_gb_s": nbytes / secs / 1e9 if source and secs > 0 else np.nan,
+    nbytes, secs, source = transfers(firsts, "load")  # NaN where the store counted no load
+    row.update({"loaded_bytes": nbytes, "load_ms": 1000 * secs, "load_source": source,
+                "achieved_gb_s": nbytes / secs / 1e9 if source and secs > 0 else np.nan,
                 "recompute_prefill_ms": _prefill_ms([ph for ph in m.phases_of(RECOMPUTE)
                                                      if phase_length(m, ph) == length])})
     bpt = kv_bytes_per_token(m)

@@ -1,8 +1,8 @@
 """The restart table (``restart_table``: per run, latency per phase kind at one prefix length
 beside the persistence verdict over all lengths, kvreuse.verdict) and what the restart tables
 share with the reload tables (kvreuse.tables_reload): a run's records and phases by prefix
-length, and the bytes and time of the loads after the restart from whichever counters the
-store has."""
+length (the bytes and time of the loads after the restart: kvreuse.phase_stats.transfers,
+from whichever counters the store has)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import kernels, verdict
-from .phase_stats import phase_table
+from .phase_stats import phase_table, transfers
 from .results import Phase, RunMeta
 
 
@@ -42,8 +42,8 @@ def run_records(df: pd.DataFrame, m: RunMeta) -> pd.DataFrame:
     if "experiment" in run:
         run = run[run.experiment == m.experiment]
     given = (m.params or {}).get("prefix_tokens")
-    return run.assign(prefix_tokens=run["prefix_tokens"].astype(float).fillna(
-        np.nan if given is None else float(given)))
+    lengths = run["prefix_tokens"].astype(float) if "prefix_tokens" in run else pd.Series(np.nan, index=run.index)
+    return run.assign(prefix_tokens=lengths.fillna(np.nan if given is None else float(given)))
 
 
 def phase_length(m: RunMeta, ph: Phase) -> int | None:
@@ -113,9 +113,10 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
             if m.store_after_stop:
                 row["store_files"] = m.store_after_stop.get("files")
                 row["store_bytes"] = m.store_after_stop.get("bytes")
-            loads = [(ph, loaded([ph])) for ph in mm.phases_of("post_restart_first")]
-            loads = [(ph, x) for ph, x in loads if x[0] > 0]
-            if loads:  # the store's own account of the reloads after the restart
+            firsts = mm.phases_of("post_restart_first")
+            loads = [(ph, transfers([ph], "load")) for ph in firsts]
+            loads = [(ph, x) for ph, x in loads if x[0] > 0]  # NaN: nothing moved
+            if loads:  # the store's own account of the reloads after the restart, per request
                 row["reload_bytes"] = float(np.median([x[0] for _, x in loads]))
                 row["reload_ms"] = float(np.median([1000 * x[1] for _, x in loads]))
                 nbytes, secs = sum(x[0] for _, x in loads), sum(x[1] for _, x in loads)
@@ -124,7 +125,7 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
                 row["reload_bytes_per_hit_token"] = nbytes / hit if hit else np.nan
                 row["load_source"] = loads[0][1][2]
             # vLLM's offloading: the wait for its secondary tiers' lookups before a load (s, summed)
-            wait = [ph.counters.get(OFFLOAD_LOOKUP_WAIT, 0.0) for ph in mm.phases_of("post_restart_first")]
+            wait = [ph.counters.get(OFFLOAD_LOOKUP_WAIT, 0.0) for ph in firsts]
             if sum(wait) > 0:
                 row["reload_lookup_wait_ms"] = 1000 * float(np.median(wait))
             row.update({k: v for k, v in judged.items() if k != "output_equal"})
@@ -134,33 +135,3 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
             row["n_lengths"] = len(lengths_of(m))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-#: LMCache server counters of its host-to-device staging copies (a load), bytes and seconds
-_MP_BYTES, _MP_SECONDS = "lmcache_mp_transfer_phase_bytes{", "lmcache_mp_transfer_phase_elapsed"
-#: vLLM's own offloading (OffloadingConnector, vLLM 0.26.0): loads to the GPU, bytes and seconds
-OFFLOAD_LOAD_BYTES, OFFLOAD_LOAD_TIME = "vllm:kv_offload_load_bytes", "vllm:kv_offload_load_time"
-
-
-def loaded(phases: list[Phase]) -> tuple[float, float, str]:
-    """(bytes, seconds, source) the store loaded for the phases, summed, from the first of:
-    LMCache's retrieve log lines (in-process), the LMCache server's host-to-device staging
-    counters, vLLM's offloading counters (``vllm:kv_offload_load_bytes`` / ``_load_time``);
-    (0, 0, "") where none of them counted a load."""
-    logs = [ph.lmcache_log for ph in phases if (ph.lmcache_log or {}).get("retrieves")]
-    if logs:
-        return (float(sum(lg["retrieve_bytes"] for lg in logs)), sum(lg["retrieve_ms"] for lg in logs) / 1000,
-                "lmcache log: retrieve")
-    counters = [ph.counters or {} for ph in phases]
-    nbytes = sum(v for c in counters for k, v in c.items()
-                 if k.startswith(_MP_BYTES) and "direction=h2d" in k and "phase=staging" in k)
-    secs = sum(v for c in counters for k, v in c.items()
-               if k.startswith(_MP_SECONDS) and "{" in k and "direction=h2d" in k and "phase=staging" in k)
-    if nbytes:
-        return float(nbytes), float(secs), "lmcache server: h2d staging DMA"
-    nbytes = sum(c.get(OFFLOAD_LOAD_BYTES, 0.0) for c in counters)
-    if nbytes:
-        return float(nbytes), float(sum(c.get(OFFLOAD_LOAD_TIME, 0.0) for c in counters)), "vllm offload: load"
-    return 0.0, 0.0, ""
-
-

@@ -104,10 +104,13 @@ def _key(prefix_tokens, repeat) -> tuple[int, int]:
             -1 if repeat is None or pd.isna(repeat) else int(repeat))
 
 
-def _outputs(records: pd.DataFrame, kind: str) -> dict:
+def _outputs(meta: RunMeta, records: pd.DataFrame, kind: str) -> dict:
+    """The output of each prefix's request of ``kind``, by prefix (:func:`_key`): the phase's
+    fields say which prefix, its records (by the phase's name) what came out."""
     sub = records[(records.phase_kind == kind) & records.error.isna()]
-    lengths = sub["prefix_tokens"] if "prefix_tokens" in sub else [None] * len(sub)
-    return {_key(n, r): list(o or []) for n, r, o in zip(lengths, sub["repeat"], sub["output_token_ids"])}
+    by_phase = {name: list(o or []) for name, o in zip(sub["phase"], sub["output_token_ids"])}
+    return {_key(ph.prefix_tokens, ph.repeat): by_phase[name] for name, ph in meta.phases.items()
+            if ph.kind == kind and name in by_phase}
 
 
 def _prompt_tokens(records: pd.DataFrame, phase: str) -> float:
@@ -124,7 +127,7 @@ def prefix_verdicts(meta: RunMeta, records: pd.DataFrame) -> list[PrefixVerdict]
     then prefix index (a prefix is its length and its ``repeat``). ``records``: the run's
     records (kvreuse.aggregate.load). Runs of one prefix made before the records kept outputs
     fall back on the run's own ``output_equal``."""
-    before, after = _outputs(records, "populate"), _outputs(records, "post_restart_first")
+    before, after = _outputs(meta, records, "populate"), _outputs(meta, records, "post_restart_first")
     unit = reuse_unit(meta)
     out = []
     firsts = sorted(((name, ph) for name, ph in meta.phases.items() if ph.kind == "post_restart_first"),
