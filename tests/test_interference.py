@@ -80,3 +80,18 @@ def test_the_write_up_says_what_sharing_the_gpu_held_and_cost():
                                      "conditions": 2, "slower": 1, "max_diff_ms": 4.0}]
     assert sharing(cost, None)[0]["conditions"] == 0
     assert sharing(None, None) == []
+
+
+def test_the_write_up_sets_each_arm_of_both_platforms_side_by_side():
+    from kvreuse.paper import platform_change
+
+    t = pd.DataFrame([
+        {"platform": "h100", "arm": "lmcache_fs", "status": "ok", "verdict": "not persisted", "lmcache_kernels": "fallback",
+         "post_restart_first_ttft_median_ms": 900.0, "post_restart_cold_ttft_median_ms": 100.0, "latency_prefix_tokens": 1024},
+        {"platform": "h200", "arm": "lmcache_fs", "status": "ok", "verdict": "persisted", "lmcache_kernels": "loaded",
+         "post_restart_first_ttft_median_ms": 50.0, "post_restart_cold_ttft_median_ms": 60.0, "latency_prefix_tokens": 1024},
+        {"platform": "h200", "arm": "apc", "status": "ok", "verdict": "not persisted"}])
+    (r,) = platform_change(t)
+    assert (r["arm"], r["verdict_before"], r["verdict_after"]) == ("lmcache_fs", "not persisted", "persisted")
+    assert r["lmcache_kernels_before"] == "fallback" and r["post_restart_first_ttft_median_ms_after"] == 50.0
+    assert platform_change(None) == []

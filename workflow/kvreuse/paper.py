@@ -183,6 +183,24 @@ def sharing(cost: pd.DataFrame | None, interference: pd.DataFrame | None) -> lis
     return out
 
 
+def platform_change(restart: pd.DataFrame | None, before: str = "h100", after: str = "h200") -> list[dict]:
+    """Per arm measured on both platforms: the restart verdict and times on ``before`` (the
+    H100, where LMCache 0.5.6 ran its torch fallback) beside ``after`` (the H200 campaign), with
+    each run's kernel state, so the write-up says what changed (restart.csv's rows)."""
+    if restart is None or restart.empty or "platform" not in restart.columns:
+        return []
+    ok = restart[restart.status == "ok"]
+    out = []
+    for arm in sorted(set(ok[ok.platform == before].arm) & set(ok[ok.platform == after].arm)):
+        b = ok[(ok.platform == before) & (ok.arm == arm)].iloc[0].to_dict()
+        a = ok[(ok.platform == after) & (ok.arm == arm)].iloc[0].to_dict()
+        out.append({"arm": arm, "before": before, "after": after,
+                    **{f"{k}_{side}": r.get(k) for side, r in (("before", b), ("after", a))
+                       for k in ("verdict", "hit_fraction", "lmcache_kernels", "latency_prefix_tokens",
+                                 "post_restart_first_ttft_median_ms", "post_restart_cold_ttft_median_ms")}})
+    return out
+
+
 def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
     """The restart table's rows, each with what the numbers say: whether reloading the cache
     beat recomputing a never-seen prompt on the restarted server (``reload_beat_recompute``,
@@ -439,6 +457,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),
+            "platform_change": platform_change(t.get("restart")),
             "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,
             "no_warmup_runs": no_warmup_runs(runs), "gpu_models": models,
             "cited": cited, "kv": kv_context(llama, ctx_claims["claims_by_id"].get("s000-kv-size")),
