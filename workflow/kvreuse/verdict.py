@@ -148,7 +148,8 @@ def prefix_verdicts(meta: RunMeta, records: pd.DataFrame) -> list[PrefixVerdict]
 
 
 def run_verdict(per_prefix: list[PrefixVerdict]) -> dict:
-    """The run's verdict (from the median fraction and all outputs) and the spread."""
+    """The run's verdict (from the median fraction and all outputs; partial, not "not
+    persisted", where the median is 0 but some prefixes had hits) and the spread."""
     if not per_prefix:
         return {}
     f = np.array([v.hit_fraction for v in per_prefix], dtype=float)
@@ -158,6 +159,10 @@ def run_verdict(per_prefix: list[PrefixVerdict]) -> dict:
     verdict, reason = classify(median, all_equal)
     if all_equal is False and median >= PERSISTED_FRACTION:
         reason = f"the output differs from the one before the restart on {equal.count(False)} of {len(equal)} prefixes"
+    hit = int((f > 0).sum())
+    if verdict == NOT_PERSISTED and hit:  # most prefixes found nothing, some did: not "none"
+        verdict = PARTIAL
+        reason = f"{hit} of {len(per_prefix)} prefixes had hits after the restart; the median hit fraction is 0"
     return {"verdict": verdict, "verdict_reason": reason,
             "hit_fraction": median if np.isfinite(f).any() else np.nan,
             "hit_fraction_min": float(np.nanmin(f)) if np.isfinite(f).any() else np.nan,
