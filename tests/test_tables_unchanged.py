@@ -69,8 +69,6 @@ ADDED_COLUMNS = {
     # the LMCache server's GPU memory around the first vLLM stop (kvreuse.servers)
     "runs": ["warmup_phases", "freshness", "expected_config_hash", "archived_note",
              "lmcache_server_gpu_mib_before_stop", "lmcache_server_gpu_mib_after_stop"],
-    # GPU-minutes held when jobs shared a GPU (cost.csv's TOTAL, kvreuse.tables_runs)
-    "cost": ["gpu_minutes_held"],
 }
 REMOVED_COLUMNS = {"serving": ["provenance"], "random_overhead": ["provenance", "e2e_delta_pct"]}
 #: arms added to the config since the snapshot (vLLM's own offloading, kvreuse.offload): on the
