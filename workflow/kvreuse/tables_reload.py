@@ -179,9 +179,16 @@ def break_even_table(df: pd.DataFrame, metas: list[RunMeta], links_gb_s: dict | 
         records = run_records(df, m)
         lengths = lengths_of(m, RELOAD)
         samples = _samples(records, lengths)
-        judged = verdict.run_verdict(verdict.prefix_verdicts(m, records)).get("verdict")
+        per_prefix = verdict.prefix_verdicts(m, records)
+        judged = verdict.run_verdict(per_prefix).get("verdict")
+        if judged == verdict.PARTIAL:  # a break-even of reloads only where the reloads hit
+            hit = {v.prefix_tokens for v in per_prefix if v.hit_fraction > 0}
+            samples = {n: s for n, s in samples.items() if n in hit}
         measured = breakeven.break_even(samples)
         row = {**base, "estimate": "measured", "verdict": judged, **measured.to_dict()}
+        if judged == verdict.PARTIAL:
+            row["reason"] = ("partial: measured over the lengths whose reloads hit ("
+                             + ", ".join(str(n) for n in sorted(samples)) + ")")
         if judged == verdict.NOT_PERSISTED:
             row.update(break_even_tokens=np.nan, ci_low=np.nan, ci_high=np.nan, ci_low_where="",
                        ci_high_where="", status="not persisted",
