@@ -231,6 +231,6 @@ grep -qiE "preempted|requeue" "$B/log/slurmctld.log" || fail "no job was preempt
 n=$(grep -c "has been submitted with SLURM jobid" "$B/log/snakemake.log" || true)
 [[ $n -ge 4 ]] || fail "expected at least 4 sbatch submissions, saw $n"
 left=$(for p in $(pgrep -f vllm.entrypoints || true); do
-         [[ "$(readlink "/proc/$p/cwd" 2>/dev/null)" == "$W"* ]] && echo "$p"; done)
+         [[ "$(readlink "/proc/$p/cwd" 2>/dev/null)" == "$W"* ]] && echo "$p" || true; done)
 [[ -z "$left" ]] || fail "vLLM servers left behind: $left"
 log "OK: $n jobs went through sbatch to the local SLURM and the DAG completed through profiles/pace"
