@@ -136,7 +136,7 @@ def restart_run(tmp_path, arm: str, arm_config: dict, *, reload_ms, recompute_ms
                 n: int = 4, vllm_args=()) -> str:
     """A restart run over LENGTHS, n prefixes each: populate, reload (post_restart_first) and
     recompute (post_restart_cold) with the given TTFTs (functions of the length), hits from the
-    counters where ``hits``; ``counters(length)``: the load counters of a reload."""
+    counters where ``hits`` (or ``hits(length)``); ``counters(length)``: the load counters of a reload."""
     phases, recs = {}, []
     m = _meta(arm, arm_config, phases, vllm_args=vllm_args)
     key = "vllm:external_prefix_cache_hits" if verdict.connector(m) else "vllm:prefix_cache_hits"
@@ -145,7 +145,8 @@ def restart_run(tmp_path, arm: str, arm_config: dict, *, reload_ms, recompute_ms
             f = {"repeat": i, "prefix_tokens": L}
             for kind, ttft, c in (("populate", 2 * recompute_ms(L), {}),
                                   ("post_restart_first", reload_ms(L) + i,
-                                   {key: float(L) if hits else 0.0, **((counters or (lambda _: {}))(L))}),
+                                   {key: float(L) if (hits(L) if callable(hits) else hits) else 0.0,
+                                    **((counters or (lambda _: {}))(L))}),
                                   ("post_restart_cold", recompute_ms(L) + i, {})):
                 name = f"{kind}_{L}_{i}"
                 phases[name] = results.Phase(kind=kind, n_requests=1, wall_s=0, counters=c,
@@ -348,3 +349,20 @@ def test_figures_draw_the_runs_and_say_when_there_are_none(runs, tmp_path):
             aggregate.build(t, files, 0.05, links_gb_s=LINKS).to_csv(folder / f"{t}.csv", index=False)
     assert all(p.stat().st_size > 0 for p in draw(full, full))
     assert all(p.stat().st_size > 0 for p in draw(empty, empty))
+
+
+def test_lengths_without_a_reload_stay_out_of_the_measured_break_even(tmp_path):
+    # a store that kept only the two longest lengths: the shorter ones' first requests recomputed
+    # (the counters show no hit there), and their times are those of a recompute, not a reload
+    run = restart_run(tmp_path, "lmcache_mp", {"lmcache": {"mode": "server", "store": "cpu", "chunk_size": 256}},
+                      reload_ms=lambda L: 80.0 if L >= 4096 else L / 40, recompute_ms=lambda L: L / 40,
+                      hits=lambda L: L >= 4096)
+    t = aggregate.build("break_even", [run], 0.05, links_gb_s=LINKS).set_index("estimate")
+    m = t.loc["measured"]
+    assert m.verdict == verdict.PARTIAL and m.lengths_not_reloaded == "1024 2048"
+    assert m.lengths == "4096 8192" and m.status == breakeven.BELOW  # reloading wins at both
+    # the model's overhead from the reloads alone: the median of 80 + i - transfer at 4K and 8K
+    transfer = [breakeven.transfer_ms(L, BPT, 64) for L in (4096, 8192)]
+    assert t.loc["model", "model_overhead_ms"] == pytest.approx(np.median([81.5 - x for x in transfer]))
+    per_length = aggregate.build("reload_vs_recompute", [run], 0.05, links_gb_s=LINKS).set_index("prefix_tokens")
+    assert list(per_length.verdict) == [verdict.NOT_PERSISTED] * 2 + [verdict.PERSISTED] * 2

@@ -283,8 +283,15 @@ def _break_even_row(r: dict) -> dict:
             "hi_below": r.get("ci_high_where") == breakeven.BELOW,
             "one_length": claims.is_number(r.get("shortest_tokens")) and r.get("shortest_tokens") == r.get("longest_tokens"),
             # a CSV cell of one length reads back as a number
-            "lengths_text": ", ".join(fmt(int(float(x))) for x in str(r.get("lengths") or "").split()
-                                      if x.replace(".", "", 1).isdigit())}
+            "lengths_text": _lengths_text(r.get("lengths")),
+            "not_reloaded_text": _lengths_text(r.get("lengths_not_reloaded"))}
+
+
+def _lengths_text(cell) -> str:
+    """Prefix lengths written "1024 2048" in a CSV cell (one length reads back as a number, none
+    as NaN) as text: "1,024, 2,048"; "" for none."""
+    words = str(cell).split() if isinstance(cell, str) or claims.is_number(cell) else []
+    return ", ".join(fmt(int(float(x))) for x in words if x.replace(".", "", 1).isdigit())
 
 
 def reload_context(t: dict[str, pd.DataFrame]) -> dict:

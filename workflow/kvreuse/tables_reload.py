@@ -46,6 +46,7 @@ BREAK_EVEN_COLUMNS = [
     "platform", "arm", "store", "estimate", "link", "link_gb_s", "model_overhead_ms",
     "break_even_tokens", "ci_low", "ci_high", "ci_low_where", "ci_high_where", "status", "reason",
     "verdict", "arm_label", "lmcache_kernels", "shortest_tokens", "longest_tokens", "lengths", "n_per_length",
+    "lengths_not_reloaded",
 ]
 
 
@@ -118,8 +119,7 @@ def _length_row(m: RunMeta, records: pd.DataFrame, length: int, judged: list) ->
                     "reload_minus_recompute_ci95_hi_ms": -d.diff_ci95_lo_ms,
                     "reload_speedup": d.speedup, "reload_speedup_ci95_lo": d.speedup_ci95_lo,
                     "reload_speedup_ci95_hi": d.speedup_ci95_hi})
-    here = [v for v in judged if (v.prefix_tokens if v.prefix_tokens is not None
-                                  else (m.params or {}).get("prefix_tokens")) == length]
+    here = _at_length(m, judged, length)
     v = verdict.run_verdict(here)
     row.update({"verdict": v.get("verdict"), "hit_fraction": v.get("hit_fraction"),
                 "n_prefixes": v.get("n_prefixes"), "n_prefixes_persisted": v.get("n_prefixes_persisted"),
@@ -159,6 +159,12 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
     return pd.DataFrame(rows, columns=RELOAD_COLUMNS)
 
 
+def _at_length(m: RunMeta, judged: list, length: int) -> list:
+    """The prefix verdicts (kvreuse.verdict.prefix_verdicts) of the prefixes of one length."""
+    given = (m.params or {}).get("prefix_tokens")
+    return [v for v in judged if (v.prefix_tokens if v.prefix_tokens is not None else given) == length]
+
+
 def _samples(records: pd.DataFrame, lengths: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return {n: (_ttft(records, RELOAD, n), _ttft(records, RECOMPUTE, n)) for n in lengths}
 
@@ -168,8 +174,11 @@ def break_even_table(df: pd.DataFrame, metas: list[RunMeta], links_gb_s: dict | 
     recomputes per length, kvreuse.breakeven); and per link of its platform the model's
     (``estimate`` model: KV bytes / nominal bandwidth + the fixed overhead fitted to the run's
     reloads, ``model_overhead_ms``, zero where nothing was reloaded, against the run's measured
-    recomputes). A run whose reloads reloaded nothing (verdict not persisted) has status ``not
-    persisted`` and no measured break-even; a run not run, status ``not run``."""
+    recomputes). Only the lengths at which the counters show reloads enter the measured
+    break-even and the overhead (``lengths_not_reloaded``: the others, whose first request after
+    the restart recomputed, a store that kept only part of what was populated); a run that
+    reloaded at no length (verdict not persisted) has status ``not persisted`` and no measured
+    break-even, and its model no overhead; a run not run, status ``not run``."""
     rows = []
     for m in metas:
         base = {k: v for k, v in _base(m).items() if k != "status"}
@@ -181,15 +190,12 @@ def break_even_table(df: pd.DataFrame, metas: list[RunMeta], links_gb_s: dict | 
         samples = _samples(records, lengths)
         per_prefix = verdict.prefix_verdicts(m, records)
         judged = verdict.run_verdict(per_prefix).get("verdict")
-        if judged == verdict.PARTIAL:  # a break-even of reloads only where the reloads hit
-            hit = {v.prefix_tokens for v in per_prefix if v.hit_fraction > 0}
-            samples = {n: s for n, s in samples.items() if n in hit}
-        measured = breakeven.break_even(samples)
-        row = {**base, "estimate": "measured", "verdict": judged, **measured.to_dict()}
-        if judged == verdict.PARTIAL:
-            row["reason"] = ("partial: measured over the lengths whose reloads hit ("
-                             + ", ".join(str(n) for n in sorted(samples)) + ")")
-        if judged == verdict.NOT_PERSISTED:
+        reloaded = [n for n in lengths
+                    if verdict.run_verdict(_at_length(m, per_prefix, n)).get("verdict") != verdict.NOT_PERSISTED]
+        measured = breakeven.break_even({n: samples[n] for n in reloaded} if reloaded else samples)
+        row = {**base, "estimate": "measured", "verdict": judged, **measured.to_dict(),
+               "lengths_not_reloaded": " ".join(str(n) for n in lengths if reloaded and n not in reloaded)}
+        if not reloaded:
             row.update(break_even_tokens=np.nan, ci_low=np.nan, ci_high=np.nan, ci_low_where="",
                        ci_high_where="", status="not persisted",
                        reason="the counters show no reload after the restart: each first request recomputed")
@@ -198,10 +204,8 @@ def break_even_table(df: pd.DataFrame, metas: list[RunMeta], links_gb_s: dict | 
         for link, gb_s in _links(links_gb_s, m.platform):
             if not (link and bpt):
                 continue
-            reloaded = judged in (verdict.PERSISTED, verdict.PARTIAL)
-            overhead = (breakeven.fixed_overhead_ms({n: _median(a) for n, (a, _) in samples.items()}, bpt, gb_s)
-                        if reloaded else 0.0)
-            overhead = 0.0 if np.isnan(overhead) else overhead
+            overhead = breakeven.fixed_overhead_ms({n: _median(samples[n][0]) for n in reloaded}, bpt, gb_s)
+            overhead = 0.0 if np.isnan(overhead) else overhead  # nothing reloaded: the transfer alone
             model = {n: ([breakeven.model_reload_ms(n, bpt, gb_s, overhead)], b) for n, (_, b) in samples.items()}
             est = breakeven.break_even(model, fixed_reload=True)
             rows.append({**base, "estimate": "model", "link": link, "link_gb_s": gb_s,

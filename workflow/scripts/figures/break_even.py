@@ -27,8 +27,15 @@ for ax, r in zip(axes, shown):
         s = one.dropna(subset=[f"{side}_ttft_ms"])
         yerr = [(s[f"{side}_ttft_ms"] - s[f"{side}_ttft_ci95_lo_ms"]).fillna(0).clip(lower=0),
                 (s[f"{side}_ttft_ci95_hi_ms"] - s[f"{side}_ttft_ms"]).fillna(0).clip(lower=0)]
-        ax.errorbar(s.prefix_tokens, s[f"{side}_ttft_ms"], yerr=yerr, color=color, marker=marker, ms=3.5,
-                    ls=ls, lw=1, capsize=2, label=f"{label}, median, 95% CI")
+        # the reloads at lengths where the counters show none are hollow: recomputes, left out
+        none = (s.verdict == "not persisted") if side == "reload" and "verdict" in s else s.index != s.index
+        ax.errorbar(s.prefix_tokens, s[f"{side}_ttft_ms"], yerr=yerr, color=color, marker=None, ls=ls, lw=1,
+                    capsize=2)
+        ax.plot(s.prefix_tokens[~none], s[f"{side}_ttft_ms"][~none], ls=ls, marker=marker, ms=3.5, lw=1,
+                color=color, label=f"{label}, median, 95% CI")
+        if none.any():
+            ax.plot(s.prefix_tokens[none], s[f"{side}_ttft_ms"][none], ls="none", marker=marker, ms=4.5,
+                    mfc="white", mec=color, zorder=4, label="first after restart: no reload by the counters (left out)")
     models = be[(be.platform == r.platform) & (be.arm == r.arm) & (be.estimate == "model")]
     texts = []
     for m in models.itertuples():
