@@ -32,14 +32,13 @@ lookup delays) are vLLM's own and land in every phase's counter deltas (kvreuse.
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 from . import schema
 from .errors import ConfigError
 from .lmcache.flags import kv_transfer_json  # compact JSON, sorted keys: one spelling
 from .lmcache.settings import new_run_id
-from .lmcache.store import model_kv_bytes_per_token
+from .lmcache.store import finish_store
 
 CONNECTOR = "OffloadingConnector"
 CPU_SPEC, TIERING_SPEC = "CPUOffloadingSpec", "TieringOffloadingSpec"
@@ -135,10 +134,5 @@ def apply(plan, arm_name: str, cfg: dict, *, run_dir: Path, store_root: Path | s
 def finish(plan, model_dir: Path | str | None = None) -> dict:
     """The meta's ``offload`` block at the end of a run; deletes the file tier if the arm asks."""
     info = dict(plan.offload or {})
-    if model_dir is not None:
-        info["kv_bytes_per_token"] = model_kv_bytes_per_token(model_dir)
-    if info.get("delete_store") and info.get("store_dir"):
-        shutil.rmtree(info["store_dir"], ignore_errors=True)
-        info["store_deleted"] = True
-    return info
+    return finish_store(info, model_dir)
 

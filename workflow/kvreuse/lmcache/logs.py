@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .store import GIB, model_kv_bytes_per_token
+from .store import GIB, finish_store
 
 LOG_FILES = ("vllm.log", "lmcache-server.log")
 #: the compiled kernels: lmcache.cuda_ops (0.5.4 and later, optional, torch fallback) or
@@ -132,9 +131,4 @@ def finish(plan, log_dir: Path | str, model_dir: Path | str | None = None) -> di
     # the servers' own logs are the runtime truth; the probe says why
     info["cuda_kernels"] = ("fallback" if seen or probe.get("fallback_logged_by_probe")
                             else probe["kernels"])
-    if model_dir is not None:
-        info["kv_bytes_per_token"] = model_kv_bytes_per_token(model_dir)
-    if info.get("delete_store") and info.get("store_dir"):
-        shutil.rmtree(info["store_dir"], ignore_errors=True)
-        info["store_deleted"] = True
-    return info
+    return finish_store(info, model_dir)

@@ -147,6 +147,17 @@ def _evict(path: str) -> int:
         os.close(fd)
 
 
+def finish_store(info: dict, model_dir: Path | str | None = None) -> dict:
+    """The end of a run's store, for a meta block (LMCache's or vLLM offloading's): the model's
+    KV bytes per token, and the store deleted where the arm asks (``delete_store``)."""
+    if model_dir is not None:
+        info["kv_bytes_per_token"] = model_kv_bytes_per_token(model_dir)
+    if info.get("delete_store") and info.get("store_dir"):
+        shutil.rmtree(info["store_dir"], ignore_errors=True)
+        info["store_deleted"] = True
+    return info
+
+
 def model_kv_bytes_per_token(model_dir: Path | str) -> int | None:
     """KV bytes per token of the model in ``model_dir`` (its config.json), None if unreadable."""
     try:
