@@ -66,3 +66,36 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(repo, tmp_path):
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "max_tokens" in out and "-1" in out
+
+
+@pytest.mark.parametrize("arm, key, value, fits", [
+    # the H200's restart stores 47.3 GiB: 3 prefixes per length from 1K to 32K, and as many
+    # never-seen recompute references after the restart (the last H200 campaign's lmcache_mp
+    # had 27 GiB at LMCache's default watermark 0.8 and evicted every prefix from 4K up)
+    ("lmcache_mp", "cpu_gb", 52, True),
+    ("lmcache_mp", "cpu_gb", 32, False),
+    ("lmcache_mp", "l1_eviction_watermark", 0.8, False),   # 52 x 0.8 = 41.6 GiB
+    ("lmcache_fs", "disk_gb", 27, False),
+    ("lmcache_mp_l2", "disk_gb", 27, False),
+    ("lmcache_cpu", "cpu_gb", 1, True),      # in process: dies with vLLM, nothing to keep
+])
+def test_restart_store_must_hold_populated_and_never_seen_prompts(config, arm, key, value, fits):
+    cfg = copy.deepcopy(config)
+    cfg["arms"][arm]["lmcache"][key] = value
+    if fits:
+        kc.check(cfg)
+        return
+    with pytest.raises(ConfigError, match=rf"platform h200: 2 x n_cold .*never-seen.*arms\.{arm}"
+                                          rf"\.lmcache\.{key.replace('l1_eviction_watermark', 'cpu_gb')}"):
+        kc.check(cfg)
+
+
+def test_eviction_watermark_is_a_server_setting(config):
+    cfg = copy.deepcopy(config)
+    cfg["arms"]["lmcache_cpu"]["lmcache"]["l1_eviction_watermark"] = 0.9
+    with pytest.raises(ConfigError, match=r"lmcache_cpu\.lmcache\.l1_eviction_watermark: only for mode 'server'"):
+        kc.check(cfg)
+    cfg = copy.deepcopy(config)
+    cfg["arms"]["lmcache_mp"]["lmcache"]["server_args"] = ["--eviction-trigger-watermark", "0.5"]
+    with pytest.raises(ConfigError, match="l1_eviction_watermark"):
+        kc.check(cfg)

@@ -140,7 +140,7 @@ def test_the_run_stops_before_any_start_when_the_l1_cannot_hold_its_kv(config, t
     cfg["arms"]["lmcache_mp"]["lmcache"]["cpu_gb"] = 1
     ctx, events = session(cfg, tmp_path, PARAMS)
     with pytest.raises(ConfigError, match=r"arms\.lmcache_mp\.lmcache\.cpu_gb is 1 GiB.*Raise arms\.lmcache_mp"
-                                          r"\.lmcache\.cpu_gb to at least 2, or lower experiments\.cross_instance"):
+                                          r"\.lmcache\.cpu_gb to at least 2 \(or .*l1_eviction_watermark\), or lower experiments\.cross_instance"):
         run(ctx)
     assert events == []
     # whole chunks only: a 1040-token prompt leaves 1024 tokens in a store of 256-token chunks

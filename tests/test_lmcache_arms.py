@@ -106,14 +106,15 @@ def test_restart_lmcache_server_needs_a_server_arm(config):
 # -- generated configs and command lines -----------------------------------------------------
 @pytest.mark.parametrize("arm, store", [
     ("lmcache_cpu", {}),
-    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 27.0}),
+    ("lmcache_disk", {"local_disk": "file://{store}/local_disk/", "max_local_disk_size": 50.0}),
     ("lmcache_fs", {"remote_storage_plugins": ["fs"], "remote_serde": "naive",
                     "extra_config": {"remote_storage_plugin.fs.base_path": "{store}/fs"}}),
 ])
 def test_in_process_arm_config_file_flags_and_env(config, h100, tmp_path, arm, store):
     p = make_plan(config, h100, arm, tmp_path)
     run_store = (tmp_path / "store" / "restart" / arm / "r1").absolute()
-    expected = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 27.0,
+    expected = {"chunk_size": 256, "local_cpu": True,
+                "max_local_cpu_size": float(config["arms"][arm]["lmcache"]["cpu_gb"]),
                 "pre_caching_hash_algorithm": "sha256_cbor", "save_unfull_chunk": False,
                 "internal_api_server_enabled": True, "internal_api_server_host": "127.0.0.1",
                 "internal_api_server_port_start": PORTS["internal_api"] - 1,
@@ -140,7 +141,9 @@ def test_server_arm_command_line_and_connector(config, h100, tmp_path, arm):
     argv = [sys.executable, "-m", "lmcache.cli.main", "server", "--host", "127.0.0.1",
             "--port", "42001", "--http-host", "127.0.0.1", "--http-port", "43001",
             "--chunk-size", "256", "--hash-algorithm", "blake3",
-            "--l1-size-gb", str(float(config["arms"][arm]["lmcache"]["cpu_gb"])), "--eviction-policy", "LRU"]
+            "--l1-size-gb", str(float(config["arms"][arm]["lmcache"]["cpu_gb"])), "--eviction-policy", "LRU",
+            "--eviction-trigger-watermark",
+            str(float(config["arms"][arm]["lmcache"].get("l1_eviction_watermark", 0.8)))]
     if arm == "lmcache_mp_l2":
         argv += ["--l2-adapter", json.dumps({"type": "fs", "base_path": f"{run_store}/l2"},
                                             separators=(",", ":"))]
@@ -547,10 +550,12 @@ def test_preflight_makes_folders_and_writes_configs(config, tmp_path):
     shown = json.loads((tmp_path / "lm" / "configs" / "lmcache_mp_l2.json").read_text())
     assert "--l2-adapter" in shown["lmcache_server"]["argv"]
     assert yaml.safe_load((tmp_path / "lm" / "configs" / "lmcache_disk" / "lmcache.yaml").read_text())[
-        "max_local_disk_size"] == 27.0
-    small = {a: {**c, "lmcache": {**c["lmcache"], "cpu_gb": 0.001}} for a, c in arms_used.items()}
+        "max_local_disk_size"] == arms_used["lmcache_disk"]["lmcache"]["disk_gb"]
+    small = {a: {**c, "lmcache": {**c["lmcache"], "cpu_gb": 0.001,
+                                  **({"disk_gb": 2} if "disk_gb" in c["lmcache"] else {})}}
+             for a, c in arms_used.items()}
     got = lmcache_store.preflight(tmp_path / "lm", small, runs, has_cuda=True)
-    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 27 << 30
+    assert got["status"] == "ok" and got["checks"]["disk"]["required_bytes"] == 2 << 30
 
 
 def test_preflight_fails_clearly(config, tmp_path):
@@ -562,3 +567,38 @@ def test_preflight_fails_clearly(config, tmp_path):
                                                             "disk_gb": 1e9, "cpu_gb": 0.001}}}
     with pytest.raises(PreflightError, match="disk_gb"):
         lmcache_store.preflight(tmp_path / "lm", huge, [["restart", "lmcache_fs"]], has_cuda=True)
+
+
+def _fake_lmcache(root, native: bool, device: str = "cuda"):
+    """A stand-in shaped like LMCache 0.5.3: ``import lmcache`` resolves its device-ops object
+    (which binds the compiled ops as instance attributes when they load) and registers a
+    ``lmcache.c_ops`` shim without a __spec__ in sys.modules."""
+    pkg = root / "lmcache"
+    (pkg / "v1" / "platform").mkdir(parents=True)
+    (pkg / "v1" / "__init__.py").write_text("")
+    (pkg / "v1" / "platform" / "__init__.py").write_text(
+        "class CudaDeviceOps:\n"
+        "    def multi_layer_kv_transfer(self, *a):\n        return 'torch'\n"
+        "_OPS = CudaDeviceOps()\n"
+        f"if {native!r}:\n    _OPS.multi_layer_kv_transfer = len\n"
+        "def resolve_device_ops(device_type):\n    return _OPS\n")
+    (pkg / "__init__.py").write_text(
+        "import sys, types\n__version__ = '0.5.3'\n"
+        f"torch_device_type = {device!r}\n"
+        "from lmcache.v1.platform import resolve_device_ops\n"
+        "sys.modules['lmcache.c_ops'] = types.ModuleType('lmcache.c_ops')\n")
+    return {"PYTHONPATH": str(root)}
+
+
+@pytest.mark.parametrize("native,want", [(True, "loaded"), (False, "fallback")])
+def test_probe_kernels_reads_lmcache_device_ops(tmp_path, native, want):
+    """0.5.3's ``lmcache.c_ops`` is a shim without __spec__: the probe asks the device-ops
+    object whether the compiled ops were bound (the H200 campaign recorded 'unknown')."""
+    got = logs.probe_kernels(_fake_lmcache(tmp_path, native))
+    assert got["lmcache"] == "0.5.3" and got["kernels"] == want
+    assert got["native_ops_bound"] == (1 if native else 0)
+
+
+def test_probe_kernels_on_a_cpu_device_is_unknown(tmp_path):
+    got = logs.probe_kernels(_fake_lmcache(tmp_path, native=False, device="cpu"))
+    assert got["kernels"] == "unknown" and got["device_type"] == "cpu"

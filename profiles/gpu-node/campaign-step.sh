@@ -12,8 +12,9 @@
 # are dropped from this copy (they are superseded by the campaign, git keeps them, and a kept
 # output would not be measured again), unless TREE_RESULTS=1 (a host lent anew mid-campaign: the
 # tree then holds the campaign's results committed so far). NEW_CAMPAIGN=1 (the first step)
-# also drops an earlier campaign's state on this host. The stores' disk cap is the free disk less a margin
-# (profiles/gpu-node caps the rest).
+# also drops an earlier campaign's state on this host. The stores' disk cap and the jobs' host
+# memory cap are what this host has free less a margin of 6 GiB (two 50-GiB file stores then
+# run one after the other on a 64-GiB disk); profiles/gpu-node caps the GPU share.
 set -uo pipefail
 platform="${1:?usage: campaign-step.sh PLATFORM [TARGET...]}"; shift
 targets=("${@:-measure}")
@@ -30,13 +31,16 @@ if [[ "${TREE_RESULTS:-0}" != 1 ]]; then
   rm -rf "results/raw/$platform" "results/benchmarks/$platform"
 fi
 free_gb=$(df -P --block-size=1G . | awk 'NR==2 {print $4}')
-disk_cap=$(( free_gb > 12 ? free_gb - 10 : 1 ))
+disk_cap=$(( free_gb > 7 ? free_gb - 6 : 1 ))
+avail_gb=$(free -g | awk '/Mem:/ {print $7}')
+mem_cap=$(( avail_gb > 7 ? avail_gb - 6 : 1 ))
 echo "campaign-step: $(date -u +%FT%TZ) platform $platform, targets ${targets[*]}, free disk ${free_gb} GiB" \
-     "(store_disk_gb cap $disk_cap), memory: $(free -g | awk '/Mem:/ {print $7}') GiB available"
+     "(store_disk_gb cap $disk_cap), memory: ${avail_gb} GiB available (host_mem_gb cap $mem_cap)"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 # --resources on the command line replaces the profile's list: all of its caps are given here
-caps=$(sed -n 's/^  - \(gpu_pct\|host_mem_gb\)=/\1=/p' profiles/gpu-node/config.yaml | tr '\n' ' ')
-bash profiles/gpu-node/run-targets.sh "$platform" "${targets[@]}" --resources $caps "store_disk_gb=$disk_cap"
+caps=$(sed -n 's/^  - \(gpu_pct\)=/\1=/p' profiles/gpu-node/config.yaml | tr '\n' ' ')
+bash profiles/gpu-node/run-targets.sh "$platform" "${targets[@]}" --resources $caps \
+  "host_mem_gb=$mem_cap" "store_disk_gb=$disk_cap"
 rc=$?
 echo "campaign-step: $(date -u +%FT%TZ) done (snakemake exit $rc); runs of $platform on this host:"
 PYTHONPATH="$PWD/workflow" python3 - "$platform" <<'EOF'

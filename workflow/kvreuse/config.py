@@ -30,7 +30,8 @@ RESERVED_SERVER_ARGS = ("--host", "--port", "--uds", "--model", "--served-model-
 
 
 #: the same for the LMCache server (``arms.<arm>.lmcache.server_args``)
-RESERVED_LMCACHE_SERVER_ARGS = ("--host", "--port", "--http-host", "--http-port")
+RESERVED_LMCACHE_SERVER_ARGS = ("--host", "--port", "--http-host", "--http-port",
+                                "--eviction-trigger-watermark")
 
 
 def _refuse_reserved(where: str, args, reserved: tuple[str, ...], why: str) -> None:
@@ -298,7 +299,8 @@ def check(config: dict) -> None:
             _refuse_reserved(f"arms.{name}.lmcache.server_args", arm["lmcache"].get(
                 "server_args", lmcache_settings.DEFAULTS["server_args"]),
                              RESERVED_LMCACHE_SERVER_ARGS,
-                             "the LMCache server listens on 127.0.0.1 on ports kvreuse picks")
+                             "kvreuse sets them: the server listens on 127.0.0.1 on ports kvreuse picks, "
+                             "and its L1 watermark is the arm's lmcache.l1_eviction_watermark")
         if arm.get("offload") is not None:
             vllm_offload.check_arm(name, arm)
         if arm.get("restart_lmcache_server") and not is_server_arm(arm):
@@ -307,11 +309,14 @@ def check(config: dict) -> None:
 
 
 def _check_restart_stores(config: dict) -> None:
-    """The restart experiment populates every prefix of every length before the restart: the KV
-    bytes of all of them (the model's bytes per token, kvreuse.kvmodel) must fit the store that
-    outlives the restart (an LMCache arm's disk_gb for a file store, else its cpu_gb), or the
-    store evicts populated prefixes before they are reloaded and the verdict measures the
-    eviction, not the persistence."""
+    """The restart experiment stores every prefix of every length before the restart and, after
+    it, the never-seen prompt of each reload's recompute reference (same lengths, same count):
+    the KV bytes of both (the model's bytes per token, kvreuse.kvmodel) must fit the store that
+    outlives the restart (an LMCache file store's disk_gb; a server's L1, cpu_gb, up to its
+    eviction watermark), or the store evicts populated prefixes before they are reloaded and the
+    verdict measures the eviction, not the persistence (seen on the H200: an L1 of 27 GiB at
+    LMCache's default watermark 0.8 evicted every prefix from 4K up). An in-process CPU store
+    dies with vLLM and is not checked."""
     if "restart" not in config["experiments"]:
         return
     for p, pc in config["platforms"].items():
@@ -321,17 +326,26 @@ def _check_restart_stores(config: dict) -> None:
             continue
         lengths = schema.get(params, "experiments", "restart", "prefix_tokens_list") or [params["prefix_tokens"]]
         n = schema.get(params, "experiments", "restart", "n_cold")
-        tokens = n * sum(length + params["suffix_tokens"] for length in lengths)
+        tokens = 2 * n * sum(length + params["suffix_tokens"] for length in lengths)
         for arm in params["arms"]:
             lm = config["arms"][arm].get("lmcache")
             if lm is None:
                 continue
             s = lmcache_settings.settings(lm)
+            if s["store"] == "cpu" and s["mode"] == "in_process":
+                continue
             key = "disk_gb" if s["store"] in lmcache_settings.FILE_STORES else "cpu_gb"
-            if s.get(key) is not None and tokens * bpt > s[key] * kvmodel.GIB:
+            if s.get(key) is None:
+                continue
+            usable = s[key] * (s["l1_eviction_watermark"] if key == "cpu_gb" else 1.0)
+            if tokens * bpt > usable * kvmodel.GIB:
+                at = (f" x l1_eviction_watermark {s['l1_eviction_watermark']}" if key == "cpu_gb" else "")
                 raise ConfigError(
-                    f"experiments.restart on platform {p}: n_cold x (prefix_tokens_list + suffix_tokens) "
-                    f"= {tokens} tokens of KV cache, {tokens * bpt / kvmodel.GIB:.1f} GiB at {bpt} bytes "
-                    f"per token, do not fit arms.{arm}.lmcache.{key} = {s[key]} GiB: the store would "
-                    f"evict populated prefixes before the restart (allowed: at most {s[key]} GiB; lower "
-                    f"n_cold or prefix_tokens_list for the platform, or raise {key})")
+                    f"experiments.restart on platform {p}: 2 x n_cold x (prefix_tokens_list + "
+                    f"suffix_tokens) = {tokens} tokens of KV cache (the populated prefixes and, after "
+                    f"the restart, the never-seen recompute references), {tokens * bpt / kvmodel.GIB:.1f} "
+                    f"GiB at {bpt} bytes per token, do not fit arms.{arm}.lmcache.{key} = {s[key]} "
+                    f"GiB{at}: the store would evict populated prefixes before they are reloaded "
+                    f"(usable: {usable:.1f} GiB; raise {key}"
+                    + (" or l1_eviction_watermark" if key == "cpu_gb" else "")
+                    + ", or lower n_cold or prefix_tokens_list for the platform)")

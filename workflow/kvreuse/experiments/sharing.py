@@ -39,7 +39,8 @@ def stored_tokens(prompt_lengths: list[int], chunk_size: int) -> int:
 
 
 def check_l1(c: Context, prompt_lengths: list[int]) -> None:
-    """The run's KV must fit in the LMCache server's memory (L1, ``cpu_gb``) at once: an
+    """The run's KV must fit in the LMCache server's memory (L1, ``cpu_gb``, up to its eviction
+    watermark ``l1_eviction_watermark``) at once: an
     LRU store that fills up evicts the prefixes A stored before B reads them, and B's first
     request would then miss for want of room, not of sharing. ``prompt_lengths``: every prompt
     the server stores (A's warm-ups and populates, B's warm-ups and never-seen prefixes).
@@ -55,15 +56,20 @@ def check_l1(c: Context, prompt_lengths: list[int]) -> None:
         return
     tokens = stored_tokens(prompt_lengths, s["chunk_size"])
     need = tokens * per_token
-    if need > s["cpu_gb"] * GIB:
+    usable = s["cpu_gb"] * s["l1_eviction_watermark"]
+    if need > usable * GIB:
         key = f"arms.{c.spec.arm_name}.lmcache.cpu_gb"
         raise ConfigError(
             f"experiments.cross_instance on {c.spec.platform}: the run stores {tokens:,} tokens of KV "
             f"({need / GIB:.1f} GiB at {per_token:,} bytes per token: A's prefixes and B's never-seen "
-            f"ones, with the warm-ups) in the LMCache server's L1, but {key} is {s['cpu_gb']} GiB: "
-            f"it would evict A's prefixes before B reads them. Raise {key} to at least "
-            f"{math.ceil(need / GIB)}, or lower experiments.cross_instance.n_cold or prefix_tokens_list")
-    log.info("cross_instance: the run stores %.1f GiB of KV in an L1 of %s GiB", need / GIB, s["cpu_gb"])
+            f"ones, with the warm-ups) in the LMCache server's L1, but {key} is {s['cpu_gb']} GiB and "
+            f"its LRU evicts from {s['l1_eviction_watermark']} of it ({usable:.1f} GiB): it would "
+            f"evict A's prefixes before B reads them. Raise {key} to at least "
+            f"{math.ceil(need / GIB / s['l1_eviction_watermark'])} (or "
+            f"arms.{c.spec.arm_name}.lmcache.l1_eviction_watermark), or lower "
+            f"experiments.cross_instance.n_cold or prefix_tokens_list")
+    log.info("cross_instance: the run stores %.1f GiB of KV in an L1 of %s GiB (evicting from %.1f GiB)",
+             need / GIB, s["cpu_gb"], usable)
 
 
 async def cross_instance(c: Context, p: dict) -> None:

@@ -20,7 +20,8 @@ def server_argv(s: dict, store_dir: Path, ports: dict) -> list[str]:
             "--host", HOST, "--port", str(ports["mp"]),
             "--http-host", HOST, "--http-port", str(ports["http"]),
             "--chunk-size", str(s["chunk_size"]), "--hash-algorithm", s["hash_algorithm"],
-            "--l1-size-gb", str(float(s["cpu_gb"])), "--eviction-policy", "LRU"]
+            "--l1-size-gb", str(float(s["cpu_gb"])), "--eviction-policy", "LRU",
+            "--eviction-trigger-watermark", str(float(s["l1_eviction_watermark"]))]
     if s["store"] == "fs":
         argv += ["--l2-adapter", json.dumps({"type": "fs", "base_path": str(store_dir / "l2")},
                                             separators=(",", ":"))]

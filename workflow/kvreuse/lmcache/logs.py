@@ -17,8 +17,8 @@ from pathlib import Path
 from .store import GIB, finish_store
 
 LOG_FILES = ("vllm.log", "lmcache-server.log")
-#: the compiled kernels: lmcache.cuda_ops (0.5.4 and later, optional, torch fallback) or
-#: lmcache.c_ops (0.5.3 and earlier, required)
+#: the compiled kernels' module: lmcache.c_ops (0.5.3, bound by its device-ops object, torch
+#: fallback when it does not load) or lmcache.cuda_ops (0.5.6's name in its fallback warning)
 KERNEL_MODULES = ("lmcache.cuda_ops", "lmcache.c_ops")
 FALLBACK_LOG_RE = re.compile(r"lmcache\.(cuda_ops|c_ops) compiled extension not found")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -69,8 +69,12 @@ def log_stats(marks: dict[str, int]) -> dict:
     return out
 
 
+# LMCache 0.5.3+ imports ``lmcache.c_ops`` (the compiled CUDA ops) inside its device-ops object
+# and then registers a shim of that name in sys.modules, which has no __spec__: the object itself
+# says whether the compiled module was bound (its native ops are instance attributes, the torch
+# fallback's are the class's methods). Older releases: import the module by name.
 _PROBE = r"""
-import importlib, importlib.util, json
+import importlib, importlib.util, json, sys
 out = {}
 try:
     import torch
@@ -83,9 +87,21 @@ try:
     out["lmcache"] = getattr(lmcache, "__version__", None)
 except Exception as e:
     out["lmcache_error"] = f"{type(e).__name__}: {e}"
-for m in MODULES:
+try:
+    from lmcache.v1.platform import resolve_device_ops
+    ops = resolve_device_ops(lmcache.torch_device_type)
+    native = sorted(k for k, v in vars(ops).items() if not k.startswith("_") and callable(v))
+    out["device_ops"] = f"{type(ops).__module__}.{type(ops).__name__}"
+    out["device_type"] = str(lmcache.torch_device_type)
+    out["native_ops_bound"] = len(native)
+    if out["device_type"] != "cpu":
+        out["lmcache.c_ops"] = ("loaded" if native else
+                                "not bound: the device ops run on LMCache's torch fallback")
+except Exception as e:
+    out["device_ops_error"] = f"{type(e).__name__}: {e}"[:500]
+for m in ([] if "device_ops" in out else MODULES):
     try:
-        if importlib.util.find_spec(m) is None:
+        if m not in sys.modules and importlib.util.find_spec(m) is None:
             continue
     except Exception:
         continue

@@ -84,6 +84,9 @@ def check_arm(name: str, cfg: dict) -> None:
     if s["hash_algorithm"] not in hashes:
         raise ConfigError(f"{key}.hash_algorithm: {s['hash_algorithm']!r} is not a {mode} hash "
                           f"(allowed: {', '.join(hashes)})")
+    if mode == "in_process" and "l1_eviction_watermark" in cfg:
+        raise ConfigError(f"{key}.l1_eviction_watermark: only for mode 'server' (the LMCache "
+                          f"server's L1; in process, LMCache evicts when its CPU buffer is full)")
     if mode == "in_process" and s["server_args"]:
         raise ConfigError(f"{key}.server_args: only for mode 'server' (allowed here: "
                           f"config_overrides)")
