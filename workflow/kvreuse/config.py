@@ -299,8 +299,8 @@ def check(config: dict) -> None:
             _refuse_reserved(f"arms.{name}.lmcache.server_args", arm["lmcache"].get(
                 "server_args", lmcache_settings.DEFAULTS["server_args"]),
                              RESERVED_LMCACHE_SERVER_ARGS,
-                             "kvreuse sets them: the server listens on 127.0.0.1 on ports kvreuse picks, "
-                             "and its L1 watermark is the arm's lmcache.l1_eviction_watermark")
+                             "the LMCache server listens on 127.0.0.1 on ports kvreuse picks, and its "
+                             "L1 eviction watermark is the arm's lmcache.l1_eviction_watermark")
         if arm.get("offload") is not None:
             vllm_offload.check_arm(name, arm)
         if arm.get("restart_lmcache_server") and not is_server_arm(arm):
