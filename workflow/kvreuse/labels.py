@@ -107,6 +107,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "reload_minus_recompute_ci95_ms": ("Reload minus recompute 95% CI", "ms"),
     "reload_hit_tokens": ("Reload hits", "tokens"),
     "achieved_gb_s": ("Achieved", "GB/s"),
+    "l2_load_gb_s": ("LMCache server L2 read", "GB/s"),
     "link_gb_s": ("Link nominal", "GB/s"),
     "model_load_ms": ("Model load time", "ms"),
     # the break-even prefix length (kvreuse.breakeven)
