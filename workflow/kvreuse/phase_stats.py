@@ -96,6 +96,14 @@ _MP_L2_GBS = "lmcache_mp_l2_load_throughput_GB_per_second"
 SOURCE_OFFLOAD = {"load": "vllm kv_offload counters: load", "store": "vllm kv_offload counters: store"}
 
 
+def lmcache_chunk_bytes(m) -> float | None:
+    """Bytes of one LMCache chunk of a run (its chunk size x its KV bytes per token, from the
+    meta's ``lmcache`` block); None for a run without LMCache or where either is unknown."""
+    lm = getattr(m, "lmcache", None) or {}
+    chunk, bpt = lm.get("chunk_size"), lm.get("kv_bytes_per_token")
+    return float(chunk * bpt) if chunk and bpt else None
+
+
 def l2_load_gb_s(phases: list[Phase]) -> float:
     """The LMCache server's mean read throughput from its L2 (a file store) in ``phases``, GB/s,
     from its per-load histogram; nan when nothing was read from an L2."""

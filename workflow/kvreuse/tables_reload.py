@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import breakeven, kernels, kvmodel, schema, verdict
-from .phase_stats import l2_load_gb_s, transfers
+from .phase_stats import l2_load_gb_s, lmcache_chunk_bytes, transfers
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
 from .tables_restart import lengths_of, phase_length, run_records
@@ -127,9 +127,8 @@ def _length_row(m: RunMeta, records: pd.DataFrame, length: int, judged: list) ->
                 "reusable_tokens": float(sum(x.reusable_tokens for x in here))})
     firsts = [ph for ph in m.phases_of(RELOAD) if phase_length(m, ph) == length]
     bpt = kv_bytes_per_token(m)
-    chunk = (m.lmcache or {}).get("chunk_size")
     # NaN where the store counted no load
-    nbytes, secs, source = transfers(firsts, "load", chunk * bpt if chunk and bpt else None)
+    nbytes, secs, source = transfers(firsts, "load", lmcache_chunk_bytes(m))
     row.update({"loaded_bytes": nbytes, "load_ms": 1000 * secs, "load_source": source,
                 "achieved_gb_s": nbytes / secs / 1e9 if source and secs > 0 else np.nan,
                 "l2_load_gb_s": l2_load_gb_s(firsts),
