@@ -396,7 +396,8 @@ def _decision_texts(r: dict) -> dict:
         be_text = f"{fmt(r['break_even_tokens'], 0)} tokens"
     else:
         be_text = be if isinstance(be, str) else ""
-    return {"prefix_text": fmt(r["prefix_tokens"]) if claims.is_number(r.get("prefix_tokens")) else "",
+    return {"metric_text": f"{r['metric_label']} ({r['unit']})",
+            "prefix_text": fmt(r["prefix_tokens"]) if claims.is_number(r.get("prefix_tokens")) else "",
             "difference_text": signed(r.get("difference")),
             "ci_text": f"{signed(lo)} to {signed(hi)}" if claims.is_number(lo) and claims.is_number(hi) else "",
             "persistence_text": r["persistence"] if isinstance(r.get("persistence"), str) else "",
