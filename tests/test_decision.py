@@ -96,7 +96,8 @@ def test_rows_carry_the_difference_its_ci_and_the_evidence():
     t = decision.table(tables())
     r = row(t, workload="restart", arm="lmcache_mp")
     assert (r.difference_ci95_lo, r.difference_ci95_hi) == (-170.0, -140.0)
-    assert (r.source_table, r.source_key) == ("reload_vs_recompute", "platform=h200, arm=lmcache_mp, prefix_tokens=8192")
+    assert (r.source_table, r.source_key) == ("reload_vs_recompute",
+                                              "platform=h200, arm=lmcache_mp, prefix_tokens=8192")
     # the counters and the measured break-even beside the time
     assert r.persistence == "persisted" and r.hit_fraction == 1.0
     assert (r.break_even_status, r.break_even_tokens, r.break_even_ci_low) == ("crossing", 2200.0, 2100.0)
@@ -136,9 +137,9 @@ def test_absent_sources_give_no_rows_and_are_named():
 
 def test_a_new_workload_is_one_row_builder(monkeypatch):
     def miss_rows(t):
-        return [decision._row("miss", r, "ttft_mean_change", "with the store vs APC only, random inputs",
+        return [decision.make_row("miss", r, "ttft_mean_change", "with the store vs APC only, random inputs",
                               NAN, NAN, r["d"], r["lo"], r["hi"], 100, 100, "miss",
-                              decision._key(platform=r["platform"], arm=r["arm"]))
+                              decision.row_key(platform=r["platform"], arm=r["arm"]))
                 for r in t["miss"].to_dict("records")]
 
     sources = tuple(decision.Source(s.workload, s.tables, miss_rows, s.what) if s.workload == "miss" else s

@@ -25,15 +25,16 @@ source table has it; a restart row also carries its store's measured **break-eve
 function that turns them into rows. A source whose table is absent from the results, or has no
 measured row, gives no rows, and ``absent`` names it with the reason. A workload of issue 13
 whose experiment lands later has a source with no builder yet (``build=None``); its builder is the
-one function to add.
+one function to add (``make_row`` gives a row, ``row_key`` its evidence key).
 
 **The source studies beside ours.** workflow/resources/decision.yaml links a claim of
 workflow/resources/cited.yaml (by id: its value, unit, GPU, model and definition are cited.yaml's,
 not repeated) to the decision rows it compares with (workload, arm, metric; platform and prefix
 length where given), and states in fields what the study measured (``study_metric``: ``e2e`` or
-``ttft``; ``study_output_tokens``, ``study_prefix_tokens``). ``what_differs`` lists, from those fields against the row's, the GPU
-(the claim's GPU against our platform), the model (ours by runs.csv), the output length (ours by
-the config), the prefix length and the metric.
+``ttft``; ``study_output_tokens``, ``study_prefix_tokens``). ``what_differs`` lists, from those
+fields against the row's, the GPU (the claim's GPU against our platform), the model (ours by
+runs.csv; the same where our model's name is within the study's), the output length (ours by the
+config), the prefix length and the metric.
 """
 
 from __future__ import annotations
@@ -98,12 +99,12 @@ def _num(x):
     return float(x) if kclaims.is_number(x) else math.nan
 
 
-def _key(**kw) -> str:
+def row_key(**kw) -> str:
     return ", ".join(f"{k}={int(v) if isinstance(v, float) and v.is_integer() else v}"
                      for k, v in kw.items() if kclaims.is_number(v) or isinstance(v, str))
 
 
-def _row(workload: str, r, metric: str, compared: str, with_reuse, without_reuse, diff, lo, hi,
+def make_row(workload: str, r, metric: str, compared: str, with_reuse, without_reuse, diff, lo, hi,
          n_with, n_without, source: str, key: str, **extra) -> dict:
     m = METRICS[metric]
     return {"workload": workload, "platform": r.get("platform"), "arm": r.get("arm"),
@@ -129,10 +130,10 @@ def _comparison_rows(workload: str, compared: dict[tuple[str, str], str]) -> Cal
             what = compared.get((r["baseline"], r["treatment"]))
             if what is None:
                 continue
-            out.append(_row(workload, r, "ttft_median", what, r["treatment_median_ms"], r["baseline_median_ms"],
+            out.append(make_row(workload, r, "ttft_median", what, r["treatment_median_ms"], r["baseline_median_ms"],
                             -_num(r["diff_median_ms"]), -_num(r["diff_ci95_hi_ms"]), -_num(r["diff_ci95_lo_ms"]),
                             r["n_treatment"], r["n_baseline"], "comparisons",
-                            _key(experiment=workload, platform=r["platform"], arm=r["arm"],
+                            row_key(experiment=workload, platform=r["platform"], arm=r["arm"],
                                  prefix_tokens=r.get("prefix_tokens"), baseline=r["baseline"],
                                  treatment=r["treatment"])))
         return out
@@ -149,11 +150,11 @@ def restart_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     for r in _ok(tables.get("reload_vs_recompute")).to_dict("records"):
         b = be[(be["platform"] == r["platform"]) & (be["arm"] == r["arm"])] if not be.empty else be
         b = b.iloc[0].to_dict() if len(b) else {}
-        out.append(_row("restart", r, "ttft_median", "reload vs recompute after a restart", r["reload_ttft_ms"],
+        out.append(make_row("restart", r, "ttft_median", "reload vs recompute after a restart", r["reload_ttft_ms"],
                         r["recompute_ttft_ms"], r["reload_minus_recompute_ms"],
                         r["reload_minus_recompute_ci95_lo_ms"], r["reload_minus_recompute_ci95_hi_ms"],
                         r["n_reload"], r["n_recompute"], "reload_vs_recompute",
-                        _key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
+                        row_key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
                         persistence=r.get("verdict"), hit_fraction=_num(r.get("hit_fraction")),
                         break_even_status=b.get("status"), break_even_tokens=_num(b.get("break_even_tokens")),
                         break_even_ci_low=_num(b.get("ci_low")), break_even_ci_high=_num(b.get("ci_high"))))
@@ -162,10 +163,10 @@ def restart_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
 
 def cross_instance_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     """cross_instance.csv per length: B's first request on A's prefix against a never-seen one."""
-    return [_row("cross_instance", r, "ttft_median", "first on another instance's prefix vs never-seen",
+    return [make_row("cross_instance", r, "ttft_median", "first on another instance's prefix vs never-seen",
                  r["cross_first_ttft_median_ms"], r["cross_cold_ttft_median_ms"], -_num(r["diff_median_ms"]),
                  -_num(r["diff_ci95_hi_ms"]), -_num(r["diff_ci95_lo_ms"]), r["n_cross_first"], r["n_cross_cold"],
-                 "cross_instance", _key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
+                 "cross_instance", row_key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
                  hit_fraction=_num(r.get("hit_fraction")))
             for r in _ok(tables.get("cross_instance")).to_dict("records")]
 
@@ -176,11 +177,12 @@ def random_overhead_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     for r in _ok(tables.get("random_overhead")).to_dict("records"):
         if not kclaims.is_number(r.get("e2e_delta_pct")) and not kclaims.is_number(r.get("ttft_delta_pct")):
             continue  # APC only itself, the reference
-        for metric, col, mean in (("ttft_mean_change", "ttft", "ttft_mean_ms"), ("e2e_mean_change", "e2e", "e2e_mean_ms")):
-            out.append(_row("random_overhead", r, metric, "with the store vs APC only, unique prompts",
+        for metric, col, mean in (("ttft_mean_change", "ttft", "ttft_mean_ms"),
+                                  ("e2e_mean_change", "e2e", "e2e_mean_ms")):
+            out.append(make_row("random_overhead", r, metric, "with the store vs APC only, unique prompts",
                             r.get(mean), math.nan, r.get(f"{col}_delta_pct"), r.get(f"{col}_delta_ci95_lo_pct"),
                             r.get(f"{col}_delta_ci95_hi_pct"), r.get("n"), r.get("n"), "random_overhead",
-                            _key(platform=r["platform"], arm=r["arm"])))
+                            row_key(platform=r["platform"], arm=r["arm"])))
     return out
 
 
