@@ -239,7 +239,7 @@ def test_aggregation_figures_and_paper_are_local_rules():
         workflow = wf._workflow  # loads the Snakefile
         # local: declared so, or with nothing to run (all, measure)
         local = {r.name for r in workflow.rules if r.name in workflow._localrules or r.norun}
-    assert local == {"all", "measure", "table", "claims", "figure", "notebook", "paper", "artifact"}
+    assert local == {"all", "measure", "table", "claims", "decision", "figure", "notebook", "paper", "artifact"}
 
 
 def slurm_up() -> bool:
