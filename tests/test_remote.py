@@ -244,3 +244,16 @@ def test_table_hit_against_miss_with_ci_counters_and_store_version(tmp_path):
     c = aggregate.build("comparisons", [synthetic_run(tmp_path)], 0.05)
     row = c[c.experiment == "remote"].iloc[0]
     assert (row.baseline, row.treatment, row.diff_median_ms) == ("remote_miss", "remote_hit", 60.0)
+
+
+def test_registered_with_its_runs_table_and_slurm_minutes(config):
+    from kvreuse import dag
+    from kvreuse import config as kc
+
+    assert "remote" in kc.EXPERIMENTS and "remote" in experiments.EXPERIMENTS
+    assert "results/tables/remote.csv" in dag.all_targets(config)
+    gpu = {**config, "run_platforms": ["h200"]}
+    assert dag.run_targets(gpu, "remote") == ["results/raw/h200/remote/lmcache_redis.jsonl",
+                                              "results/raw/h200/remote/lmcache_remote_server.jsonl"]
+    h200 = kc.experiment_params(config, "h200", "remote")
+    assert (h200["prefix_tokens"] + h200["suffix_tokens"], h200["n_cold"]) == (20000, 5)
