@@ -1,7 +1,8 @@
 """Fault injection (issue 7): kvreuse fails loudly and cleanly, keeps what it has, leaves nothing.
 
 Eight kinds of fault: bad config, start failure, crash mid-run, port taken, prompt too long,
-store unwritable or too small, SIGTERM, timeout; and the secrets and loopback guarantees.
+store unwritable or too small, SIGTERM, timeout; a remote store (Redis) that fails to start;
+and the secrets and loopback guarantees.
 Each case checks that the message names the cause, that no process the pipeline started is
 alive afterwards (by the marker in their environment: see faultkit.py), and, where a job
 fails, that it leaves no raw file and that other jobs' results are intact.
