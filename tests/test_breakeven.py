@@ -366,3 +366,22 @@ def test_lengths_without_a_reload_stay_out_of_the_measured_break_even(tmp_path):
     assert t.loc["model", "model_overhead_ms"] == pytest.approx(np.median([81.5 - x for x in transfer]))
     per_length = aggregate.build("reload_vs_recompute", [run], 0.05, links_gb_s=LINKS).set_index("prefix_tokens")
     assert list(per_length.verdict) == [verdict.NOT_PERSISTED] * 2 + [verdict.PERSISTED] * 2
+
+
+def test_lmcache_053_server_loads_from_its_chunk_and_throughput_counters():
+    """LMCache 0.5.3's server counts chunks loaded and each load's L1-to-GPU GB/s (no bytes or
+    seconds): bytes = chunks x chunk bytes, seconds = bytes / that throughput; its L2 reads
+    have their own throughput. The committed H200 lmcache_mp_l2 restart: 32K prefixes, 128
+    chunks of 256 tokens at 128 KiB per token each."""
+    from kvreuse.phase_stats import SOURCE_LMCACHE_SERVER_CHUNKS, l2_load_gb_s, transfers
+    m = results.read_meta(REPO / "results/raw/h200/restart/lmcache_mp_l2.meta.json")
+    ph = m.phases["post_restart_first_32768_0"]
+    chunk_bytes = 256 * 128 * 1024
+    nbytes, secs, source = transfers([ph], "load", chunk_bytes)
+    assert source == SOURCE_LMCACHE_SERVER_CHUNKS and nbytes == 128 * chunk_bytes
+    gbs = ph.counters["lmcache_mp_l0_l1_load_throughput_GB_per_second_sum"]
+    assert math.isclose(nbytes / secs / 1e9, gbs)
+    assert 0 < l2_load_gb_s([ph]) < gbs  # the file L2 is the slow part
+    assert transfers([ph], "load")[2] == ""  # without the chunk size: nothing claimed
+    assert math.isnan(l2_load_gb_s(list(results.read_meta(
+        REPO / "results/raw/h200/restart/lmcache_mp.meta.json").phases.values())))

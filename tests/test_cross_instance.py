@@ -374,3 +374,13 @@ def test_two_stand_in_instances_and_a_shared_server_process_end_to_end(tmp_path)
     # never saw A's prompts (a hit on B can only come through the shared store)
     assert all("vllm:prefix_cache_queries" in ph.counters for ph in phases.values())
     assert all(ph.counters["vllm:prefix_cache_hits"] == 0 for ph in phases.values() if ph.kind == "cross_first")
+
+
+def test_the_cost_table_counts_both_instances_starts_not_the_lmcache_server():
+    """cost.csv's server starts of a cross_instance run: vllm-a and vllm-b (the committed H200
+    run recorded 0 before)."""
+    from kvreuse.results import read_meta
+    from kvreuse.tables_runs import _vllm_starts
+    m = read_meta(Path(__file__).parents[1] / "results/raw/h200/cross_instance/lmcache_mp.meta.json")
+    assert {s["process"] for s in m.server_starts} == {"lmcache-server", "vllm-a", "vllm-b"}
+    assert len(_vllm_starts(m)) == 2

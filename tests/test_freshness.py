@@ -69,7 +69,7 @@ def test_git_commit_outside_a_checkout_is_the_one_passed_in(tmp_path, monkeypatc
 
 
 def test_git_commit_in_a_checkout_is_head_and_says_dirty(tmp_path, monkeypatch):
-    monkeypatch.setenv(provenance.COMMIT_ENV, "passed-in")  # git wins where there is a .git
+    monkeypatch.delenv(provenance.COMMIT_ENV, raising=False)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run(git + ["init", "-q"], check=True)
     (tmp_path / "f").write_text("1")
@@ -79,6 +79,28 @@ def test_git_commit_in_a_checkout_is_head_and_says_dirty(tmp_path, monkeypatch):
     assert provenance.git_commit(tmp_path) == head
     (tmp_path / "f").write_text("2")
     assert provenance.git_commit(tmp_path) == head + "-dirty"
+    # the commit the runner passed wins over a .git that came with a copied tree (the lent GPU
+    # host's copy held a stale HEAD: its runs recorded that commit, -dirty)
+    monkeypatch.setenv(provenance.COMMIT_ENV, "passed-in")
+    assert provenance.git_commit(tmp_path) == "passed-in (copy)"
+
+
+def test_a_recorded_commit_is_corrected_with_its_evidence_kept_in_the_meta(tmp_path):
+    from kvreuse import commit_correction
+    from kvreuse.results import read_meta
+    src = REPO / "results/raw/h200/serving/apc.meta.json"
+    meta = tmp_path / "apc.meta.json"
+    meta.write_text(src.read_text())
+    before = read_meta(meta)
+    assert commit_correction.main(["--commit", "a947b781aeb4", "--evidence", "the runner's KVREUSE_GIT_COMMIT",
+                                   str(meta)]) == 0
+    after = read_meta(meta)
+    assert after.git_commit == "a947b781aeb4 (copy)"
+    last = after.migration[-1]
+    assert last["by"] == "kvreuse.commit_correction" and before.git_commit in last["changes"][0]
+    assert "the runner's KVREUSE_GIT_COMMIT" in last["changes"][0]
+    assert commit_correction.main(["--commit", "a947b781aeb4", "--evidence", "x", str(meta)]) == 0
+    assert len(read_meta(meta).migration) == len(after.migration)  # already so: left alone
 
 
 def test_a_gpu_run_without_a_commit_is_refused_and_says_how_to_pass_it():

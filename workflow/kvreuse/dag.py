@@ -43,6 +43,10 @@ STUDY_TABLES = ["runs", "cost", "fidelity", "accounting", "interference"]
 #: (kvreuse.claims, rule claims): made from the tables its rules name, not from raw files
 CITED = "workflow/resources/cited.yaml"
 CLAIMS_TABLE = "results/tables/claims.csv"
+#: when reuse helps (kvreuse.decision, rule decision): made from the tables its row sources read,
+#: with the claims that workflow/resources/decision.yaml sets beside its rows
+DECISION_LINKS = "workflow/resources/decision.yaml"
+DECISION_TABLE = "results/tables/decision.csv"
 #: committed archives of GPU hosts' job logs (the accounting reads why a run failed in them)
 LOG_ARCHIVES = "results/gpu-logs/*.tgz"
 FIGURE_TITLES = {
@@ -148,6 +152,23 @@ def claims_tables(config: dict, cited_path: str = CITED) -> list[str]:
         for c in group["claims"]:
             walk(c.get("ours"))
     return [t for t in tables(config) if t in named]
+
+
+def decision_tables(config: dict) -> list[str]:
+    """The configured tables that the decision table's row sources read (and runs, for the model)."""
+    from .decision import source_tables
+
+    wanted = set(source_tables()) | {"runs"}
+    return [t for t in tables(config) if t in wanted]
+
+
+def decision_output_tokens(config: dict) -> dict[str, dict[str, int]]:
+    """Per reported platform and configured experiment, the output length its requests ask for
+    (``output_tokens`` of the experiment, else ``client.max_tokens``): the decision table says
+    where a source study's differs."""
+    return {p: {e: kc.client_config(config["client"], kc.experiment_params(config, p, e))["max_tokens"]
+                for e in experiments(config)}
+            for p in dict.fromkeys(report_platforms(config) + run_platforms(config))}
 
 
 def figures(config: dict) -> list[str]:

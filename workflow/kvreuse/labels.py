@@ -107,6 +107,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "reload_minus_recompute_ci95_ms": ("Reload minus recompute 95% CI", "ms"),
     "reload_hit_tokens": ("Reload hits", "tokens"),
     "achieved_gb_s": ("Achieved", "GB/s"),
+    "l2_load_gb_s": ("LMCache server L2 read", "GB/s"),
     "link_gb_s": ("Link nominal", "GB/s"),
     "model_load_ms": ("Model load time", "ms"),
     # the break-even prefix length (kvreuse.breakeven)
@@ -207,6 +208,33 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "not resolved": ("Not resolved", None),
     "not measurable": ("Not measurable", None),
     "not measured": ("Not measured", None),
+    # the decision table (kvreuse.decision)
+    "workload": ("Workload", None),
+    "metric_label": ("Metric", None),
+    "compared": ("Compared", None),
+    "unit": ("Unit", None),
+    "difference": ("Reuse minus none", None),
+    "difference_ci95": ("95% CI", None),
+    "difference_ci95_lo": ("95% CI low", None),
+    "difference_ci95_hi": ("95% CI high", None),
+    "persistence": ("Counters after restart", None),
+    "break_even_status": ("Break-even", None),
+    "helps": ("Helps", None),
+    "hurts": ("Hurts", None),
+    "no difference": ("No difference", None),
+    "no CI": ("No CI", None),
+    "rows": ("Rows", None),
+    "what": ("What", None),
+    "study_claim": ("Claim", None),
+    "study_text": ("Study", None),
+    "ours_text_decision": ("Ours", None),
+    "what_differs": ("What differs", None),
+    "prefix_text": ("Prefix (tokens)", None),
+    "metric_text": ("Metric", None),
+    "difference_text": ("Reuse minus none", None),
+    "ci_text": ("95% CI", None),
+    "persistence_text": ("Counters after restart", None),
+    "break_even_text": ("Break-even", None),
 }
 
 # range column -> (low column, high column)
@@ -222,6 +250,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "cross_cold_ttft_ci95_ms": ("cross_cold_ttft_ci95_lo_ms", "cross_cold_ttft_ci95_hi_ms"),
     "hit_ttft_ci95_ms": ("hit_ttft_ci95_lo_ms", "hit_ttft_ci95_hi_ms"),
     "miss_ttft_ci95_ms": ("miss_ttft_ci95_lo_ms", "miss_ttft_ci95_hi_ms"),
+    "difference_ci95": ("difference_ci95_lo", "difference_ci95_hi"),
 }
 
 

@@ -408,6 +408,60 @@ def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict
             "studies_without_claims": [{"key": k, **v} for k, v in cited["studies"].items() if v.get("no_claims")]}
 
 
+# -- when does reuse help? (decision.csv, kvreuse.decision) ------------------------------------
+def _decision_texts(r: dict) -> dict:
+    """A decision row's cells as the Markdown table shows them (empty where the table has none)."""
+    from . import breakeven
+
+    lo, hi = r.get("difference_ci95_lo"), r.get("difference_ci95_hi")
+    be = r.get("break_even_status")
+    if be == breakeven.CROSSING and claims.is_number(r.get("break_even_tokens")):
+        be_text = f"{fmt(r['break_even_tokens'], 0)} tokens"
+    else:
+        be_text = be if isinstance(be, str) else ""
+    return {"metric_text": f"{r['metric_label']} ({r['unit']})",
+            "prefix_text": fmt(r["prefix_tokens"]) if claims.is_number(r.get("prefix_tokens")) else "",
+            "difference_text": signed(r.get("difference")),
+            "ci_text": f"{signed(lo)} to {signed(hi)}" if claims.is_number(lo) and claims.is_number(hi) else "",
+            "persistence_text": r["persistence"] if isinstance(r.get("persistence"), str) else "",
+            "break_even_text": be_text}
+
+
+#: the links of the source studies' claims to the decision rows (the decision rule's input)
+DECISION_LINKS = Path(__file__).resolve().parents[1] / "resources" / "decision.yaml"
+
+
+def decision_context(t: dict[str, pd.DataFrame], cited: dict, links_path: Path = DECISION_LINKS) -> dict:
+    """What the write-up says of the decision table: decision.csv (or, in a build without the
+    decision rule, the same table computed from these tables, without our output lengths), the
+    verdicts per workload and platform, the rows with a source study's number beside them (each
+    side as text, and what differs), and the workloads without a measured row, with why."""
+    from . import decision
+
+    table = t.get("decision")
+    if table is None:
+        links = (yaml.safe_load(links_path.read_text()) or {}).get("links") if links_path.exists() else []
+        table = decision.table(t, cited, links or [])
+    rows = [{**r, **_decision_texts(r)} for r in _rows(table)]
+    beside = []
+    for r in rows:
+        if not isinstance(r.get("study_claim"), str):
+            continue
+        unit = f" {r['study_unit']}" if isinstance(r.get("study_unit"), str) else ""
+        study = (f"{num(r['study_low'])} to {num(r['study_high'])}" if claims.is_number(r.get("study_low"))
+                 else num(r.get("study_value"))) + unit
+        ours = f"{signed(r['difference'])} {r['unit']}" + (
+            f" ({signed(r['difference_ci95_lo'])} to {signed(r['difference_ci95_hi'])})"
+            if claims.is_number(r.get("difference_ci95_lo")) else "")
+        beside.append({**r, "study_text": f"{study} ({r['study_source']}, {r['study_gpu']})",
+                       "ours_text_decision": ours,
+                       "what_differs": r.get("what_differs") or "none of GPU, model, output length, prefix, metric"})
+    return {"table": pd.DataFrame(rows), "rows": rows, "n": len(rows), "summary": decision.summary(table),
+            "verdicts": list(decision.VERDICTS), "beside": beside,
+            "absent": decision.absent(t, table), "pending": [s.workload for s in decision.SOURCES if s.build is None],
+            "counts": table["verdict"].value_counts().to_dict() if len(table) else {}}
+
+
 def kv_context(llama: dict, claim: dict | None) -> dict:
     """The KV size per token from the model's config, its factors, and the study's claim beside it."""
     per_tok = kvmodel.kv_bytes_per_token(llama)
@@ -486,6 +540,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
 
             "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
             "remote": remote_context(t.get("remote"), kernels),
+            "decision": decision_context(t, cited),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),
             "platform_change": platform_change(t.get("restart")),

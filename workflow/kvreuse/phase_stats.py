@@ -87,15 +87,39 @@ OFFLOAD_COUNTERS = {"load": ("vllm:kv_offload_load_bytes", "vllm:kv_offload_load
 #: where :func:`transfers` found its numbers
 SOURCE_LMCACHE_LOG = {"load": "lmcache log: retrieve", "store": "lmcache log: store"}
 SOURCE_LMCACHE_SERVER = "lmcache server: h2d staging DMA"
+#: LMCache 0.5.3's server counts chunks loaded and the L1-to-GPU (``l0_l1``) throughput of each
+#: load (a histogram, GB/s), not bytes and seconds (v1/multiprocess metrics)
+SOURCE_LMCACHE_SERVER_CHUNKS = "lmcache server: chunks loaded, L1-to-GPU throughput"
+_MP_CHUNKS = "lmcache_mp_num_chunks_loaded"
+_MP_L1_GBS = "lmcache_mp_l0_l1_load_throughput_GB_per_second"
+_MP_L2_GBS = "lmcache_mp_l2_load_throughput_GB_per_second"
 SOURCE_OFFLOAD = {"load": "vllm kv_offload counters: load", "store": "vllm kv_offload counters: store"}
 
 
-def transfers(phases: list[Phase], direction: str = "load") -> tuple[float, float, str]:
+def lmcache_chunk_bytes(m) -> float | None:
+    """Bytes of one LMCache chunk of a run (its chunk size x its KV bytes per token, from the
+    meta's ``lmcache`` block); None for a run without LMCache or where either is unknown."""
+    lm = getattr(m, "lmcache", None) or {}
+    chunk, bpt = lm.get("chunk_size"), lm.get("kv_bytes_per_token")
+    return float(chunk * bpt) if chunk and bpt else None
+
+
+def l2_load_gb_s(phases: list[Phase]) -> float:
+    """The LMCache server's mean read throughput from its L2 (a file store) in ``phases``, GB/s,
+    from its per-load histogram; nan when nothing was read from an L2."""
+    n = sum((ph.counters or {}).get(f"{_MP_L2_GBS}_count", 0.0) for ph in phases)
+    total = sum((ph.counters or {}).get(f"{_MP_L2_GBS}_sum", 0.0) for ph in phases)
+    return total / n if n else np.nan
+
+
+def transfers(phases: list[Phase], direction: str = "load",
+              chunk_bytes: float | None = None) -> tuple[float, float, str]:
     """Bytes and seconds of the KV loads into the GPU (``direction`` load) or the stores out of
     it (store) in ``phases``, summed, and where they come from: LMCache's per-request log lines
-    (in-process), the LMCache server's host-to-device DMA counters (loads only), or vLLM's own
-    offloading counters (``vllm:kv_offload_{load,store}_{bytes,time}``); (nan, nan, "") when
-    the phases moved nothing by any of them."""
+    (in-process), the LMCache server's host-to-device DMA counters (loads only; LMCache 0.5.3's
+    server: its chunks loaded x ``chunk_bytes`` at the throughput it reports per load), or
+    vLLM's own offloading counters (``vllm:kv_offload_{load,store}_{bytes,time}``); (nan, nan,
+    "") when the phases moved nothing by any of them."""
     lm = {"load": ("retrieves", "retrieve_bytes", "retrieve_ms"),
           "store": ("stores", "store_bytes", "store_ms")}[direction]
     logs = [ph.lmcache_log for ph in phases if (ph.lmcache_log or {}).get(lm[0])]
@@ -112,6 +136,16 @@ def transfers(phases: list[Phase], direction: str = "load") -> tuple[float, floa
                         and "{" in k and "direction=h2d" in k and "phase=staging" in k)
         if nbytes:
             return float(nbytes), float(secs), SOURCE_LMCACHE_SERVER
+        if chunk_bytes:
+            for ph in phases:  # one phase, one request: its loads' mean GB/s times its bytes
+                c = ph.counters or {}
+                chunks, n = c.get(_MP_CHUNKS, 0.0), c.get(f"{_MP_L1_GBS}_count", 0.0)
+                if chunks and n and c.get(f"{_MP_L1_GBS}_sum", 0.0) > 0:
+                    b = chunks * chunk_bytes
+                    nbytes += b
+                    secs += b / (c[f"{_MP_L1_GBS}_sum"] / n * 1e9)
+            if nbytes:
+                return float(nbytes), float(secs), SOURCE_LMCACHE_SERVER_CHUNKS
     key_bytes, key_s = OFFLOAD_COUNTERS[direction]
     nbytes = sum((ph.counters or {}).get(key_bytes, 0.0) for ph in phases)
     secs = sum((ph.counters or {}).get(key_s, 0.0) for ph in phases)

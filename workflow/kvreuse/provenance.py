@@ -72,17 +72,22 @@ def accelerator() -> dict:
     return {"kind": "cpu", "name": cpu, "count": os.cpu_count(), "driver": None}
 
 
-#: the commit a copy of the tree was made from, for a host whose checkout has no .git
+#: the commit a copy of the tree was made from, passed by the runner
 #: (profiles/gpu-node/run-targets.sh sets it; see README, "Running on one GPU node")
 COMMIT_ENV = "KVREUSE_GIT_COMMIT"
 
 
 def git_commit(repo: Path | str = ".") -> str | None:
-    """HEAD's commit, with ``-dirty`` when tracked files differ (``git status --porcelain``).
-    Outside a checkout (a copy of the tree sent to a GPU host), the commit the copy was made
-    from, passed in $KVREUSE_GIT_COMMIT (marked `` (copy)``). None when neither says."""
+    """The commit of the code that runs: $KVREUSE_GIT_COMMIT when the runner passed one (a copy
+    of the tree sent to a GPU host, marked `` (copy)``), else HEAD's commit with ``-dirty`` when
+    tracked files differ (``git status --porcelain``). The passed commit wins: a copied tree may
+    carry a ``.git`` that is not the one it was copied from (the lent GPU host's copy held the
+    session's first HEAD, so its runs recorded that commit, ``-dirty``). None when neither says."""
     import os
 
+    passed = os.environ.get(COMMIT_ENV, "").strip()
+    if passed:
+        return f"{passed} (copy)"
     if (Path(repo) / ".git").exists():
         try:
             sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
@@ -92,8 +97,7 @@ def git_commit(repo: Path | str = ".") -> str | None:
             return sha + ("-dirty" if dirty else "")
         except (subprocess.SubprocessError, OSError):
             pass
-    passed = os.environ.get(COMMIT_ENV, "").strip()
-    return f"{passed} (copy)" if passed else None
+    return None
 
 
 def commit_sha(recorded: str | None) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import breakeven, kernels, kvmodel, schema, verdict
-from .phase_stats import transfers
+from .phase_stats import l2_load_gb_s, lmcache_chunk_bytes, transfers
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
 from .tables_restart import lengths_of, phase_length, run_records
@@ -38,7 +38,7 @@ RELOAD_COLUMNS = [
     "reload_minus_recompute_ms", "reload_minus_recompute_ci95_lo_ms", "reload_minus_recompute_ci95_hi_ms",
     "reload_speedup", "reload_speedup_ci95_lo", "reload_speedup_ci95_hi",
     "verdict", "hit_fraction", "n_prefixes", "n_prefixes_persisted", "reload_hit_tokens", "reusable_tokens",
-    "loaded_bytes", "load_ms", "load_source", "achieved_gb_s", "recompute_prefill_ms",
+    "loaded_bytes", "load_ms", "load_source", "achieved_gb_s", "l2_load_gb_s", "recompute_prefill_ms",
     "kv_bytes_per_token", "kv_bytes_model", "link", "link_gb_s", "model_load_ms", "link_fraction",
 ]
 
@@ -126,12 +126,14 @@ def _length_row(m: RunMeta, records: pd.DataFrame, length: int, judged: list) ->
                 "reload_hit_tokens": float(sum(x.hit_tokens for x in here)),
                 "reusable_tokens": float(sum(x.reusable_tokens for x in here))})
     firsts = [ph for ph in m.phases_of(RELOAD) if phase_length(m, ph) == length]
-    nbytes, secs, source = transfers(firsts, "load")  # NaN where the store counted no load
+    bpt = kv_bytes_per_token(m)
+    # NaN where the store counted no load
+    nbytes, secs, source = transfers(firsts, "load", lmcache_chunk_bytes(m))
     row.update({"loaded_bytes": nbytes, "load_ms": 1000 * secs, "load_source": source,
                 "achieved_gb_s": nbytes / secs / 1e9 if source and secs > 0 else np.nan,
+                "l2_load_gb_s": l2_load_gb_s(firsts),
                 "recompute_prefill_ms": _prefill_ms([ph for ph in m.phases_of(RECOMPUTE)
                                                      if phase_length(m, ph) == length])})
-    bpt = kv_bytes_per_token(m)
     row.update({"kv_bytes_per_token": bpt, "kv_bytes_model": length * bpt if bpt else np.nan})
     return row
 

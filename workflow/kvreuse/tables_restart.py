@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import kernels, verdict
-from .phase_stats import phase_table, transfers
+from .phase_stats import lmcache_chunk_bytes, phase_table, transfers
 from .results import Phase, RunMeta
 
 
@@ -114,7 +114,7 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
                 row["store_files"] = m.store_after_stop.get("files")
                 row["store_bytes"] = m.store_after_stop.get("bytes")
             firsts = mm.phases_of("post_restart_first")
-            loads = [(ph, transfers([ph], "load")) for ph in firsts]
+            loads = [(ph, transfers([ph], "load", lmcache_chunk_bytes(m))) for ph in firsts]
             loads = [(ph, x) for ph, x in loads if x[0] > 0]  # NaN: nothing moved
             if loads:  # the store's own account of the reloads after the restart, per request
                 row["reload_bytes"] = float(np.median([x[0] for _, x in loads]))

@@ -15,7 +15,10 @@ from .results import RunMeta
 
 
 def _vllm_starts(m: RunMeta) -> list[float]:
-    return [s["startup_s"] for s in m.server_starts if s["process"] == "vllm"]
+    """The run's vLLM starts: ``vllm``, or ``vllm-a`` and ``vllm-b`` where a run has two
+    instances (cross_instance); not the LMCache server's."""
+    return [s["startup_s"] for s in m.server_starts
+            if s["process"] == "vllm" or s["process"].startswith("vllm-")]
 
 
 def _lmcache_server_mib(m: RunMeta) -> tuple[float, float]:

@@ -50,3 +50,25 @@ rule claims:
         "../../envs/analysis.yaml"
     script:
         "../scripts/claims.py"
+
+
+rule decision:
+    """When does reuse help: per workload, store, platform and metric, the difference that reuse
+    makes with its CI (from the source tables' own CIs) and a verdict, with the source studies'
+    numbers beside ours where the setups compare (kvreuse/decision.py)."""
+    localrule: True  # seconds of pandas: on a cluster, runs where snakemake runs
+    input:
+        links=dag.DECISION_LINKS,
+        cited=dag.CITED,
+        tables=expand("results/tables/{t}.csv", t=dag.decision_tables(config)),
+    output:
+        csv=dag.DECISION_TABLE,
+        md=dag.DECISION_TABLE.replace(".csv", ".md"),
+    params:
+        output_tokens=dag.decision_output_tokens(config),
+    log:
+        "results/logs/tables/decision.log",
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/decision.py"

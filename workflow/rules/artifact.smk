@@ -9,6 +9,7 @@ rule artifact:
         raw=all_raw_inputs,
         tables=expand("results/tables/{t}.{ext}", t=TABLES, ext=["csv", "md", "tex"]),
         claims=[dag.CLAIMS_TABLE, dag.CLAIMS_TABLE.replace(".csv", ".md")],
+        decision=[dag.DECISION_TABLE, dag.DECISION_TABLE.replace(".csv", ".md")],
         figures=expand("results/figures/{f}.{ext}", f=FIGURES, ext=["pdf", "png"]),
         paper=expand("paper/build/kvreuse.{ext}", ext=["md", "tex", "bib", "pdf"]),
         citation="CITATION.cff",

@@ -27,12 +27,15 @@ rule paper:
         accounting_tex_template="paper/accounting.tex.j2",
         reload_template="paper/reload.md.j2",  # included by the templates
         reload_tex_template="paper/reload.tex.j2",
+        decision_template="paper/decision.md.j2",  # included by the templates
+        decision_tex_template="paper/decision.tex.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
         figures_pdf=expand("results/figures/{f}.pdf", f=FIGURES),
         cited=dag.CITED,
         claims=dag.CLAIMS_TABLE,
+        decision=dag.DECISION_TABLE,
         attempts=attempts_files(),
         llama_config="workflow/resources/llama-3.1-8b/config.json",
         raw=all_raw_inputs,

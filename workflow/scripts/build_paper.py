@@ -7,7 +7,7 @@ from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821
 inp, out = snakemake.input, snakemake.output  # noqa: F821
-tables = {Path(f).stem: Path(f) for f in [*inp.tables, inp.claims]}
+tables = {Path(f).stem: Path(f) for f in [*inp.tables, inp.claims, inp.decision]}
 figures = {Path(f).stem: Path(f) for f in inp.figures}
 cite = artifact.citation(**snakemake.params.citation,  # noqa: F821
                          results_sha256=artifact.results_digest(list(inp.raw)))
