@@ -35,6 +35,31 @@ install_tex() {
 }
 install_tex
 
+# LMCache's Redis arm (kvreuse.remote_store) starts Debian's redis-server (about 2 MB); the
+# tests start it for real on this machine and skip, saying why, without it. Installed only if
+# missing, the same way as LaTeX; it is never started as a service (the pipeline starts its own
+# on a free port of 127.0.0.1). An offline GPU host gets it from envs/gpu-host-redis.sh.
+install_redis() {
+  command -v redis-server >/dev/null && return 0
+  local as=() why=""
+  if ! command -v apt-get >/dev/null; then why="no apt-get"
+  elif [[ $(id -u) != 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then as=(sudo -n); else why="apt-get needs root"; fi
+  fi
+  if [[ -z "$why" ]]; then
+    echo "kvreuse: installing redis-server (apt-get) for the Redis arm's tests"
+    local apt=("${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+    "${apt[@]}" install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
+      || { "${apt[@]}" update -qq >/dev/null 2>&1 \
+           && "${apt[@]}" install -y -qq --no-install-recommends redis-server >/dev/null; } || true
+    command -v redis-server >/dev/null && return 0
+    why="apt-get could not install it"
+  fi
+  echo "kvreuse: redis-server not installed ($why): install it (Debian/Ubuntu: apt-get install" >&2
+  echo "  redis-server) for the Redis arm; without it its tests are skipped and the arm fails to start." >&2
+}
+install_redis
+
 PY="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 stamp="$VENV/.kvreuse-installed"

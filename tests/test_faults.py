@@ -1,7 +1,8 @@
 """Fault injection (issue 7): kvreuse fails loudly and cleanly, keeps what it has, leaves nothing.
 
 Eight kinds of fault: bad config, start failure, crash mid-run, port taken, prompt too long,
-store unwritable or too small, SIGTERM, timeout; and the secrets and loopback guarantees.
+store unwritable or too small, SIGTERM, timeout; a remote store (Redis) that fails to start;
+and the secrets and loopback guarantees.
 Each case checks that the message names the cause, that no process the pipeline started is
 alive afterwards (by the marker in their environment: see faultkit.py), and, where a job
 fails, that it leaves no raw file and that other jobs' results are intact.
@@ -21,6 +22,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +35,7 @@ import pytest
 import yaml
 
 import faultkit as fk
-from kvreuse import aggregate
+from kvreuse import aggregate, remote_store
 from kvreuse import plan as arm_plan
 from kvreuse.errors import ConfigError, PreflightError, ServerError
 from kvreuse import config as kc
@@ -275,6 +277,56 @@ def test_port_lost_to_a_race_shows_the_bind_error(tmp_path, marker):
     assert "vllm failed to start: it exited with code 1" in msg
     assert f"error while attempting to bind on address ('127.0.0.1', {taken}): Address already in use" in msg
     fk.assert_none_left(marker)
+
+
+# == 3b. a remote store (Redis) that fails to start: the run fails saying why, nothing left ======
+def redis_servers(tmp_path, marker, spec) -> Servers:
+    plan = arm_plan.ServerPlan(vllm_args=[], env={fk.MARKER: marker, "PYTHONPATH": str(fk.FAKEVLLM)},
+                               remote_store=spec)
+    return Servers(plan, model_dir=tmp_path, model_name="m", log_dir=tmp_path / "logs",
+                   server={"startup_timeout_s": 30, "stop_timeout_s": 10})
+
+
+def test_redis_binary_missing_fails_before_anything_starts(tmp_path, marker):
+    spec = remote_store.spec("redis", free_port(), tmp_path / "store", redis_server="no-such-redis-server")
+    with pytest.raises(ServerError) as e:
+        with redis_servers(tmp_path, marker, spec) as srv:
+            srv.start()
+    msg = str(e.value)
+    assert "redis: 'no-such-redis-server' not found (server.redis_server; PATH checked)" in msg
+    assert "apt-get install redis-server" in msg and "nothing was started" in msg
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").iterdir())  # vLLM never started
+    fk.assert_none_left(marker, timeout_s=0)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed (envs/install-cpu.sh installs it as root)")
+def test_redis_that_exits_at_start_fails_the_run_and_leaves_nothing(tmp_path, marker):
+    # a port Redis itself refuses (out of range: it exits at once, "FATAL CONFIG FILE ERROR")
+    spec = remote_store.spec("redis", free_port(), tmp_path / "store")
+    at = spec["argv"].index("--port") + 1
+    spec = {**spec, "argv": [*spec["argv"][:at], "99999", *spec["argv"][at + 1:]]}
+    with pytest.raises(ServerError) as e:
+        with redis_servers(tmp_path, marker, spec) as srv:
+            srv.start()
+    msg = str(e.value)
+    assert "redis failed to start: it exited with code 1" in msg and "FATAL CONFIG FILE ERROR" in msg
+    assert "What to do: check that /" in msg and "starts by hand" in msg
+    assert not (tmp_path / "logs/vllm.log").exists()  # vLLM never started
+    fk.assert_none_left(marker)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed (envs/install-cpu.sh installs it as root)")
+def test_redis_port_taken_fails_fast_before_anything_starts(tmp_path, marker):
+    with socket.socket() as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        spec = remote_store.spec("redis", holder.getsockname()[1], tmp_path / "store")
+        with pytest.raises(ServerError, match=rf"redis: port {spec['port']} on 127.0.0.1 is already in use"):
+            with redis_servers(tmp_path, marker, spec) as srv:
+                srv.start()
+    fk.assert_none_left(marker, timeout_s=0)
 
 
 # == 4. crash mid-run =========================================================================

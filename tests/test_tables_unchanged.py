@@ -97,8 +97,11 @@ REDEFINED = {
 #: rows added on purpose since the snapshot: runs of experiments added later (on the CPU: not run)
 ADDED_ROWS = {
     # cross_instance: LMCache needs CUDA (kvreuse.experiments.sharing)
+    # remote: LMCache needs CUDA (kvreuse.experiments.remote)
     "runs": [{"arm": "lmcache_mp", "experiment": "cross_instance", "n_requests": 0, "platform": "cpu",
-              "status": "not_run"}],
+              "status": "not_run"}] + [
+             {"arm": a, "experiment": "remote", "n_requests": 0, "platform": "cpu", "status": "not_run"}
+             for a in ("lmcache_redis", "lmcache_remote_server")],
 }
 
 

@@ -23,6 +23,7 @@ built in:
 - kvreuse.tables_serving: ``serving_table``, ``fidelity_table``;
 - kvreuse.tables_overhead: ``random_overhead_table``;
 - kvreuse.tables_cross_instance: ``cross_instance_table``;
+- kvreuse.tables_remote: ``remote_table``;
 - kvreuse.tables_runs: ``runs_table``, ``cost_table``, ``read_benchmarks``;
 - kvreuse.interference: ``interference_table`` (requests that overlapped another job's
   server start on a shared GPU);
@@ -48,6 +49,7 @@ from .phase_stats import COUNTER_COLUMNS, PHASE_FIELDS, counter_rows, latency_st
 from .results import RequestRecord, RunMeta, meta_path, read_meta, read_records
 from .tables_cross_instance import cross_instance_table
 from .tables_overhead import random_overhead_table
+from .tables_remote import remote_table
 from .tables_reload import BREAK_EVEN_COLUMNS, RELOAD_COLUMNS, break_even_table, reload_vs_recompute_table
 from .tables_restart import RESTART_KINDS, restart_table
 from .tables_runs import cost_table, read_benchmarks, runs_table
@@ -177,6 +179,8 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         return random_overhead_table(df, metas)
     if experiment == "cross_instance":
         return cross_instance_table(df, metas)
+    if experiment == "remote":
+        return remote_table(df, metas)
     if experiment == "comparisons":
         return comparisons_table(df, metas)
     if experiment == "prefix_sweep":  # per length and kind: all its samples in one row

@@ -34,6 +34,8 @@ COMPARISONS = (
     Comparison("restart", "post_restart_cold", "post_restart_first"),
     # instance B: a never-seen prefix against its first request on a prefix A stored, paired by i
     Comparison("cross_instance", "cross_cold", "cross_first", paired=True),
+    # after vLLM's restart: a never-seen prompt against a populated one from the remote store, paired by i
+    Comparison("remote", "remote_miss", "remote_hit", paired=True),
 )
 #: the experiments whose runs comparisons.csv reads
 EXPERIMENTS = tuple(dict.fromkeys(c.experiment for c in COMPARISONS))

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
-               "random_overhead", "cross_instance")
+               "random_overhead", "cross_instance", "remote")
 
 
 #: vLLM flags that kvreuse sets itself; in ``extra_args`` they would move the server off
@@ -226,6 +226,11 @@ def is_server_arm(arm: dict) -> bool:
     return (arm.get("lmcache") or {}).get("mode") == "server"
 
 
+def is_remote_arm(arm: dict) -> bool:
+    """An LMCache arm whose store is a server the run starts (Redis, LMCache's remote server)."""
+    return (arm.get("lmcache") or {}).get("store") in lmcache_settings.REMOTE_STORES
+
+
 def check(config: dict) -> None:
     """Cross-key checks; raises ConfigError naming the key and what is allowed."""
     platforms = config["platforms"]
@@ -285,6 +290,13 @@ def check(config: dict) -> None:
                         raise ConfigError(f"{key}: {arm!r} has no LMCache server for the two instances "
                                           f"to share (allowed: arms with lmcache.mode 'server': "
                                           f"{', '.join(shared) or 'none defined'})")
+            if exp == "remote":  # hit against miss on a store that outlives vLLM's restart
+                remote = sorted(a for a, c in config["arms"].items() if is_remote_arm(c))
+                for arm in params["arms"]:
+                    if not is_remote_arm(config["arms"][arm]):
+                        raise ConfigError(f"{key}: {arm!r} has no remote store (allowed: arms with "
+                                          f"lmcache.store {' or '.join(lmcache_settings.REMOTE_STORES)}: "
+                                          f"{', '.join(remote) or 'none defined'})")
             limit = server_config(config, p)["max_model_len"]
             need, how = prompt_tokens_needed(exp, params, config["client"]["max_tokens"])
             if need > limit:

@@ -133,6 +133,20 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "cross_cold_ttft_ci95_ms": ("Never-seen on B 95% CI", "ms"),
     "lmcache_hit_tokens": ("LMCache lookup hits", "tokens"),
     "cross_cold_hit_tokens": ("Never-seen hits", "tokens"),
+    # remote: after vLLM's restart, a populated prompt (from the remote store) against a never-seen one
+    "store": ("Store", None),
+    "store_version": ("Store version", None),
+    "n_hit": ("Hit n", None),
+    "n_miss": ("Miss n", None),
+    "hit_ttft_median_ms": ("Cache hit", "ms"),
+    "hit_ttft_ci95_lo_ms": ("Cache hit 95% CI low", "ms"),
+    "hit_ttft_ci95_hi_ms": ("Cache hit 95% CI high", "ms"),
+    "hit_ttft_ci95_ms": ("Cache hit 95% CI", "ms"),
+    "miss_ttft_median_ms": ("Cache miss", "ms"),
+    "miss_ttft_ci95_lo_ms": ("Cache miss 95% CI low", "ms"),
+    "miss_ttft_ci95_hi_ms": ("Cache miss 95% CI high", "ms"),
+    "miss_ttft_ci95_ms": ("Cache miss 95% CI", "ms"),
+    "miss_hit_tokens": ("Misses' hits", "tokens"),
     # comparisons: baseline (e.g. cold) against treatment (e.g. warm)
     "baseline": ("Baseline", None),
     "treatment": ("Against", None),
@@ -234,6 +248,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "break_even_ci95": ("ci_low", "ci_high"),
     "cross_first_ttft_ci95_ms": ("cross_first_ttft_ci95_lo_ms", "cross_first_ttft_ci95_hi_ms"),
     "cross_cold_ttft_ci95_ms": ("cross_cold_ttft_ci95_lo_ms", "cross_cold_ttft_ci95_hi_ms"),
+    "hit_ttft_ci95_ms": ("hit_ttft_ci95_lo_ms", "hit_ttft_ci95_hi_ms"),
+    "miss_ttft_ci95_ms": ("miss_ttft_ci95_lo_ms", "miss_ttft_ci95_hi_ms"),
     "difference_ci95": ("difference_ci95_lo", "difference_ci95_hi"),
 }
 

@@ -356,6 +356,29 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
     return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
 
 
+def remote_context(t: pd.DataFrame | None, kernels: dict) -> dict:
+    """What the write-up says of remote.csv (LMCache's remote stores): its measured rows (one per
+    platform and arm), each with its direction by the CI of the time a hit saved (``faster``:
+    the CI above zero, ``slower``: below, ``unresolved``: around it, ``no_ci``: fewer than two
+    pairs) and whether that run's LMCache recorded its torch fallback; the same rows as a table
+    (``table``, None without any); and the runs that did not run, with their reason."""
+    rows, not_run = [], []
+    for r in _rows(t):
+        if r.get("status") != "ok":
+            not_run.append(r)
+            continue
+        lo, hi = r.get("diff_ci95_lo_ms"), r.get("diff_ci95_hi_ms")
+        if not (claims.is_number(lo) and claims.is_number(hi)):
+            direction = "no_ci"
+        else:
+            direction = "faster" if lo > 0 else "slower" if hi < 0 else "unresolved"
+        rows.append({**r, "direction": direction,
+                     "fallback": (r["platform"], "remote", r["arm"]) in kernels["fallback"]})
+    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
+    counts = [c for c in ("prefix_tokens", "n_hit", "n_miss") if c in ok.columns]
+    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
+
+
 def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
     """The claims table as the write-up shows it: every row, the verdicts per study, each
     group's rows (the cited tables of the sections), and the GPUs the studies name that we did
@@ -516,6 +539,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
 
 
             "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
+            "remote": remote_context(t.get("remote"), kernels),
             "decision": decision_context(t, cited),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),

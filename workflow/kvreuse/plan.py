@@ -33,6 +33,9 @@ class ServerPlan:
     notes: list[str] = field(default_factory=list)
     lmcache: dict | None = None  # LMCache arms: mode, store paths, ports (lmcache.flags.apply)
     offload: dict | None = None  # vLLM's offloading arms: tiers, store paths (offload.apply)
+    #: a remote store the run starts before vLLM and keeps across its restarts (Redis,
+    #: LMCache's remote server: kvreuse.remote_store.spec), if the arm has one
+    remote_store: dict | None = None
 
 
 def cuda_available() -> bool:
@@ -94,7 +97,7 @@ def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
             p.not_run_reason = "LMCache needs CUDA"
             return p
         lmcache_flags.apply(p, arm_name, arm["lmcache"], run_dir=run_dir, store_root=store_root,
-                            **lmcache_kw)
+                            redis_server=schema.get(server, "server", "redis_server"), **lmcache_kw)
     elif arm.get("offload"):
         if not (cuda_available() if has_cuda is None else has_cuda):
             p.not_run_reason = vllm_offload.NOT_RUN_REASON

@@ -17,7 +17,8 @@ Version history:
      (vLLM's own offloading arms) and ``gpu_share`` (a job's holds of a GPU node's measurement
      lock); files without them read them as None;
      later, the phase kinds ``cross_first`` and ``cross_cold`` and the optional phase field
-     ``instance`` (experiment cross_instance; additive: files without them read as before)
+     ``instance`` (experiment cross_instance; additive: files without them read as before);
+     later, the phase kinds ``remote_hit`` and ``remote_miss`` (experiment remote; additive)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ PHASE_KINDS = (
     "measured",             # baseline: requests sharing one system prompt, APC off
     "cold",                 # a prefix never seen by any cache
     "warm",                 # a prefix seen before, on the same server
-    "populate",             # restart, cross_instance: the first request, which fills the caches
+    "populate",             # restart, cross_instance, remote: the first request, which fills the caches
     "post_restart_first",   # restart: a populate prompt again, the first on its prefix after the restart
     "post_restart_steady",  # restart: later requests on the populated prefix
     "post_restart_cold",    # restart: a never-seen prefix on the restarted server
@@ -54,6 +55,8 @@ PHASE_KINDS = (
     "cross_first",          # cross_instance: instance B's first request on a prefix that instance A
                             # stored in the shared LMCache server (A's ``populate`` prompt again)
     "cross_cold",           # cross_instance: a never-seen prefix of the same length on instance B
+    "remote_hit",           # remote: a populated prompt again after vLLM's restart (from the remote store)
+    "remote_miss",          # remote: a never-seen prompt of the same length after the restart
 )
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -109,8 +109,13 @@ class ManagedProcess:
 
     def __init__(self, name: str, argv: Sequence[str], *, health_url: str, log_path: Path,
                  env: Mapping[str, str] | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
-                 stop_timeout_s: float = STOP_TIMEOUT_S, poll_interval_s: float = 0.5):
+                 stop_timeout_s: float = STOP_TIMEOUT_S, poll_interval_s: float = 0.5,
+                 probe: Callable[[float], bool] | None = None):
+        """``health_url``: what the server answers once ready (``http://...``: HTTP 200 on a
+        GET; a server that speaks no HTTP, e.g. Redis, gives ``tcp://host:port`` and a
+        ``probe(timeout_s) -> ready`` of its own, kvreuse.remote_store)."""
         self.name = name
+        self.probe = probe
         self.argv = [str(a) for a in argv]
         self.health_url = health_url
         self.log_path = Path(log_path)
@@ -166,12 +171,17 @@ class ManagedProcess:
                         f"{self.name} failed to start: it exited with code {rc} before answering "
                         f"{self.health_url}.\nLast lines of {self.log_path}:\n{log_tail(self.log_path)}")
                 remaining = self.startup_timeout_s - (time.perf_counter() - t0)
-                try:
-                    r = client.get(self.health_url, timeout=max(0.1, min(5.0, remaining)))
-                    if r.status_code == 200 and self.proc.poll() is None:
+                timeout = max(0.1, min(5.0, remaining))
+                if self.probe is not None:
+                    if self.probe(timeout) and self.proc.poll() is None:
                         return
-                except httpx.HTTPError:
-                    pass
+                else:
+                    try:
+                        r = client.get(self.health_url, timeout=timeout)
+                        if r.status_code == 200 and self.proc.poll() is None:
+                            return
+                    except httpx.HTTPError:
+                        pass
                 now = time.perf_counter()
                 if now - t0 > self.startup_timeout_s:
                     raise ServerError(

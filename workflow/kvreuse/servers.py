@@ -8,6 +8,10 @@ while an LMCache server runs also records the server's GPU memory just before an
 it: ``lmcache_server_gpu_mib``). Used as a context manager, it stops whatever it started on
 the way out, exception or not.
 
+An arm with a remote store (Redis, LMCache's remote server: the plan's ``remote_store``,
+kvreuse.remote_store) has it started before anything else, health-checked (Redis: PING), kept
+running across vLLM's restarts and stopped by its process group with the rest, last.
+
 Instances are named (``servers.vllm["main"]``), so a run may hold two vLLM servers at once;
 today's experiments use one, :data:`MAIN`.
 """
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import gpu_memory, schema
+from . import gpu_memory, remote_store, schema
 from .errors import ServerError
 from .gpu_share import MeasureLock
 from .lmcache import flags as lmcache_flags
@@ -80,6 +84,7 @@ class Servers:
         self.vllm: dict[str, ManagedProcess] = {}
         self.connected: dict[str, bool] = {}  # an instance has the arm's KV connector (False: APC only)
         self.lmcache_server: ManagedProcess | None = None
+        self.remote_store: ManagedProcess | None = None
         self.starts: list[dict] = []  # {process, at, startup_s[, connector]}
         # {process, at, returncode (-9: killed), members[, lmcache_server_gpu_mib]}
         self.stops: list[dict] = []
@@ -108,8 +113,11 @@ class Servers:
         args, env = self.plan.vllm_args, self.plan.env
         if not connector:
             args, env = lmcache_flags.apc_only(self.plan)
-        elif self.plan.lmcache_server and self.lmcache_server is None:
-            self._start_lmcache_server()
+        else:
+            if self.plan.remote_store and self.remote_store is None:
+                self._start_remote_store()
+            if self.plan.lmcache_server and self.lmcache_server is None:
+                self._start_lmcache_server()
         label = process_label(name)
         proc = vllm_server(self.model_dir, self.model_name, args, log_path=self.log_dir / f"{label}.log",
                            env=env, startup_timeout_s=self.startup_timeout_s,
@@ -123,6 +131,15 @@ class Servers:
                             "startup_s": round(proc.startup_s, 3)})
         self.lock.acquire()
         return proc
+
+    def _start_remote_store(self) -> None:
+        spec = self.plan.remote_store
+        proc = remote_store.process(spec, log_path=self.log_dir / f"{spec['process']}.log", env=self.plan.env,
+                                    startup_timeout_s=self.startup_timeout_s, stop_timeout_s=self.stop_timeout_s)
+        self._stack.callback(proc.stop)
+        remote_store.start_process(proc, spec)
+        self.remote_store = proc
+        self.starts.append({"process": spec["process"], "at": now_iso(), "startup_s": round(proc.startup_s, 3)})
 
     def _start_lmcache_server(self) -> None:
         spec = self.plan.lmcache_server
@@ -185,8 +202,9 @@ class Servers:
         waited on up to ``wait_s``, the other instances and the LMCache server looked at."""
         for n, proc in self.vllm.items():
             proc.check_alive(wait_s=wait_s if n == name else 0.0)
-        if self.lmcache_server is not None:
-            self.lmcache_server.check_alive()
+        for proc in (self.lmcache_server, self.remote_store):
+            if proc is not None:
+                proc.check_alive()
 
     def scrape_urls(self, name: str = MAIN) -> tuple[str, ...]:
         """Counters that must answer: vLLM's and the LMCache server's."""

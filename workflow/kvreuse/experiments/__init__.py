@@ -18,6 +18,7 @@ Modules, each one job:
 - :mod:`.serving_load`: ``serving`` (vLLM's load generator, the fidelity workload).
 - :mod:`.overhead`: ``random_overhead`` (one server run of the "random prompts" test).
 - :mod:`.sharing`: ``cross_instance`` (two vLLM instances share one LMCache server).
+- :mod:`.remote`: ``remote`` (LMCache's remote stores, Redis and its own server: hit against miss).
 - :mod:`.server_runs`: alternating server runs (:data:`SERVER_RUNS`, ``run_alternating``).
 
 This module holds the registry :data:`EXPERIMENTS` and :func:`run` (one run of one arm), and
@@ -44,18 +45,19 @@ from .overhead import random_overhead
 from .persistence import restart
 from .server_runs import SERVER_RUNS, ArmRuns, alternate, prepare, run_alternating
 from .serving_load import serving
+from .remote import remote
 from .sharing import cross_instance
 from .sweep import prefix_sweep, sweep_lengths
 
 __all__ = ["EXPERIMENTS", "SERVER_RUNS", "ArmRuns", "Context", "RunSpec", "alternate", "arm_plan",
            "base_meta", "baseline", "cold_warm", "cross_instance", "multiturn", "n_cold", "prefix_sweep", "prepare",
-           "random_overhead", "restart", "run", "run_alternating", "serving", "shared",
+           "random_overhead", "remote", "restart", "run", "run_alternating", "serving", "shared",
            "store_after_stop", "sweep_lengths", "warmup", "write_not_run", "write_pair"]
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
     "prefix_sweep": prefix_sweep, "multiturn": multiturn, "serving": serving,
-    "cross_instance": cross_instance,
+    "cross_instance": cross_instance, "remote": remote,
 }
 
 

@@ -143,6 +143,9 @@ def base_meta(spec: RunSpec, plan: ServerPlan) -> RunMeta:
         server={"vllm_args": plan.vllm_args, "env": redact.env_for_record(plan.env),
                 "lmcache_config": plan.lmcache_config,
                 "lmcache_server": plan.lmcache_server and plan.lmcache_server.get("argv"),
+                # Redis or LMCache's remote server: kind, url, argv, data_dir, version
+                "remote_store": plan.remote_store and {k: v for k, v in plan.remote_store.items()
+                                                       if k != "health_url"},
                 "notes": plan.notes},
         client=spec.client, config_hash=spec.config_hash,
         git_commit=provenance.git_commit(spec.repo_dir), started_at=now_iso(), finished_at=None,

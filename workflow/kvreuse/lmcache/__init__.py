@@ -30,6 +30,10 @@ release pinned for GPU runs (envs/serve.yaml: its compiled kernels load against 
   configured as ``remote_storage_plugins: [fs]``: the legacy ``remote_url: fs:///path`` form
   fails ``parse_remote_url``'s host/port assertion and LMCache then runs with no remote store,
   logging only a warning).
+  Two more stores are servers the run starts on 127.0.0.1 (kvreuse.remote_store), reached by
+  ``remote_url`` (lmcache 0.5.3: v1/config.py; v1/storage_backend/connector/redis_adapter.py,
+  lm_adapter.py): ``redis`` (``redis://``, Debian's redis-server) and ``lm_server``
+  (``lm://``, LMCache's own ``python -m lmcache.v1.server``).
 - ``server``: a standalone ``lmcache server`` (lmcache: cli/commands/server.py) on 127.0.0.1,
   started and stopped by the run like vLLM; vLLM loads ``LMCacheMPConnector`` and talks to it
   over ZMQ. Stores: ``cpu`` (L1 in the server's memory) and ``fs`` (plus the ``fs`` L2 adapter,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from .. import remote_store
 from ..server import HOST, free_port
 from .command import server_argv
-from .settings import new_run_id, settings
+from .settings import REMOTE_STORES, new_run_id, settings
 
 CONFIG_FILE_ENV = "LMCACHE_CONFIG_FILE"
 #: LMCache's own telemetry phones home by default (lmcache: usage_telemetry/identity.py)
@@ -52,6 +53,13 @@ def in_process_config(s: dict, store_dir: Path, ports: dict) -> dict:
         c["remote_storage_plugins"] = ["fs"]
         c["remote_serde"] = "naive"
         c["extra_config"] = {"remote_storage_plugin.fs.base_path": str(store_dir / "fs")}
+    elif s["store"] in REMOTE_STORES:
+        # remote_url and remote_serde: lmcache 0.5.3 v1/config.py (remote_serde's default
+        # "naive"); redis:// selects RedisConnectorAdapter (v1/storage_backend/connector/
+        # redis_adapter.py, the redis package: a requirement of the lmcache wheel), lm:// the
+        # LMServerConnectorAdapter (lm_adapter.py) of `python -m lmcache.v1.server`
+        c["remote_url"] = remote_store.spec_url(s["store"], ports["remote"])
+        c["remote_serde"] = "naive"
     c.update(s["config_overrides"])
     return c
 
@@ -62,11 +70,13 @@ def store_paths(s: dict, store_dir: Path) -> list[str]:
 
 
 def apply(plan, arm_name: str, cfg: dict, *, run_dir: Path, store_root: Path | str | None = None,
-          run_id: str | None = None, ports: dict | None = None, make_dirs: bool = True) -> None:
+          run_id: str | None = None, ports: dict | None = None, make_dirs: bool = True,
+          redis_server: str = remote_store.REDIS_DEFAULT) -> None:
     """Fill ``plan`` (a ServerPlan) for an LMCache arm; writes the LMCache YAML to run_dir.
 
     The store lives in ``store_root/<arm>/<run_id>`` (a new folder per run); without a
-    store_root, under run_dir.
+    store_root, under run_dir. A remote store (redis, lm_server) gets a port here and its
+    process in ``plan.remote_store`` (``redis_server``: the binary, server.redis_server).
     """
     s = settings(cfg)
     run_id = run_id or new_run_id()
@@ -75,6 +85,8 @@ def apply(plan, arm_name: str, cfg: dict, *, run_dir: Path, store_root: Path | s
     if ports is None:
         ports = {"internal_api": free_port()} if s["mode"] == "in_process" else {
             "mp": free_port(), "http": free_port()}
+        if s["store"] in REMOTE_STORES:
+            ports["remote"] = free_port()
     plan.env.update(QUIET_ENV)
     plan.env.setdefault("PYTHONHASHSEED", "0")
     plan.vllm_args += ["--kv-transfer-config", kv_transfer_json(kv_transfer_config(s, ports))]
@@ -104,6 +116,14 @@ def apply(plan, arm_name: str, cfg: dict, *, run_dir: Path, store_root: Path | s
         plan.notes.append("LMCache's LocalDiskBackend (0.5.3 and 0.5.6) keeps its index in memory "
                           "only and does not rescan its folder at start (v1/storage_backend/"
                           "local_disk_backend.py), so files left by a stopped vLLM are not found")
+    if s["store"] in REMOTE_STORES:
+        # started before vLLM and kept across its restarts (kvreuse.servers); a missing
+        # redis-server is a ServerError here, before anything starts
+        plan.remote_store = remote_store.spec(s["store"], ports["remote"], store_dir, redis_server)
+        info["store_paths"] += [plan.remote_store["data_dir"]] if plan.remote_store["data_dir"] else []
+        info["remote_url"] = plan.remote_store["url"]
+        plan.notes.append(f"remote store {s['store']} at {plan.remote_store['url']} (started by the run, "
+                          f"outlives vLLM's restarts; kvreuse.remote_store)")
     info["ports"] = dict(ports)
     plan.lmcache = info
 

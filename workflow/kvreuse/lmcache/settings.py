@@ -28,7 +28,10 @@ ARM_KEYS = tuple(_PROPERTIES)
 #: the schema's defaults (``hash_algorithm``'s depends on the mode: :func:`settings`)
 DEFAULTS = {k: p["default"] for k, p in _PROPERTIES.items() if "default" in p}
 MODES = tuple(_PROPERTIES["mode"]["enum"])
-STORES = {"in_process": ("cpu", "local_disk", "fs"), "server": ("cpu", "fs")}
+#: stores that are a server of their own, which the run starts and LMCache reaches by its
+#: ``remote_url`` (kvreuse.remote_store): Redis and LMCache's remote server
+REMOTE_STORES = ("redis", "lm_server")
+STORES = {"in_process": ("cpu", "local_disk", "fs", *REMOTE_STORES), "server": ("cpu", "fs")}
 #: stores whose data lies in files (listed after a stop; need disk space)
 FILE_STORES = ("local_disk", "fs")
 #: in-process: names vllm.utils.hashing.get_hash_fn_by_name knows (vLLM 0.26.0)
@@ -40,7 +43,7 @@ VLLM_BLOCK_SIZE = 16
 #: the LMCache config keys written by flags.in_process_config (all in lmcache: v1/config.py)
 MANAGED_KEYS = ("chunk_size", "local_cpu", "max_local_cpu_size", "pre_caching_hash_algorithm",
                 "save_unfull_chunk", "local_disk", "max_local_disk_size", "remote_storage_plugins",
-                "remote_serde", "extra_config", "internal_api_server_enabled",
+                "remote_url", "remote_serde", "extra_config", "internal_api_server_enabled",
                 "internal_api_server_host", "internal_api_server_port_start",
                 "internal_api_server_include_index_list")
 

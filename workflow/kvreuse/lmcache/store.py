@@ -48,12 +48,13 @@ def preflight(store_root: Path | str, arms: dict[str, dict], runs: list[list[str
         # the fields of kvreuse.plan.ServerPlan that flags.apply fills (duck-typed: this
         # package does not import kvreuse.plan)
         p = SimpleNamespace(vllm_args=[], env={}, notes=[], lmcache_config=None,
-                            lmcache_server=None, lmcache=None)
-        placeholder = {"internal_api": 50001, "mp": 50002, "http": 50003}
+                            lmcache_server=None, lmcache=None, remote_store=None)
+        placeholder = {"internal_api": 50001, "mp": 50002, "http": 50003, "remote": 50004}
         apply(p, name, arm["lmcache"], run_dir=configs / name, store_root=root / "<experiment>",
               run_id="<run>", ports=placeholder, make_dirs=False)
         shown = {"vllm_args": p.vllm_args, "env": p.env, "lmcache_config": p.lmcache_config,
-                 "lmcache_server": p.lmcache_server, "store_paths": p.lmcache["store_paths"],
+                 "lmcache_server": p.lmcache_server, "remote_store": p.remote_store,
+                 "store_paths": p.lmcache["store_paths"],
                  "ports": "example values: each run picks free ports"}
         (configs / f"{name}.json").write_text(json.dumps(shown, indent=2, sort_keys=True) + "\n")
         report["arms"][name] = {"mode": s["mode"], "store": s["store"], "cpu_gb": s["cpu_gb"],

@@ -1,0 +1,56 @@
+"""The ``remote`` experiment: LMCache's remote stores (Redis, LMCache's own remote server; an
+arm with ``lmcache.store`` redis or lm_server), cache hit against cache miss at one prompt
+length (source study 002's "remote storage backend" table, at 20K tokens). The remote store
+outlives vLLM's restart, so after it a hit can only come from the store; whether it did is read
+from the counters in aggregation (kvreuse.tables_remote), never from time."""
+
+from __future__ import annotations
+
+from .. import remote_store
+from ..errors import ConfigError
+from ..results import phase_name
+from .context import Context, n_cold, warmup
+
+HIT, MISS, POPULATE = "remote_hit", "remote_miss", "populate"
+
+
+def prompts(c: Context, p: dict) -> list[list[int]]:
+    """The ``n_cold`` prompts populated before the restart: each a never-seen prefix of
+    ``prefix_tokens`` and a suffix of ``suffix_tokens``."""
+    return [c.prompts.tokens(f"remote/{i}/prefix", p["prefix_tokens"])
+            + c.prompts.tokens(f"remote/{i}/q", p["suffix_tokens"]) for i in range(n_cold(c, p))]
+
+
+async def remote(c: Context, p: dict) -> None:
+    """vLLM starts (the remote store before it), a warm-up, then ``populate_<i>`` for each of
+    the ``n_cold`` prompts (LMCache stores their KV in the remote store); graceful stop of vLLM
+    alone and a fresh start (the remote store keeps running; vLLM's GPU cache and LMCache's CPU
+    buffer are gone), a warm-up of never-seen prompts; then per prompt i, interleaved,
+    ``remote_hit_<i>`` (the populated prompt again: its KV can only come from the remote store)
+    and ``remote_miss_<i>`` (a never-seen prompt of the same length). Phases carry
+    ``prefix_tokens`` and ``repeat`` = i. Before the stop, a Redis store's key count is polled
+    until it stops changing (kvreuse.remote_store.settled_keys); the meta's
+    ``store_after_stop`` records it and the count after the stop."""
+    if c.plan.remote_store is None:
+        raise ConfigError(f"experiments.remote: arm {c.spec.arm_name!r} has no remote store (allowed: "
+                          f"arms with lmcache.store redis or lm_server)")
+    srv, rec = c.servers, c.recorder
+    populate = prompts(c, p)
+    length = p["prefix_tokens"]
+    c.meta.params = {**c.meta.params, "n_cold": n_cold(c, p)}
+    srv.start()
+    await warmup(c)
+    for i, prompt in enumerate(populate):
+        await rec.phase(srv.target(), POPULATE, [prompt], name=phase_name(POPULATE, i),
+                        prefix_tokens=length, repeat=i)
+    settled = remote_store.settled_keys(c.plan.remote_store)  # Redis: its writes have landed
+    srv.stop()  # vLLM only: the remote store, and what it holds, stay
+    c.meta.store_after_stop = {"remote_store": c.plan.remote_store["kind"], "keys_before_stop": settled,
+                               "keys_after_stop": remote_store.settled_keys(c.plan.remote_store, limit_s=0)}
+    srv.start()
+    await warmup(c, after="post_restart")
+    for i, prompt in enumerate(populate):
+        fields = {"prefix_tokens": length, "repeat": i, "after_restart": True}
+        await rec.phase(srv.target(), HIT, [prompt], name=phase_name(HIT, i), **fields)
+        fresh = c.prompts.tokens(f"remote/{i}/miss", len(prompt))  # never seen by vLLM or the store
+        await rec.phase(srv.target(), MISS, [fresh], name=phase_name(MISS, i), **fields)
