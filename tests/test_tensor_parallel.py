@@ -128,3 +128,24 @@ def test_this_machine_cannot_measure_a_platform_without_all_its_gpus(cfg):
     cfg["run_platforms"] = ["h200x8"]
     problem = dag.gpu_problem(cfg, ["NVIDIA H200"])
     assert "h200x8 needs 8 H200 GPUs (GPUs seen here: NVIDIA H200)" in problem
+
+
+def test_the_reload_model_loads_each_gpus_share_over_its_own_link(cfg):
+    from types import SimpleNamespace
+
+    from kvreuse import tables_reload
+
+    spec = cfg["models"]["llama-3.1-70b"]
+    total = kvmodel.model_kv_bytes_per_token(spec)
+
+    def run(args):
+        return SimpleNamespace(server={"vllm_args": args}, model={"spec": spec}, lmcache=None)
+
+    one = run(["--enable-prefix-caching", "--tensor-parallel-size", "1"])
+    four = run(["--tensor-parallel-size", "4", "--enforce-eager"])
+    before = run(["--enable-prefix-caching"])  # runs made before the flag: one GPU
+    assert [tables_reload.tensor_parallel(m) for m in (one, four, before)] == [1, 4, 1]
+    assert tables_reload.kv_bytes_per_token(four) == total
+    assert tables_reload.link_bytes_per_token(one, total) == total
+    assert tables_reload.link_bytes_per_token(four, total) == total / 4
+    assert tables_reload.link_bytes_per_token(four, None) is None
