@@ -9,6 +9,10 @@ REPO = Path(__file__).resolve().parents[1]
 #: platform -> (partition, GPU type): profiles/pace's defaults, as the SLURM issue asks
 GPU_CLASSES = {"h200": ("gpu-h200", "H200"), "h100": ("gpu-h100", "H100"),
                "a100": ("gpu-a100", "A100"), "l40s": ("gpu-l40s", "L40S")}
+#: platform -> (partition, GPU type, GPUs per job): the classes with several GPUs of one node
+#: (tensor parallelism, the 70B model), also profiles/pace's defaults
+MULTI_GPU_CLASSES = {"h200x2": ("gpu-h200", "H200", 2), "h200x4": ("gpu-h200", "H200", 4),
+                     "h200x8": ("gpu-h200", "H200", 8)}
 
 
 def link_checkout(work: Path) -> Path:

@@ -20,7 +20,7 @@ import snakemake_executor_plugin_slurm  # noqa: F401  (envs/requirements-slurm.t
 import yaml
 
 from kvreuse import config as kc
-from slurmkit import GPU_CLASSES, REPO, link_checkout
+from slurmkit import GPU_CLASSES, MULTI_GPU_CLASSES, REPO, link_checkout
 
 FIRST_MINUTES = {"baseline": 30, "cold_warm": 30, "restart": 45, "prefix_sweep": 60, "multiturn": 30,
                  "serving": 60, "random_overhead": 45, "cross_instance": 30, "remote": 30}
@@ -90,8 +90,9 @@ def run_pace(tmp: Path, platforms: list[str], targets: list[str], done, setup_do
     work, fake = link_checkout(tmp / "work"), tmp / "bin"
     fake.mkdir()
     if setup_done:  # model and LMCache preflights made: the run jobs come first
-        (work / "resources/models/llama-3.1-8b").mkdir(parents=True)
+        models = yaml.safe_load((REPO / "config.yaml").read_text())["platforms"]
         for p in platforms:
+            (work / f"resources/models/{models[p]['model']}").mkdir(parents=True, exist_ok=True)
             (work / f"resources/lmcache/{p}").mkdir(parents=True)
             (work / f"resources/lmcache/{p}/preflight.json").write_text("{}\n")
     (fake / "fake_slurm.py").write_text(f"#!{sys.executable}\n" + FAKE_SLURM)
@@ -202,7 +203,8 @@ def test_defaults_account_qos_and_overlay(tmp_path):
     assert "slurm_account='gts-pi'" in profile["default-resources"]
     assert "slurm_partition='cpu'" in profile["default-resources"]
     assert profile["slurm-qos"] == "embers" and profile["slurm-requeue"] == "True"
-    assert profile["resources"] == [f"{p}_jobs=2" for p in ("h200", "h100", "a100", "l40s", "cpu")]
+    assert profile["resources"] == ([f"{p}_jobs=2" for p in ("h200", "h100", "a100", "l40s", "cpu")]
+                                    + [f"{p}_jobs=1" for p in MULTI_GPU_CLASSES])
     overlay = tmp_path / "cluster.yaml"
     overlay.write_text("platforms: {h100: {partition: gpu, gpu: nvidia_h100}}\ncpu_partition: short\n")
     profile = load_profile({"KVREUSE_CLUSTER": str(overlay)})
@@ -217,7 +219,7 @@ def test_the_profile_has_one_entry_per_platform_of_the_one_list(tmp_path):
     that names an unknown one (a typo) stops at load, before any job."""
     from kvreuse.platforms import NAMES, needs_gpu
 
-    assert set(GPU_CLASSES) == {p for p in NAMES if needs_gpu(p)}
+    assert set(GPU_CLASSES) | set(MULTI_GPU_CLASSES) == {p for p in NAMES if needs_gpu(p)}
     partitions = {item.split(":", 1)[0].removeprefix("run_baseline_"): item.split("=", 1)[1]
                   for item in load_profile()["set-resources"]
                   if item.startswith("run_baseline_") and ":slurm_partition=" in item}
@@ -225,6 +227,66 @@ def test_the_profile_has_one_entry_per_platform_of_the_one_list(tmp_path):
     overlay = tmp_path / "cluster.yaml"
     overlay.write_text("platforms: {h10: {partition: gpu, gpu: H100, cpus: 8, mem_mb: 1000, max_jobs: 1}}\n")
     with pytest.raises(Exception, match=r"unknown: h10 \(a typo\? check KVREUSE_CLUSTER\)"):
+        load_profile({"KVREUSE_CLUSTER": str(overlay)})
+
+
+def dry_run_jobs(tmp: Path, platforms: list[str]) -> list[dict]:
+    """`snakemake --profile profiles/pace -n` for ``platforms`` in a scratch copy of the
+    checkout: snakemake's own job listing, parsed by the dry-run benchmark."""
+    sys.path.insert(0, str(REPO / "tests/benchmarks"))
+    try:
+        from pace_dry_run import jobs
+    finally:
+        sys.path.pop(0)
+    work = link_checkout(tmp / "work")
+    names = ",".join(platforms)
+    env = {**os.environ, "KVREUSE_SLURM_ACCOUNT": "gts-test",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "workflow"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("KVREUSE_CLUSTER", None)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/pace", "-n",
+                          "--config", f"run_platforms=[{names}]", f"report_platforms=[{names}]"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return jobs(out.stdout + out.stderr)
+
+
+def test_dry_run_shows_the_multi_gpu_jobs_with_their_gpu_count_and_partition(tmp_path):
+    """The 70B platforms' run jobs ask for N H200 of one node in the H200 partition (the plugin
+    turns gpu=N, gpu_model=H200, nodes=1 into --gpus=H200:N --nodes=1), only for the
+    experiments they run; their setup goes where a single GPU's does."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    listed = dry_run_jobs(tmp_path, list(MULTI_GPU_CLASSES))
+    for platform, (partition, gpu, count) in MULTI_GPU_CLASSES.items():
+        runs = [j for j in listed if j["rule"].startswith("run_") and j["rule"].endswith(f"_{platform}")]
+        wanted = config["platforms"][platform]["run_experiments"]
+        assert {j["rule"].removeprefix("run_").removesuffix(f"_{platform}") for j in runs} == set(wanted)
+        restart_arms = set(config["platforms"][platform]["experiments"]["restart"]["arms"])
+        assert {j["wildcards"]["arm"] for j in runs if j["rule"] == f"run_restart_{platform}"} == restart_arms
+        for j in runs:
+            res = j["resources"]
+            assert (res["slurm_partition"], res["gpu"], res["gpu_model"], res["nodes"]) == (
+                partition, str(count), gpu, "1"), (j["rule"], res)
+            assert config["platforms"][platform]["server"]["tensor_parallel"] == count
+        preflight = next(j for j in listed if j["rule"] == "lmcache_store"
+                         and j["wildcards"]["platform"] == platform)
+        assert preflight["resources"]["slurm_partition"] == partition
+    model = [j for j in listed if j["rule"] == "model"]
+    assert [j["wildcards"]["model"] for j in model] == ["llama-3.1-70b"]
+    assert model[0]["resources"]["slurm_partition"] == "cpu" and "gpu" not in model[0]["resources"]
+
+
+def test_a_multi_gpu_job_reaches_sbatch_with_its_gpus_on_one_node(tmp_path):
+    """What the executor plugin hands sbatch for an h200x4 job."""
+    result = run_pace(tmp_path, ["h200x4"], ["results/raw/h200x4/restart/lmcache_fs.jsonl"],
+                      done=lambda rules: len(rules) >= 1)
+    opts = sbatch_options(result["argv"][0])
+    assert opts["-p"] == "gpu-h200" and opts["--gpus"] == "H200:4" and opts["--nodes"] == "1", opts
+
+
+def test_the_profile_refuses_a_gpu_count_other_than_the_platforms(tmp_path):
+    overlay = tmp_path / "cluster.yaml"
+    overlay.write_text("platforms: {h200x4: {gpus: 2}}\n")
+    with pytest.raises(Exception, match=r"h200x4: gpus 2, kvreuse.platforms 4"):
         load_profile({"KVREUSE_CLUSTER": str(overlay)})
 
 

@@ -33,7 +33,7 @@ import snakemake
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "workflow"), str(REPO / "tests")]
 from kvreuse import provenance  # noqa: E402
-from slurmkit import GPU_CLASSES as CLASSES, link_checkout  # noqa: E402
+from slurmkit import GPU_CLASSES as CLASSES, MULTI_GPU_CLASSES, link_checkout  # noqa: E402
 
 TARGET_S = 5.0
 JOB_HEAD = re.compile(r"^(local)?rule (\S+):$")
@@ -71,12 +71,15 @@ def misplaced(job_list: list[dict]) -> list[str]:
     for j in job_list:
         j["local"] = j["local"] or j["rule"] in local
         rule, res = j["rule"], j["resources"]
-        m = re.fullmatch(r"run_\w+_(h200|h100|a100|l40s)", rule)
-        if m:
+        m = re.fullmatch(r"run_\w+_(h200x[248]|h200|h100|a100|l40s)", rule)
+        if m and m.group(1) in MULTI_GPU_CLASSES:  # several GPUs of one node
+            part, gpu, n = MULTI_GPU_CLASSES[m.group(1)]
+            want = {"slurm_partition": part, "gpu": str(n), "gpu_model": gpu, "nodes": "1"}
+        elif m:
             part, gpu = CLASSES[m.group(1)]
             want = {"slurm_partition": part, "gpu": "1", "gpu_model": gpu}
         elif rule == "lmcache_store":
-            part, gpu = CLASSES[j["wildcards"]["platform"]]
+            part, gpu = {**CLASSES, **MULTI_GPU_CLASSES}[j["wildcards"]["platform"]][:2]
             want = {"slurm_partition": part, "gpu": "1", "gpu_model": gpu}
         elif rule == "model":
             want = {"slurm_partition": "cpu"}

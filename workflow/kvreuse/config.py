@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import kvmodel
 from . import offload as vllm_offload
-from . import redact, schema
+from . import plan, platforms, redact, schema
 from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
@@ -164,10 +164,27 @@ def model_name(config: dict, platform: str) -> str:
     return config["platforms"][platform]["model"]
 
 
+def runs_experiment(config: dict, platform: str, experiment: str) -> bool:
+    """Whether ``platform`` runs ``experiment``: every configured one, unless the platform's
+    ``run_experiments`` names its few (h200x4: the 70B model's restart and core experiments;
+    one it names that the study leaves out is not run, as for any platform)."""
+    only = schema.get(config["platforms"][platform], "platforms", platform, "run_experiments")
+    return only is None or experiment in only
+
+
 def arms_for(config: dict, experiment: str, platform: str | None = None) -> list[str]:
+    """The arms of ``experiment`` (on ``platform``: its overrides; none where the platform does
+    not run the experiment)."""
     if platform is None:
         return list(config["experiments"][experiment]["arms"])
+    if not runs_experiment(config, platform, experiment):
+        return []
     return list(experiment_params(config, platform, experiment)["arms"])
+
+
+def tensor_parallel(config: dict, platform: str) -> int:
+    """GPUs one vLLM server of ``platform`` spans (``server.tensor_parallel``, default 1)."""
+    return schema.get(server_config(config, platform), "server", "tensor_parallel")
 
 
 def client_config(client: dict, params: dict) -> dict:
@@ -249,6 +266,12 @@ def check(config: dict) -> None:
                              schema.get(args, "server", "extra_args"), RESERVED_SERVER_ARGS,
                              "servers listen on 127.0.0.1 on a port kvreuse picks; tokens come "
                              "from the environment")
+        for where, args in (("server", config["server"]), (f"platforms.{p}.server", pc["server"])):
+            _refuse_reserved(f"{where}.extra_args", schema.get(args, "server", "extra_args"),
+                             plan.TENSOR_PARALLEL_FLAGS,
+                             f"from platforms.{p}.server.tensor_parallel, which the job's GPU "
+                             f"request and its GPU check read too; set that instead")
+        _check_tensor_parallel(config, p, server)
         if (schema.get(server, "server", "jobs_per_gpu") > 1
                 and not any(a.startswith("--kv-cache-memory-bytes") for a in server["extra_args"])):
             raise ConfigError(
@@ -320,6 +343,30 @@ def check(config: dict) -> None:
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")
 
 
+def _check_tensor_parallel(config: dict, p: str, server: dict) -> None:
+    """A platform's tensor_parallel fits its GPUs (kvreuse.platforms), runs alone on them, and
+    splits the model's KV heads."""
+    tp = schema.get(server, "server", "tensor_parallel")
+    if tp == 1:
+        return
+    gpus = platforms.gpus(p)
+    if tp > gpus:
+        raise ConfigError(
+            f"platforms.{p}.server.tensor_parallel: {tp} GPUs per server, but a job of platform {p} "
+            f"gets {gpus} GPU{'s' if gpus != 1 else ''} (allowed: <= {gpus}; platforms with more "
+            f"GPUs: {', '.join(n for n in platforms.NAMES if platforms.gpus(n) >= tp) or 'none'})")
+    if schema.get(server, "server", "jobs_per_gpu") != 1:
+        raise ConfigError(f"platforms.{p}.server.jobs_per_gpu: {server['jobs_per_gpu']}, but a "
+                          f"server with tensor_parallel {tp} takes its GPUs alone (allowed: 1)")
+    arch = kvmodel.model_config(config["models"][config["platforms"][p]["model"]])
+    if arch is not None:
+        try:
+            kvmodel.kv_heads_per_gpu(arch, tp)
+        except ValueError as e:
+            raise ConfigError(f"platforms.{p}.server.tensor_parallel: {e} "
+                              f"(model {config['platforms'][p]['model']!r})") from None
+
+
 def _check_restart_stores(config: dict) -> None:
     """The restart experiment stores every prefix of every length before the restart and, after
     it, the never-seen prompt of each reload's recompute reference (same lengths, same count):
@@ -339,7 +386,7 @@ def _check_restart_stores(config: dict) -> None:
         lengths = schema.get(params, "experiments", "restart", "prefix_tokens_list") or [params["prefix_tokens"]]
         n = schema.get(params, "experiments", "restart", "n_cold")
         tokens = 2 * n * sum(length + params["suffix_tokens"] for length in lengths)
-        for arm in params["arms"]:
+        for arm in arms_for(config, "restart", p):
             lm = config["arms"][arm].get("lmcache")
             if lm is None:
                 continue

@@ -211,7 +211,8 @@ def gpu_problem(config: dict, gpu_names: list[str], why_none: str | None = None)
     seen = ", ".join(gpu_names) if gpu_names else f"none: {why_none or 'no GPU'}"
     names = ", ".join(p.name for p in missing)
     return (f"run_platforms asks for {names} on this machine, but "
-            + "; ".join(f"{p.name} needs an {p.gpu} GPU" for p in missing)
+            + "; ".join(f"{p.name} needs an {p.gpu} GPU" if p.gpus == 1
+                        else f"{p.name} needs {p.gpus} {p.gpu} GPUs" for p in missing)
             + f" (GPUs seen here: {seen}). Nothing was run and no file was touched. "
             f"Run on a node with that GPU (profiles/gpu-node), or submit the jobs to a cluster "
             f"(--profile profiles/pace), or remove {names} from run_platforms "

@@ -84,7 +84,10 @@ def vllm_instances(experiment: str) -> int:
 
 
 def gpu_pct(server: dict, experiment: str) -> int:
-    """The share of one GPU a job takes: 100 / ``jobs_per_gpu`` per vLLM instance."""
+    """The share of one GPU a job takes: 100 / ``jobs_per_gpu`` per vLLM instance. A server
+    with ``tensor_parallel`` > 1 (jobs_per_gpu 1, config check) takes all 100: on a node with
+    that many GPUs, the profile's cap of 100 lets it run alone (the SLURM profile asks for its
+    GPUs instead: CLUSTER.platforms.<p>.gpus)."""
     per_gpu = schema.get(server, "server", "jobs_per_gpu")
     return min(GPU_PCT, GPU_PCT // per_gpu * vllm_instances(experiment))
 
@@ -110,7 +113,11 @@ def store_gb(arms: list[dict]) -> tuple[float, float]:
 
 
 def host_mem_gb(server: dict, experiment: str, arms: list[dict]) -> int:
-    return math.ceil(store_gb(arms)[0] + VLLM_HOST_MEM_GB * vllm_instances(experiment))
+    """The stores' memory and VLLM_HOST_MEM_GB per vLLM instance and GPU it spans (a server with
+    tensor_parallel N runs a worker process per GPU; N x VLLM_HOST_MEM_GB is an upper estimate,
+    not measured: no run with several GPUs yet)."""
+    workers = vllm_instances(experiment) * schema.get(server, "server", "tensor_parallel")
+    return math.ceil(store_gb(arms)[0] + VLLM_HOST_MEM_GB * workers)
 
 
 def store_disk_gb(arms: list[dict]) -> int:

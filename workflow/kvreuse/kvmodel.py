@@ -18,6 +18,40 @@ def kv_bytes_per_token(hf_config: dict, dtype: str | None = None) -> int:
     return layers * 2 * kv_heads * head_dim * nbytes
 
 
+def kv_heads_per_gpu(hf_config: dict, tensor_parallel: int) -> int:
+    """The KV heads one GPU holds at ``tensor_parallel``: vLLM splits the KV heads over the
+    ranks (8 heads at TP 4: 2 each) or, with more ranks than heads, gives each rank one head
+    (replicated). ValueError where neither divides the other, which vLLM refuses too."""
+    kv_heads = hf_config.get("num_key_value_heads", hf_config["num_attention_heads"])
+    if kv_heads % tensor_parallel == 0:
+        return kv_heads // tensor_parallel
+    if tensor_parallel % kv_heads == 0:
+        return 1
+    raise ValueError(f"tensor_parallel {tensor_parallel} does not divide the model's "
+                     f"{kv_heads} KV heads, nor they it (allowed: a divisor or a multiple of {kv_heads})")
+
+
+def kv_bytes_per_token_per_gpu(hf_config: dict, tensor_parallel: int = 1, dtype: str | None = None) -> int:
+    """The KV bytes of one token that one GPU holds at ``tensor_parallel`` (and moves over its
+    own link on a reload): the total over the ranks for KV heads divisible by the ranks
+    (Llama-3.1-70B, 8 KV heads, at TP 2, 4, 8: a half, a quarter, an eighth); one head's
+    share each where the heads are replicated."""
+    total = kv_bytes_per_token(hf_config, dtype)
+    kv_heads = hf_config.get("num_key_value_heads", hf_config["num_attention_heads"])
+    return total // kv_heads * kv_heads_per_gpu(hf_config, tensor_parallel)
+
+
+def model_config(model: dict) -> dict | None:
+    """The architecture of a ``models.<name>`` entry: a tiny model's, a dummy model's config.json
+    (a path from the repository root); None where neither is at hand (a hub model)."""
+    if model.get("source") == "tiny":
+        return model["architecture"]
+    path = model.get("config_json")
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text())
+    return None
+
+
 def model_kv_bytes_per_token(model: dict) -> int | None:
     """Bytes per token of a ``models.<name>`` entry: from a tiny model's architecture or a dummy
     model's config.json (a path from the repository root); None where neither is at hand (a hub

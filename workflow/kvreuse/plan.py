@@ -19,6 +19,9 @@ __all__ = ["ServerPlan", "base_vllm_args", "cuda_available", "kv_transfer_json",
 
 #: vLLM's share of the GPU's memory; an experiment that runs two instances on one GPU sets its own
 GPU_MEMORY_FLAG = "--gpu-memory-utilization"
+#: vLLM's tensor parallelism: kvreuse sets it from ``server.tensor_parallel`` (config.check
+#: refuses it, and its short form, in ``extra_args``)
+TENSOR_PARALLEL_FLAGS = ("--tensor-parallel-size", "-tp")
 
 
 @dataclass
@@ -64,14 +67,16 @@ def set_flag(args: list[str], flag: str, value: str) -> list[str]:
 def base_vllm_args(arm: dict, server: dict, model: dict,
                    gpu_memory_utilization: float | None = None) -> list[str]:
     """vLLM's flags for an arm: prefix caching, the model's length and seed, the platform's
-    ``server.extra_args``; ``gpu_memory_utilization`` (an experiment's own, e.g. two instances
-    on one GPU) replaces the one of ``extra_args``."""
+    tensor parallelism (``server.tensor_parallel``: 1 on one GPU, the same flag for every
+    platform) and ``server.extra_args``; ``gpu_memory_utilization`` (an experiment's own, e.g.
+    two instances on one GPU) replaces the one of ``extra_args``."""
     apc = schema.get(arm, "arms", "*", "prefix_caching")
     args = ["--enable-prefix-caching" if apc
             else "--no-enable-prefix-caching",
             "--enable-prompt-tokens-details",
             "--max-model-len", str(server["max_model_len"]),
-            "--seed", str(server.get("seed", 0))]
+            "--seed", str(server.get("seed", 0)),
+            TENSOR_PARALLEL_FLAGS[0], str(schema.get(server, "server", "tensor_parallel"))]
     if model.get("source") == "dummy":
         args += ["--load-format", "dummy"]
     if apc:

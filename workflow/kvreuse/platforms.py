@@ -2,8 +2,11 @@
 the figures (their order), the SLURM profile (profiles/pace checks its table against it) and
 the config schema (its ``platform_name`` enum is tested against it).
 
-A platform is a class of machine: ``cpu``, or a GPU model. Its runs are made on one GPU of that
-model; :func:`missing_gpus` says which platforms cannot be measured on this machine.
+A platform is a class of machine: ``cpu``, or a GPU model and how many of its GPUs one job
+gets (``gpus``: 1, or 2, 4, 8 for a model that needs tensor parallelism, ``h200x4``; the vLLM
+it serves with ``platforms.<p>.server.tensor_parallel`` of config.yaml). :func:`missing_gpus`
+says which platforms cannot be measured on this machine, :func:`gpu_count_problem` why a job
+cannot start with the GPUs it sees.
 
 Adding a platform: a :class:`Platform` here, its entry under ``platforms:`` in config.yaml, the
 name in the schema's ``platform_name`` enum, and its partition in profiles/pace (the tests say
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 class Platform:
     name: str  #: as config.yaml and results/raw/<name>/ spell it
     gpu: str | None  #: the GPU model its runs need, as a word of nvidia-smi's name; None: the CPU
+    gpus: int = 1  #: GPUs of that model one job gets, on one node (tensor parallelism)
 
     def matches(self, gpu_name: str) -> bool:
         """Whether a GPU that nvidia-smi calls ``gpu_name`` is this platform's model
@@ -37,6 +41,10 @@ PLATFORMS = (
     Platform("h200", "H200"),
     Platform("a100", "A100"),
     Platform("l40s", "L40S"),
+    # a model that does not fit one GPU (Llama-3.1-70B): N H200 of one node per job
+    Platform("h200x2", "H200", gpus=2),
+    Platform("h200x4", "H200", gpus=4),
+    Platform("h200x8", "H200", gpus=8),
 )
 NAMES = tuple(p.name for p in PLATFORMS)
 BY_NAME = {p.name: p for p in PLATFORMS}
@@ -68,7 +76,43 @@ def visible_gpus() -> tuple[list[str], str | None]:
     return names, None if names else "nvidia-smi lists no GPU"
 
 
+def gpus(name: str) -> int:
+    """How many GPUs one job of the platform gets (0 for the CPU)."""
+    return BY_NAME[name].gpus if needs_gpu(name) else 0
+
+
 def missing_gpus(platforms, gpu_names) -> list[Platform]:
-    """The platforms of ``platforms`` (names) that need a GPU none of ``gpu_names`` is."""
+    """The platforms of ``platforms`` (names) that need more GPUs of their model than
+    ``gpu_names`` holds (one for most; ``h200x4``: four H200)."""
     return [BY_NAME[p] for p in platforms
-            if needs_gpu(p) and not any(BY_NAME[p].matches(g) for g in gpu_names)]
+            if needs_gpu(p) and sum(BY_NAME[p].matches(g) for g in gpu_names) < BY_NAME[p].gpus]
+
+
+def visible_gpu_count(gpu_names: list[str]) -> int:
+    """How many of the GPUs nvidia-smi lists (``gpu_names``) a process started here may use:
+    all, or as many as a non-empty CUDA_VISIBLE_DEVICES names (nvidia-smi ignores it; SLURM sets
+    it to the job's GPUs)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is None:
+        return len(gpu_names)
+    named = [d for d in hidden.split(",") if d.strip() and d.strip() != "-1"]
+    return min(len(named), len(gpu_names))
+
+
+def gpu_count_problem(platform: str, tensor_parallel: int, gpu_names: list[str],
+                      why_none: str | None = None) -> str | None:
+    """Why a job of ``platform`` cannot start vLLM with ``tensor_parallel`` GPUs, given the GPUs
+    nvidia-smi lists (``gpu_names``; ``why_none``: why none); None when it can (a CPU platform
+    always can)."""
+    if not needs_gpu(platform):
+        return None
+    seen = visible_gpu_count(gpu_names)
+    if seen >= tensor_parallel:
+        return None
+    listed = ", ".join(gpu_names) if gpu_names else f"none: {why_none or 'no GPU'}"
+    return (f"platform {platform} serves with tensor_parallel {tensor_parallel} (vLLM "
+            f"--tensor-parallel-size {tensor_parallel}: one GPU per rank), but this job sees "
+            f"{seen} GPU{'s' if seen != 1 else ''} (nvidia-smi lists {listed}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Nothing was run. "
+            f"Give the job {tensor_parallel} GPUs of one node (profiles/pace: "
+            f"CLUSTER.platforms.{platform}.gpus) or lower platforms.{platform}.server.tensor_parallel.")

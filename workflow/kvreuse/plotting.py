@@ -11,7 +11,9 @@ from .platforms import NAMES  # noqa: E402
 
 PLATFORM_ORDER = list(NAMES)  # kvreuse.platforms: the one list
 COLORS = {"cpu": "#7f7f7f", "h100": "#1f77b4", "h200": "#2ca02c", "a100": "#9467bd",
-          "l40s": "#d62728", "rtx6000": "#8c564b"}
+          "l40s": "#d62728", "rtx6000": "#8c564b",
+          # H200 with tensor parallelism (the 70B model): shades of the h200's green
+          "h200x2": "#5cc75c", "h200x4": "#1a7a1a", "h200x8": "#0b3d0b"}
 
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9,
                      "axes.spines.top": False, "axes.spines.right": False,

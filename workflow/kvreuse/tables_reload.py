@@ -7,7 +7,8 @@
     (kvreuse.stats); the verdict at that length (kvreuse.verdict) with the hit tokens from the
     counters; the bytes and time of the loads from the store's own counters
     (kvreuse.phase_stats.transfers) and their GB/s against the link's nominal bandwidth
-    (``platforms.<p>.links_gb_s``); and the analytic load time, KV bytes / bandwidth;
+    (``platforms.<p>.links_gb_s``); and the analytic load time, KV bytes / bandwidth (with
+    tensor parallelism, each GPU's share of the KV over its own link: :func:`link_bytes_per_token`);
 ``break_even_table``  per run: the break-even prefix length (kvreuse.breakeven) measured, and
     per link that of the analytic model, with bootstrap intervals.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import breakeven, kernels, kvmodel, schema, verdict
+from . import breakeven, kernels, kvmodel, plan, schema, verdict
 from .phase_stats import l2_load_gb_s, lmcache_chunk_bytes, transfers
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
@@ -69,6 +70,29 @@ def kv_bytes_per_token(m: RunMeta) -> int | None:
     """From the run (LMCache arms record it), else from the model spec (kvreuse.kvmodel)."""
     bpt = (m.lmcache or {}).get("kv_bytes_per_token")
     return bpt if bpt is not None else kvmodel.model_kv_bytes_per_token(((m.model or {}).get("spec") or {}))
+
+
+def tensor_parallel(m: RunMeta) -> int:
+    """The GPUs the run's vLLM spanned (its --tensor-parallel-size; 1 where it gave none)."""
+    args = [str(a) for a in ((m.server or {}).get("vllm_args") or [])]
+    for flag in plan.TENSOR_PARALLEL_FLAGS:
+        if flag in args[:-1]:
+            return int(args[args.index(flag) + 1])
+    return 1
+
+
+def link_bytes_per_token(m: RunMeta, bpt: int | None) -> float | None:
+    """The KV bytes of one token that one GPU loads over its link in the analytic model: all of
+    ``bpt`` on one GPU; with tensor parallelism each rank its KV heads' share, in parallel
+    (kvreuse.kvmodel.kv_heads_per_gpu: an even split where the ranks divide the heads)."""
+    tp = tensor_parallel(m)
+    if not bpt or tp == 1:
+        return bpt
+    arch = kvmodel.model_config(((m.model or {}).get("spec") or {}))
+    if arch is None:
+        return bpt / tp
+    heads = arch.get("num_key_value_heads", arch["num_attention_heads"])
+    return bpt * kvmodel.kv_heads_per_gpu(arch, tp) / heads
 
 
 def _ttft(records: pd.DataFrame, kind: str, length: int) -> np.ndarray:
@@ -153,7 +177,7 @@ def reload_vs_recompute_table(df: pd.DataFrame, metas: list[RunMeta],
         judged = verdict.prefix_verdicts(m, records)
         for length in lengths:
             row = {**base, **_length_row(m, records, length, judged)}
-            bpt = row["kv_bytes_per_token"]
+            bpt = link_bytes_per_token(m, row["kv_bytes_per_token"])
             for link, gb_s in _links(links_gb_s, m.platform):
                 model = breakeven.transfer_ms(length, bpt, gb_s) if bpt and link else np.nan
                 rows.append({**row, "link": link, "link_gb_s": gb_s, "model_load_ms": model,
@@ -202,7 +226,7 @@ def break_even_table(df: pd.DataFrame, metas: list[RunMeta], links_gb_s: dict | 
                        ci_high_where="", status="not persisted",
                        reason="the counters show no reload after the restart: each first request recomputed")
         rows.append(row)
-        bpt = kv_bytes_per_token(m)
+        bpt = link_bytes_per_token(m, kv_bytes_per_token(m))
         for link, gb_s in _links(links_gb_s, m.platform):
             if not (link and bpt):
                 continue

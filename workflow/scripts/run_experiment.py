@@ -2,10 +2,10 @@ import logging
 import os
 from pathlib import Path
 
-from kvreuse import provenance
+from kvreuse import provenance, schema
 from kvreuse.experiments import RunSpec, run, run_alternating
 from kvreuse.plan import cuda_available
-from kvreuse.platforms import needs_gpu
+from kvreuse.platforms import gpu_count_problem, needs_gpu, visible_gpus
 from kvreuse.rulelog import to_rule_log
 
 to_rule_log(snakemake)  # noqa: F821
@@ -17,6 +17,13 @@ if needs_gpu(platform) and not cuda_available():
     raise SystemExit(f"platform {platform} needs a GPU, but this job sees none "
                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
                      f"SLURM partition {os.environ.get('SLURM_JOB_PARTITION')!r})")
+# A server with tensor_parallel N needs N GPUs in this job (a job given fewer would fail in
+# vLLM's start, minutes later and less clearly): as a job without its GPU, it stops here.
+if needs_gpu(platform):
+    server = spec["server"] if "server" in spec else spec["arms"][0]["server"]
+    problem = gpu_count_problem(platform, schema.get(server, "server", "tensor_parallel"), *visible_gpus())
+    if problem:
+        raise SystemExit(problem)
 # The meta records the commit (kvreuse.provenance.git_commit: git, or $KVREUSE_GIT_COMMIT on a
 # host without .git); a GPU run without one stops here, a CPU run records null.
 commit = provenance.git_commit(".")
