@@ -17,7 +17,9 @@ Version history:
      (vLLM's own offloading arms) and ``gpu_share`` (a job's holds of a GPU node's measurement
      lock); files without them read them as None;
      later, the phase kinds ``cross_first`` and ``cross_cold`` and the optional phase field
-     ``instance`` (experiment cross_instance; additive: files without them read as before)
+     ``instance`` (experiment cross_instance; additive: files without them read as before);
+     later, the phase kind ``conversations`` and the optional record field ``conversation``
+     (experiments multiturn_long and chunk_sweep; additive)
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ PHASE_KINDS = (
     "cross_first",          # cross_instance: instance B's first request on a prefix that instance A
                             # stored in the shared LMCache server (A's ``populate`` prompt again)
     "cross_cold",           # cross_instance: a never-seen prefix of the same length on instance B
+    "conversations",        # multiturn_long, chunk_sweep: every turn of concurrent conversations
+                            # at one history length (``prefix_tokens``); each record its
+                            # ``conversation`` and ``turn``
 )
 
 
@@ -121,6 +126,7 @@ class RequestRecord:
     turn: int | None = None
     context_tokens: int | None = None
     server_run: int | None = None
+    conversation: int | None = None  # which of a phase's concurrent conversations (multiturn_long)
 
 
 @dataclass
