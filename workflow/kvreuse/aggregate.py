@@ -40,9 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import CONVERSATION_EXPERIMENTS
 from .accounting import JobLogs, accounting_table, load_attempts
 from .comparisons import comparisons_table
+from .config import CONVERSATION_EXPERIMENTS
 from .freshness import Freshness, comparable, freshness
 from .interference import interference_table
 from .migrate import read_converted
