@@ -190,3 +190,44 @@ def test_on_the_cpu_the_stores_are_not_run_with_their_reason(config, tmp_path, r
                                      lmcache_dir=tmp_path / "lmcache")
             meta = experiments.run(rs, has_cuda=False)
             assert meta["status"] == "not_run" and "CUDA" in meta["reason"], (exp, arm, meta["reason"])
+
+
+# -- the write-up ---------------------------------------------------------------------------
+def conversation_tables(folder) -> dict[str, pd.DataFrame]:
+    """multiturn_long and chunk_sweep tables from stand-in runs (one arm not run, its reason
+    ``reason``), for the write-up's tests (also tests/test_paper_latex.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ml = [write_run(folder, a_meta("apc"), records("apc", 400.0)),
+          write_run(folder, a_meta("lmcache_cpu", arm_config={"lmcache": {"mode": "in_process"}}),
+                    records("lmcache_cpu", 100.0), counters={"vllm:external_prefix_cache_hits": 200.0}),
+          write_run(folder, a_meta("vllm_offload_cpu", status="not_run"), [])]
+    params = {**PARAMS, "arms": ["lmcache_cpu_chunk64", "lmcache_cpu"]}
+    cs = [write_run(folder, a_meta(arm, "chunk_sweep", params, {"lmcache": {"mode": "in_process", "chunk_size": size}}),
+                    records(arm, ttft, experiment="chunk_sweep"))
+          for arm, size, ttft in (("lmcache_cpu", 256, 100.0), ("lmcache_cpu_chunk64", 64, 120.0))]
+    return {"multiturn_long": aggregate.build("multiturn_long", ml, 0.05),
+            "chunk_sweep": aggregate.build("chunk_sweep", cs, 0.05)}
+
+
+def test_the_write_up_says_what_the_tables_show(tmp_path, repo):
+    import yaml
+
+    from kvreuse import paper, paper_conversations
+
+    blocks = paper_conversations.contexts(conversation_tables(tmp_path))
+    assert [b["name"] for b in blocks] == ["multiturn_long", "chunk_sweep"]
+    ml, cs = blocks
+    (row,) = ml["rows"]
+    assert (row["arm"], row["ttft"], row["tps"], row["ref_ttft_median_ms"]) == ("lmcache_cpu", "faster", "higher",
+                                                                              ml["references"][0]["ttft_median_ms"])
+    assert [r["arm"] for r in ml["not_run"]] == ["vllm_offload_cpu"] and ml["turns"] is not None
+    assert cs["rows"][0]["ttft"] == "slower" and cs["turns"] is None
+    cited = yaml.safe_load((repo / "workflow/resources/cited.yaml").read_text())
+    md = paper.render(repo / "paper/conversations.md.j2", {"conversations": blocks, "cited": cited, "ci_level": 95})
+    assert "**h200 / lmcache_cpu (kernels not recorded) (chunk 256) against apc" in md
+    assert "**h200 / vllm_offload_cpu**: not run (LMCache needs CUDA)" in md
+    assert f"TTFT median {paper.fmt(row['ttft_median_ms'])} ms against {paper.fmt(row['ref_ttft_median_ms'])} ms" in md
+    empty = paper.render(repo / "paper/conversations.md.j2",
+                         {"conversations": paper_conversations.contexts({"chunk_sweep": pd.DataFrame()}),
+                          "cited": cited, "ci_level": 95})
+    assert "Not run: the results hold no `chunk_sweep` run." in empty

@@ -42,7 +42,13 @@ def _write_up(root: Path) -> dict[str, Path]:
     if "cross_instance" not in tables:  # nor this table: a measured row and a run not run
         _cross_instance_table().to_csv(root / "results/tables/cross_instance.csv", index=False)
         tables["cross_instance"] = Path("results/tables/cross_instance.csv")
-    figures = {p.stem: p.relative_to(root) for p in figs.glob("*.png")}
+    from test_conversations import conversation_tables  # nor these: stand-in runs, one not run
+
+    for name, table in conversation_tables(root / "conversation-runs").items():
+        if name not in tables:
+            table.to_csv(root / f"results/tables/{name}.csv", index=False)
+            tables[name] = Path(f"results/tables/{name}.csv")
+        figures = {p.stem: p.relative_to(root) for p in figs.glob("*.png")}
     cited = yaml.safe_load((REPO / "workflow/resources/cited.yaml").read_text())
     cited["studies"]["seed001"]["title"] += f" [{NASTY}]"
     (root / "cited.yaml").write_text(yaml.safe_dump(cited))
