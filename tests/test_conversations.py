@@ -20,6 +20,7 @@ from kvreuse.errors import ConfigError
 from kvreuse.experiments.conversations import conversations
 from kvreuse.recorder import ClientSettings, Recorder
 from kvreuse.servers import Target
+from kvreuse.tables_conversations import COLUMNS
 
 PARAMS = {"arms": ["apc"], "history_tokens_list": [6, 12], "common_prefix_tokens": 3, "n_clients": 3,
           "turns": 2, "user_tokens": 2, "output_tokens": 3, "warmup_requests": 0}
@@ -114,6 +115,8 @@ def test_multiturn_long_table_compares_each_store_with_apc_overall_and_per_turn(
                                  "vllm:prefix_cache_queries": 400.0}),
              write_run(tmp_path, a_meta("vllm_offload_cpu", status="not_run"), [])]
     t = aggregate.build("multiturn_long", files, 0.05)
+    assert list(t.columns) == COLUMNS
+    assert list(aggregate.build("multiturn_long", [], 0.05).columns) == COLUMNS  # no run: the header still
     overall = t[t.scope == "overall"].set_index("arm")
     assert overall.loc["apc", "n"] == 12 and overall.loc["apc", "n_conversations"] == 4
     assert np.isnan(overall.loc["apc", "ttft_saved_ms"])  # the reference is not compared with itself

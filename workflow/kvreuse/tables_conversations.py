@@ -28,6 +28,19 @@ from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
 
 PHASE_KIND = "conversations"
+#: every column, in order (a table without runs still has them)
+COLUMNS = (["platform", "arm", "arm_label", "chunk_size", "reference_arm", "status", "reason",
+            "history_tokens", "n_clients", "scope", "turn", "n", "prompt_tokens_mean",
+            "ttft_median_ms", "ttft_mean_ms", "ttft_ci95_lo_ms", "ttft_ci95_hi_ms",
+            "tpot_median_ms", "tpot_mean_ms", "tpot_ci95_lo_ms", "tpot_ci95_hi_ms",
+            "n_conversations", "input_tps_conv_median", "input_tps_conv_ci95_lo", "input_tps_conv_ci95_hi",
+            "n_errors", "wall_s", "input_tps", "hit_tokens", "prefix_cache_hits", "external_prefix_cache_hits",
+            "query_tokens", "hit_rate", "lmcache_hit_tokens", "kv_offload_load_bytes", "kv_offload_store_bytes",
+            "loaded_bytes", "load_ms", "load_source", "stored_bytes", "store_ms", "store_source", "n_reference"]
+           + [f"{m}_{k}" for m in ("ttft", "tpot") for k in ("saved_ms", "saved_ci95_lo_ms", "saved_ci95_hi_ms",
+                                                            "speedup", "speedup_ci95_lo", "speedup_ci95_hi")]
+           + ["input_tps_gain", "input_tps_gain_ci95_lo", "input_tps_gain_ci95_hi", "input_tps_ratio",
+              "input_tps_ratio_ci95_lo", "input_tps_ratio_ci95_hi"])
 #: the experiments whose table has a row per turn besides the overall rows
 PER_TURN = ("multiturn_long",)
 
@@ -91,6 +104,8 @@ def counters(phase, prompt_tokens: float) -> dict:
            "external_prefix_cache_hits": c.get("vllm:external_prefix_cache_hits", 0.0),
            "query_tokens": c.get("vllm:prefix_cache_queries", 0.0)}
     row["hit_rate"] = row["hit_tokens"] / row["query_tokens"] if row["query_tokens"] else np.nan
+    # in-process LMCache's own count (flushed every 10 s, so it may lag the phase's end)
+    row["lmcache_hit_tokens"] = c.get("lmcache:num_hit_tokens", np.nan)
     for direction, (key_bytes, _) in OFFLOAD_COUNTERS.items():
         row[key_bytes.removeprefix("vllm:")] = c.get(key_bytes, np.nan)
     for direction, key in (("load", "loaded"), ("store", "stored")):
@@ -144,4 +159,5 @@ def conversations_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
                 if m.arm != ref and len(t):
                     row.update(versus(g, t, per_conversation=False))
                 rows.append(row)
-    return pd.DataFrame(rows)
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS))  # none (a test checks)
+    return pd.DataFrame(rows, columns=COLUMNS + extra)
