@@ -79,6 +79,34 @@ def test_conversations_run_concurrently_and_each_history_grows_with_its_answers(
     assert rec.meta.phases["conversations_12"].counters["vllm:prefix_cache_queries"] > 0
 
 
+def test_a_dead_server_fails_the_run_and_ends_every_client(sse_server):
+    from kvreuse.errors import ServerError
+    from kvreuse.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there; the counters come from sse_server
+    calls = []
+
+    def check(wait_s=0.0):
+        calls.append(wait_s)
+        raise ServerError("vllm exited with code 1")
+
+    class DeadServers(Servers):
+        def target(self, name="main"):
+            return Target(self.url, (f"{sse_server}/metrics",), check=check)
+
+    rec = Recorder(a_meta(), ClientSettings(model="m", max_tokens=3, request_timeout_s=10))
+    c = experiments.Context(SimpleNamespace(experiment="multiturn_long", params=PARAMS), SimpleNamespace(lmcache=None),
+                            DeadServers(url), rec, None, Prompts())
+
+    async def go():
+        async with rec:
+            await conversations(c, PARAMS)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    with pytest.raises(ServerError, match="exited"):
+        asyncio.run(go())
+    assert calls and not rec.meta.phases and not rec.records  # nothing kept of a failed phase
+
+
 # -- the table ------------------------------------------------------------------------------
 def records(arm, ttft, *, experiment="multiturn_long", history=1000, clients=4, turns=3, platform="h200"):
     rows = []

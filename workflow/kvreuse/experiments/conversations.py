@@ -52,4 +52,11 @@ async def run_conversations(c: Context, p: dict, common: list[int], history: int
                                                conversation=i, context_tokens=len(context))
                 context = context + list(res.output_token_ids)
 
-        await asyncio.gather(*(client(i) for i in range(n_clients)))
+        tasks = [asyncio.ensure_future(client(i)) for i in range(n_clients)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # a dead server (ServerError) or a signal: end the other clients too
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
