@@ -45,6 +45,11 @@ COLUMNS = (["platform", "arm", "arm_label", "chunk_size", "reference_arm", "stat
 PER_TURN = ("multiturn_long",)
 
 
+def prompt_tokens(g: pd.DataFrame) -> pd.Series:
+    """Each request's prompt tokens by the server's usage, else as sent (``prompt_tokens_sent``)."""
+    return g["prompt_tokens"].astype(float).fillna(g["prompt_tokens_sent"].astype(float))
+
+
 def tpot_ms(g: pd.DataFrame) -> pd.Series:
     """Time per output token after the first, per request (NaN with fewer than two tokens)."""
     out = g["output_tokens"].astype(float)
@@ -56,7 +61,7 @@ def conversation_tps(g: pd.DataFrame) -> pd.Series:
     first request's start to its last request's end."""
     end = g["t_start"].astype(float) + g["e2e_ms"].astype(float) / 1000
     span = end.groupby(g["conversation"]).max() - g["t_start"].astype(float).groupby(g["conversation"]).min()
-    tokens = g["prompt_tokens"].astype(float).groupby(g["conversation"]).sum()
+    tokens = prompt_tokens(g).groupby(g["conversation"]).sum()
     return (tokens / span).where(span > 0).dropna()
 
 
@@ -64,7 +69,7 @@ def latency(g: pd.DataFrame, *, per_conversation: bool) -> dict:
     """n, TTFT and TPOT (median, mean, CI of the median) of a set of successful requests; with
     ``per_conversation``, the conversations' input TPS too."""
     ttft, tpot = g["ttft_ms"].astype(float), tpot_ms(g)
-    row = {"n": len(g), "prompt_tokens_mean": g["prompt_tokens"].astype(float).mean(),
+    row = {"n": len(g), "prompt_tokens_mean": prompt_tokens(g).mean(),
            "ttft_median_ms": ttft.median(), "ttft_mean_ms": ttft.mean()}
     row["ttft_ci95_lo_ms"], row["ttft_ci95_hi_ms"] = bootstrap_ci(ttft)
     row.update(tpot_median_ms=tpot.median(), tpot_mean_ms=tpot.mean())
@@ -146,7 +151,7 @@ def conversations_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
                             & (errors.prefix_tokens == h)).sum())
             row = {**head, "history_tokens": h, "n_clients": phase.max_concurrency, "scope": "overall",
                    "turn": np.nan, **latency(mine, per_conversation=True), "n_errors": n_errors,
-                   **counters(phase, mine["prompt_tokens"].astype(float).sum())}
+                   **counters(phase, prompt_tokens(mine).sum())}
             if m.arm != ref and len(theirs):
                 row.update(versus(mine, theirs, per_conversation=True))
             rows.append(row)
