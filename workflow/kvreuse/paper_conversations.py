@@ -26,6 +26,14 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
+#: counts the write-up's tables show as integers
+COUNTS = ("n", "n_clients", "history_tokens", "turn")
+
+
+def _counts(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype({c: int for c in COUNTS if c in df.columns and df[c].notna().all()})
+
+
 def context(name: str, t: pd.DataFrame | None) -> dict:
     """One experiment's block: ``rows`` (an arm against its reference at one history length:
     the reference's medians as ``ref_*``, ``ttft``/``tpot``/``tps`` directions), ``references``
@@ -40,7 +48,7 @@ def context(name: str, t: pd.DataFrame | None) -> dict:
     if ok.empty:
         return out
     overall = ok[ok["scope"] == "overall"]
-    out["table"] = overall
+    out["table"] = _counts(overall)
     for r in _records(overall):
         ref = overall[(overall.platform == r["platform"]) & (overall.arm == r["reference_arm"])
                       & (overall.history_tokens == r["history_tokens"])]
@@ -58,7 +66,7 @@ def context(name: str, t: pd.DataFrame | None) -> dict:
             "tps": direction(r.get("input_tps_gain_ci95_lo"), r.get("input_tps_gain_ci95_hi"),
                              above="higher", below="lower")})
     turns = ok[(ok["scope"] == "turn") & (ok["arm"] != ok["reference_arm"])]
-    out["turns"] = turns if len(turns) else None
+    out["turns"] = _counts(turns) if len(turns) else None
     return out
 
 
