@@ -210,6 +210,10 @@ def small_config(config: dict) -> dict:
         "multiturn": dict(turns=3, system_tokens=64, user_tokens=16, suffix_tokens=8),
         "serving": dict(input_len=64, output_len=4, num_prompts=3, request_rates=[1], fidelity_requests=2),
         "random_overhead": dict(n_requests=3, repeats=2, system_tokens=16, context_tokens=16),
+        "multiturn_long": dict(history_tokens_list=[64, 128], common_prefix_tokens=16, n_clients=2, turns=2,
+                               user_tokens=8, output_tokens=4),
+        "chunk_sweep": dict(history_tokens_list=[128], common_prefix_tokens=16, n_clients=2, turns=2,
+                            user_tokens=8, output_tokens=4),
     }
     for exp, over in sizes.items():
         if exp in c["experiments"]:

@@ -45,6 +45,12 @@ def _write_up(root: Path) -> dict[str, Path]:
     if "remote" not in tables:  # nor this one: a measured row and a run not run
         _remote_table().to_csv(root / "results/tables/remote.csv", index=False)
         tables["remote"] = Path("results/tables/remote.csv")
+    from test_conversations import conversation_tables  # nor these: stand-in runs, one not run
+
+    for name, table in conversation_tables(root / "conversation-runs").items():
+        if name not in tables:
+            table.to_csv(root / f"results/tables/{name}.csv", index=False)
+            tables[name] = Path(f"results/tables/{name}.csv")
     figures = {p.stem: p.relative_to(root) for p in figs.glob("*.png")}
     cited = yaml.safe_load((REPO / "workflow/resources/cited.yaml").read_text())
     cited["studies"]["seed001"]["title"] += f" [{NASTY}]"

@@ -99,9 +99,17 @@ ADDED_ROWS = {
     # cross_instance: LMCache needs CUDA (kvreuse.experiments.sharing)
     # remote: LMCache needs CUDA (kvreuse.experiments.remote)
     "runs": [{"arm": "lmcache_mp", "experiment": "cross_instance", "n_requests": 0, "platform": "cpu",
-              "status": "not_run"}] + [
-             {"arm": a, "experiment": "remote", "n_requests": 0, "platform": "cpu", "status": "not_run"}
-             for a in ("lmcache_redis", "lmcache_remote_server")],
+              "status": "not_run"},
+             # multiturn_long: APC measured (a warm-up, then tests/data/small-run.yaml's two
+             # conversations of two turns); its LMCache arm and every chunk_sweep arm need CUDA
+             {"arm": "apc", "experiment": "multiturn_long", "n_requests": 5, "platform": "cpu", "status": "ok"},
+             {"arm": "lmcache_cpu", "experiment": "multiturn_long", "n_requests": 0, "platform": "cpu",
+              "status": "not_run"}]
+            + [{"arm": a, "experiment": "chunk_sweep", "n_requests": 0, "platform": "cpu", "status": "not_run"}
+               for a in ("lmcache_cpu_chunk64", "lmcache_cpu", "lmcache_cpu_chunk1024")]
+            + [{"arm": a, "experiment": "remote", "n_requests": 0, "platform": "cpu", "status": "not_run"}
+               for a in ("lmcache_redis", "lmcache_remote_server")],
+    "cost": [{"arm": "apc", "experiment": "multiturn_long", "platform": "cpu"}],
 }
 
 

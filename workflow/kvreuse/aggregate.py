@@ -24,6 +24,7 @@ built in:
 - kvreuse.tables_overhead: ``random_overhead_table``;
 - kvreuse.tables_cross_instance: ``cross_instance_table``;
 - kvreuse.tables_remote: ``remote_table``;
+- kvreuse.tables_conversations: ``conversations_table`` (multiturn_long, chunk_sweep);
 - kvreuse.tables_runs: ``runs_table``, ``cost_table``, ``read_benchmarks``;
 - kvreuse.interference: ``interference_table`` (requests that overlapped another job's
   server start on a shared GPU);
@@ -42,11 +43,13 @@ import pandas as pd
 
 from .accounting import JobLogs, accounting_table, load_attempts
 from .comparisons import comparisons_table
+from .config import CONVERSATION_EXPERIMENTS
 from .freshness import Freshness, comparable, freshness
 from .interference import interference_table
 from .migrate import read_converted
 from .phase_stats import COUNTER_COLUMNS, PHASE_FIELDS, counter_rows, latency_stats, phase_table, summed_counters
 from .results import RequestRecord, RunMeta, meta_path, read_meta, read_records
+from .tables_conversations import conversations_table
 from .tables_cross_instance import cross_instance_table
 from .tables_overhead import random_overhead_table
 from .tables_remote import remote_table
@@ -57,7 +60,7 @@ from .tables_serving import fidelity_table, serving_table
 
 __all__ = ["BREAK_EVEN_COLUMNS", "COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLUMNS", "RELOAD_COLUMNS", "RESTART_KINDS",
            "TooManyErrors", "break_even_table", "build", "check_errors", "comparable_runs", "cost_table", "counter_rows",
-           "cross_instance_table",
+           "conversations_table", "cross_instance_table",
            "fidelity_table", "latency_stats", "load", "mark_freshness", "phase_table",
            "random_overhead_table", "read_benchmarks", "reload_vs_recompute_table", "restart_table",
            "runs_table", "serving_table", "summed_counters", "write"]
@@ -181,6 +184,8 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         return cross_instance_table(df, metas)
     if experiment == "remote":
         return remote_table(df, metas)
+    if experiment in CONVERSATION_EXPERIMENTS:
+        return conversations_table(df, metas)
     if experiment == "comparisons":
         return comparisons_table(df, metas)
     if experiment == "prefix_sweep":  # per length and kind: all its samples in one row

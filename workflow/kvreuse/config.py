@@ -20,7 +20,9 @@ from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
-               "random_overhead", "cross_instance", "remote")
+               "random_overhead", "cross_instance", "remote", "multiturn_long", "chunk_sweep")
+#: the experiments of concurrent long conversations (kvreuse.experiments.conversations)
+CONVERSATION_EXPERIMENTS = ("multiturn_long", "chunk_sweep")
 
 
 #: vLLM flags that kvreuse sets itself; in ``extra_args`` they would move the server off
@@ -123,7 +125,9 @@ def schema_errors(config: dict, schema: dict) -> list[str]:
             if exp not in config["experiments"]:
                 continue
             merged = deep_merge(config["experiments"][exp], over)
-            for e in sorted(Draft202012Validator(exp_schemas[exp]).iter_errors(merged),
+            # the experiment's schema with the definitions its $refs name (multiturn_long)
+            exp_schema = {**exp_schemas[exp], "definitions": schema["definitions"]}
+            for e in sorted(Draft202012Validator(exp_schema).iter_errors(merged),
                             key=lambda e: list(map(str, e.absolute_path))):
                 msg = describe(e)
                 if msg.startswith("(top level)"):
@@ -209,6 +213,10 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
     if exp == "multiturn":
         need = params["system_tokens"] + params["turns"] * (params["user_tokens"] + max_tokens)
         return need, "system_tokens + turns * (user_tokens + client.max_tokens)"
+    if exp in CONVERSATION_EXPERIMENTS:
+        return (params["common_prefix_tokens"] + max(params["history_tokens_list"])
+                + params["turns"] * (params["user_tokens"] + params["output_tokens"]),
+                "common_prefix_tokens + max(history_tokens_list) + turns * (user_tokens + output_tokens)")
     if exp == "serving":
         return (params["input_len"] + max(params["output_len"], max_tokens),
                 "input_len + max(output_len, client.max_tokens)")
@@ -306,6 +314,11 @@ def check(config: dict) -> None:
                     f"experiments.restart on platform {p}: compat: true sends one literal prompt, "
                     f"which cannot have the {len(params['prefix_tokens_list'])} lengths of "
                     f"prefix_tokens_list (allowed: compat: false, or one length)")
+            if exp in CONVERSATION_EXPERIMENTS:
+                ref = schema.get(params, "experiments", exp, "reference_arm")
+                if ref not in params["arms"]:
+                    raise ConfigError(f"experiments.{exp}.reference_arm on platform {p}: {ref!r} is not "
+                                      f"one of the experiment's arms (allowed: {', '.join(params['arms'])})")
             if exp == "cross_instance":  # its two instances share the arm's LMCache server
                 shared = sorted(a for a, c in config["arms"].items() if is_server_arm(c))
                 for arm in params["arms"]:

@@ -237,6 +237,26 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "break_even_text": ("Break-even", None),
 }
 
+# concurrent long conversations (kvreuse.tables_conversations): an arm against its reference
+COLUMNS.update({
+    "chunk_size": ("Chunk", "tokens"),
+    "history_tokens": ("History", "tokens"),
+    "prompt_tokens_mean": ("Prompt mean", "tokens"),
+    "tpot_median_ms": ("TPOT median", "ms"),
+    "ttft_saved_ms": ("TTFT saved", "ms"),
+    "ttft_saved_ci95_lo_ms": ("TTFT saved 95% CI low", "ms"),
+    "ttft_saved_ci95_hi_ms": ("TTFT saved 95% CI high", "ms"),
+    "ttft_saved_ci95_ms": ("TTFT saved 95% CI", "ms"),
+    "tpot_saved_ms": ("TPOT saved", "ms"),
+    "input_tps": ("Input TPS", "tokens/s"),
+    "input_tps_ratio": ("Input TPS ratio", "x"),
+    "input_tps_ratio_ci95_lo": ("Input TPS ratio 95% CI low", "x"),
+    "input_tps_ratio_ci95_hi": ("Input TPS ratio 95% CI high", "x"),
+    "input_tps_ratio_ci95": ("Input TPS ratio 95% CI", "x"),
+    "prefix_cache_hits": ("GPU prefix-cache hits", "tokens"),
+    "external_prefix_cache_hits": ("Store hits", "tokens"),
+})
+
 # range column -> (low column, high column)
 RANGES: dict[str, tuple[str, str]] = {
     "ttft_ci95_ms": ("ttft_ci95_lo_ms", "ttft_ci95_hi_ms"),
@@ -251,6 +271,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "hit_ttft_ci95_ms": ("hit_ttft_ci95_lo_ms", "hit_ttft_ci95_hi_ms"),
     "miss_ttft_ci95_ms": ("miss_ttft_ci95_lo_ms", "miss_ttft_ci95_hi_ms"),
     "difference_ci95": ("difference_ci95_lo", "difference_ci95_hi"),
+    "ttft_saved_ci95_ms": ("ttft_saved_ci95_lo_ms", "ttft_saved_ci95_hi_ms"),
+    "input_tps_ratio_ci95": ("input_tps_ratio_ci95_lo", "input_tps_ratio_ci95_hi"),
 }
 
 

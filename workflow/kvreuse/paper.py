@@ -21,6 +21,7 @@ import yaml
 
 from . import __version__, claims, kvmodel, labels, latex, latexmk, provenance, stats
 from . import kernels as kernels_mod
+from . import paper_conversations
 
 TITLE = "kvreuse: KV-cache reuse in vLLM, measured with counters"
 
@@ -541,6 +542,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
             "remote": remote_context(t.get("remote"), kernels),
             "decision": decision_context(t, cited),
+            "conversations": paper_conversations.contexts(t),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),
             "platform_change": platform_change(t.get("restart")),

@@ -130,9 +130,11 @@ class Recorder:
                  metrics.hit_tokens(self.meta.phases[run.name].counters))
         return out
 
-    async def request(self, target: Target, run: PhaseRun, seq: int, prompt: list[int]) -> RequestResult:
+    async def request(self, target: Target, run: PhaseRun, seq: int, prompt: list[int],
+                      **fields) -> RequestResult:
         """One streaming request, recorded; a failed one is recorded too, and a dead server
-        behind it fails the job."""
+        behind it fails the job. ``fields``: the record's own fields (``turn``,
+        ``conversation``, ``context_tokens``), over the phase's."""
         s = self.settings
         payload = completion_payload(s.model, prompt, s.max_tokens, temperature=s.temperature, seed=s.seed)
         t_start = time.time()
@@ -143,7 +145,7 @@ class Recorder:
             # be a server on its way down, so give it a moment to be seen as dead
             target.check(0.0 if res.error.startswith("HTTP ") else 1.0)
         run.record(seq, t_start=round(t_start, 3), **res.to_dict(),
-                   prompt_tokens_sent=len(prompt) if res.prompt_tokens is None else None)
+                   prompt_tokens_sent=len(prompt) if res.prompt_tokens is None else None, **fields)
         return res
 
     @staticmethod

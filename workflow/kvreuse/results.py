@@ -19,6 +19,8 @@ Version history:
      later, the phase kinds ``cross_first`` and ``cross_cold`` and the optional phase field
      ``instance`` (experiment cross_instance; additive: files without them read as before);
      later, the phase kinds ``remote_hit`` and ``remote_miss`` (experiment remote; additive)
+     later, the phase kind ``conversations`` and the optional record field ``conversation``
+     (experiments multiturn_long and chunk_sweep; additive)
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ PHASE_KINDS = (
     "cross_cold",           # cross_instance: a never-seen prefix of the same length on instance B
     "remote_hit",           # remote: a populated prompt again after vLLM's restart (from the remote store)
     "remote_miss",          # remote: a never-seen prompt of the same length after the restart
+    "conversations",        # multiturn_long, chunk_sweep: every turn of concurrent conversations
+                            # at one history length (``prefix_tokens``); each record its
+                            # ``conversation`` and ``turn``
 )
 
 
@@ -124,6 +129,7 @@ class RequestRecord:
     turn: int | None = None
     context_tokens: int | None = None
     server_run: int | None = None
+    conversation: int | None = None  # which of a phase's concurrent conversations (multiturn_long)
 
 
 @dataclass

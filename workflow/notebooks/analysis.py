@@ -49,6 +49,20 @@ tables["restart"]
 tables.get("cross_instance")  # None where the study has no cross_instance experiment
 
 # %% [markdown]
+# ## Long multi-turn conversations and LMCache's chunk size: each arm against its reference
+
+# %%
+from IPython.display import display
+
+for name in ("multiturn_long", "chunk_sweep"):  # absent where the study has no such experiment
+    t = tables.get(name)
+    if t is not None and len(t):
+        display(t[t.scope == "overall"][["platform", "arm", "chunk_size", "history_tokens", "n", "ttft_median_ms",
+                                         "ttft_saved_ms", "ttft_saved_ci95_lo_ms", "ttft_saved_ci95_hi_ms",
+                                         "tpot_median_ms", "input_tps", "input_tps_ratio",
+                                         "external_prefix_cache_hits"]])
+
+# %% [markdown]
 # ## Runs and what was not run
 
 # %%

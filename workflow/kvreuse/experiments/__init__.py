@@ -19,6 +19,8 @@ Modules, each one job:
 - :mod:`.overhead`: ``random_overhead`` (one server run of the "random prompts" test).
 - :mod:`.sharing`: ``cross_instance`` (two vLLM instances share one LMCache server).
 - :mod:`.remote`: ``remote`` (LMCache's remote stores, Redis and its own server: hit against miss).
+- :mod:`.conversations`: ``multiturn_long`` and ``chunk_sweep`` (concurrent long
+  conversations, study 002's shape; one function, two configurations).
 - :mod:`.server_runs`: alternating server runs (:data:`SERVER_RUNS`, ``run_alternating``).
 
 This module holds the registry :data:`EXPERIMENTS` and :func:`run` (one run of one arm), and
@@ -39,6 +41,7 @@ from ..server import exit_on_signals
 from ..servers import Servers
 from ..workloads import PromptMaker
 from .basic import baseline, cold_warm, multiturn
+from .conversations import conversations
 from .context import (Context, RunSpec, arm_plan, base_meta, finish_meta, n_cold, shared,
                       store_after_stop, warmup, write_not_run, write_pair)
 from .overhead import random_overhead
@@ -50,14 +53,17 @@ from .sharing import cross_instance
 from .sweep import prefix_sweep, sweep_lengths
 
 __all__ = ["EXPERIMENTS", "SERVER_RUNS", "ArmRuns", "Context", "RunSpec", "alternate", "arm_plan",
-           "base_meta", "baseline", "cold_warm", "cross_instance", "multiturn", "n_cold", "prefix_sweep", "prepare",
-           "random_overhead", "remote", "restart", "run", "run_alternating", "serving", "shared",
+           "base_meta", "baseline", "cold_warm", "conversations", "cross_instance", "multiturn", "n_cold",
+           "prefix_sweep", "prepare", "random_overhead", "remote", "restart", "run", "run_alternating",
+           "serving", "shared",
            "store_after_stop", "sweep_lengths", "warmup", "write_not_run", "write_pair"]
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
     "prefix_sweep": prefix_sweep, "multiturn": multiturn, "serving": serving,
     "cross_instance": cross_instance, "remote": remote,
+    # study 002's long multi-turn workload: APC against the stores, and LMCache's chunk sizes
+    "multiturn_long": conversations, "chunk_sweep": conversations,
 }
 
 
