@@ -54,6 +54,10 @@ PHASE_KINDS = (
     "cross_first",          # cross_instance: instance B's first request on a prefix that instance A
                             # stored in the shared LMCache server (A's ``populate`` prompt again)
     "cross_cold",           # cross_instance: a never-seen prefix of the same length on instance B
+    "prefix_repetition",    # pressure: vllm bench serve's prefix_repetition dataset on a shrunk KV cache
+    "conversation",         # pressure: vllm bench serve on a ShareGPT-format file made here (realism)
+    "miss",                 # miss: a prompt nothing can reuse, of length ``prefix_tokens``
+    "vram_hit",             # miss: a prompt already in the GPU's prefix cache (populated before)
 )
 
 

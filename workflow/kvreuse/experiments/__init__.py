@@ -18,6 +18,10 @@ Modules, each one job:
 - :mod:`.serving_load`: ``serving`` (vLLM's load generator, the fidelity workload).
 - :mod:`.overhead`: ``random_overhead`` (one server run of the "random prompts" test).
 - :mod:`.sharing`: ``cross_instance`` (two vLLM instances share one LMCache server).
+- :mod:`.pressure`: ``pressure`` (study 001's prefix_repetition on a shrunk KV cache, and a
+  conversation-shaped realism run, through vLLM's load generator).
+- :mod:`.miss`: ``miss`` (one server run of study 002's cache-miss overhead: prompts nothing
+  can reuse, and prompts all in VRAM, per length).
 - :mod:`.server_runs`: alternating server runs (:data:`SERVER_RUNS`, ``run_alternating``).
 
 This module holds the registry :data:`EXPERIMENTS` and :func:`run` (one run of one arm), and
@@ -41,21 +45,23 @@ from .basic import baseline, cold_warm, multiturn
 from .context import (Context, RunSpec, arm_plan, base_meta, finish_meta, n_cold, shared,
                       store_after_stop, warmup, write_not_run, write_pair)
 from .overhead import random_overhead
+from .miss import miss
 from .persistence import restart
+from .pressure import pressure
 from .server_runs import SERVER_RUNS, ArmRuns, alternate, prepare, run_alternating
 from .serving_load import serving
 from .sharing import cross_instance
 from .sweep import prefix_sweep, sweep_lengths
 
 __all__ = ["EXPERIMENTS", "SERVER_RUNS", "ArmRuns", "Context", "RunSpec", "alternate", "arm_plan",
-           "base_meta", "baseline", "cold_warm", "cross_instance", "multiturn", "n_cold", "prefix_sweep", "prepare",
+           "base_meta", "baseline", "cold_warm", "cross_instance", "miss", "multiturn", "pressure", "n_cold", "prefix_sweep", "prepare",
            "random_overhead", "restart", "run", "run_alternating", "serving", "shared",
            "store_after_stop", "sweep_lengths", "warmup", "write_not_run", "write_pair"]
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
     "prefix_sweep": prefix_sweep, "multiturn": multiturn, "serving": serving,
-    "cross_instance": cross_instance,
+    "cross_instance": cross_instance, "pressure": pressure,
 }
 
 
