@@ -15,6 +15,11 @@ from .results import RunMeta
 
 #: the measured cases of the miss experiment (its phase kinds)
 CASES = ("miss", "vram_hit")
+#: the columns of a table without runs (no platform ran the experiment), so that it reads back
+EMPTY_COLUMNS = ["platform", "arm", "arm_label", "status", "reason", "lmcache_kernels", "prompt_tokens", "case", "n",
+                 "server_runs", "ttft_mean_ms", "e2e_mean_ms", "ttft_delta_pct", "ttft_delta_ci95_lo_pct",
+                 "ttft_delta_ci95_hi_pct", "e2e_delta_pct", "e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct",
+                 "hit_fraction"]
 
 
 def miss_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -> pd.DataFrame:
@@ -38,7 +43,7 @@ def miss_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -
                          & (ok.prefix_tokens == n)]
                 rows.append({**base, "prompt_tokens": n, "case": case,
                              **_case_row(mine, ref, phases, m.arm != reference)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=EMPTY_COLUMNS)
 
 
 def _case_row(mine: pd.DataFrame, ref: pd.DataFrame, phases: list, compare: bool) -> dict:

@@ -31,6 +31,12 @@ BENCH_COLUMNS = {"mean_ttft_ms": "ttft_mean_ms", "median_ttft_ms": "ttft_median_
                  "total_token_throughput": "total_throughput_tok_s", "completed": "completed"}
 
 
+#: the columns of a table without runs (no platform ran the experiment), so that it reads back
+EMPTY_COLUMNS = ["platform", "arm", "arm_label", "status", "reason", "lmcache_kernels", "workload",
+                 *BENCH_COLUMNS.values(), "n", "apc_hit_tokens", "store_hit_tokens", "no_eviction_hit_tokens",
+                 "apc_hit_fraction", "evicting_below", "evicting"]
+
+
 def no_eviction_hits(params: dict, num_prompts: int) -> float:
     """The prefix-cache hit tokens a cache that never evicts would serve in the prefix_repetition
     run: every prompt after its prefix's first reuses the prefix's whole blocks but the last
@@ -63,7 +69,7 @@ def pressure_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc
                 continue
             rows.append({**base, "workload": kind, **_workload_row(
                 ok, m, kind, phases, reference, summaries.get((m.platform, reference, kind), {}))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=EMPTY_COLUMNS)
 
 
 def _workload_row(ok: pd.DataFrame, m: RunMeta, kind: str, phases: list, reference: str,
@@ -92,6 +98,7 @@ def _workload_row(ok: pd.DataFrame, m: RunMeta, kind: str, phases: list, referen
         row["reuse_hit_fraction"] = ((c["vllm:prefix_cache_hits"] + c["vllm:external_prefix_cache_hits"]) / ideal
                                      if ideal else np.nan)
         below = schema.get(m.params, "experiments", "pressure", "evicting_below")
+        row["evicting_below"] = below
         row["evicting"] = bool(row["apc_hit_fraction"] < below) if ideal else None
     ref = ok[(ok.platform == m.platform) & (ok.arm == reference) & (ok.phase_kind == kind)]
     if m.arm != reference and len(ref):

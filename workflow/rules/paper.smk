@@ -27,6 +27,8 @@ rule paper:
         accounting_tex_template="paper/accounting.tex.j2",
         reload_template="paper/reload.md.j2",  # included by the templates
         reload_tex_template="paper/reload.tex.j2",
+        pressure_template="paper/pressure.md.j2",  # included by the templates
+        pressure_tex_template="paper/pressure.tex.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),
