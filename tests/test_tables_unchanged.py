@@ -98,7 +98,17 @@ REDEFINED = {
 ADDED_ROWS = {
     # cross_instance: LMCache needs CUDA (kvreuse.experiments.sharing)
     "runs": [{"arm": "lmcache_mp", "experiment": "cross_instance", "n_requests": 0, "platform": "cpu",
-              "status": "not_run"}],
+              "status": "not_run"},
+             # pressure and miss (issue 13): APC measured on the CPU (a warm-up, then the CPU variant's
+             # 16 prefix_repetition and 10 conversation requests; per length 3 misses, 1 populate and 3
+             # VRAM hits at 2 lengths), the LMCache arm not run
+             {"arm": "apc", "experiment": "pressure", "n_requests": 27, "platform": "cpu", "status": "ok"},
+             {"arm": "lmcache_cpu", "experiment": "pressure", "n_requests": 0, "platform": "cpu",
+              "status": "not_run"},
+             {"arm": "apc", "experiment": "miss", "n_requests": 15, "platform": "cpu", "status": "ok"},
+             {"arm": "lmcache_cpu", "experiment": "miss", "n_requests": 0, "platform": "cpu", "status": "not_run"}],
+    "cost": [{"arm": "apc", "experiment": "pressure", "platform": "cpu"},
+             {"arm": "apc", "experiment": "miss", "platform": "cpu"}],
 }
 
 
