@@ -220,8 +220,10 @@ def small_config(config: dict) -> dict:
             c["experiments"][exp].update(over)
     for params in c["experiments"].values():  # LMCache arms need CUDA: not run here anyway
         params["arms"] = [a for a in params["arms"] if not c["arms"][a].get("lmcache")]
-    # an experiment of LMCache arms only (cross_instance) has none left: left out
-    c["experiments"] = {e: params for e, params in c["experiments"].items() if params["arms"]}
+    # an experiment of LMCache arms only (cross_instance) has none left: left out; pressure and
+    # miss too (tests/test_pressure_miss.py covers them; here they would only add server starts)
+    c["experiments"] = {e: params for e, params in c["experiments"].items()
+                        if params["arms"] and e not in ("pressure", "miss")}
     return c
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvreuse import artifact as ka
+from kvreuse import alternating, artifact as ka
 from kvreuse import config as kc
 from kvreuse import dag
 from kvreuse.provenance import config_hash
@@ -82,9 +82,9 @@ def test_benchmark_files_of_runs_here_and_of_committed_platforms(config, tmp_pat
     cfg = study(config, run_platforms=["cpu"], report_platforms=["cpu", "h100"])
     files = dag.benchmark_files(cfg, not_pinned, tmp_path)
     assert files[0] == "results/benchmarks/cpu/baseline/no_cache.tsv"
-    # one per run job: a job per arm, or one for all arms where they alternate (random_overhead)
+    # one per run job: a job per arm, or one for all arms where they alternate (random_overhead, miss)
     assert len(files) == sum(len(dag.run_targets(cfg, e)) for e in kc.EXPERIMENTS
-                             if e != "random_overhead") + 1 + 2
+                             if not alternating.alternates(e)) + len(alternating.EXPERIMENTS) + 2
     assert "results/benchmarks/cpu/random_overhead/alternating.tsv" in files
     assert files[-2:] == ["results/benchmarks/h100/baseline/no_cache.tsv", "results/benchmarks/h100/restart/apc.tsv"]
 

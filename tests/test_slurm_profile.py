@@ -24,7 +24,7 @@ from slurmkit import GPU_CLASSES, MULTI_GPU_CLASSES, REPO, link_checkout
 
 FIRST_MINUTES = {"baseline": 30, "cold_warm": 30, "restart": 45, "prefix_sweep": 60, "multiturn": 30,
                  "serving": 60, "random_overhead": 45, "cross_instance": 30, "remote": 30,
-                 "multiturn_long": 30, "chunk_sweep": 30}
+                 "multiturn_long": 30, "chunk_sweep": 30, "pressure": 30, "miss": 45}
 
 # One script stands in for every SLURM command the plugin calls. sbatch records its argv and
 # answers a job id; squeue reports every job RUNNING except the first one of the h100 class,

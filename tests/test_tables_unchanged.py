@@ -104,12 +104,22 @@ ADDED_ROWS = {
              # conversations of two turns); its LMCache arm and every chunk_sweep arm need CUDA
              {"arm": "apc", "experiment": "multiturn_long", "n_requests": 5, "platform": "cpu", "status": "ok"},
              {"arm": "lmcache_cpu", "experiment": "multiturn_long", "n_requests": 0, "platform": "cpu",
-              "status": "not_run"}]
+              "status": "not_run"},
+             # pressure and miss (issue 13): APC measured on the CPU (a warm-up, then the CPU variant's
+             # 16 prefix_repetition and 10 conversation requests; per length 3 misses, 1 populate and 3
+             # VRAM hits at 2 lengths), the LMCache arm not run
+             {"arm": "apc", "experiment": "pressure", "n_requests": 27, "platform": "cpu", "status": "ok"},
+             {"arm": "lmcache_cpu", "experiment": "pressure", "n_requests": 0, "platform": "cpu",
+              "status": "not_run"},
+             {"arm": "apc", "experiment": "miss", "n_requests": 15, "platform": "cpu", "status": "ok"},
+             {"arm": "lmcache_cpu", "experiment": "miss", "n_requests": 0, "platform": "cpu", "status": "not_run"}]
             + [{"arm": a, "experiment": "chunk_sweep", "n_requests": 0, "platform": "cpu", "status": "not_run"}
                for a in ("lmcache_cpu_chunk64", "lmcache_cpu", "lmcache_cpu_chunk1024")]
             + [{"arm": a, "experiment": "remote", "n_requests": 0, "platform": "cpu", "status": "not_run"}
                for a in ("lmcache_redis", "lmcache_remote_server")],
-    "cost": [{"arm": "apc", "experiment": "multiturn_long", "platform": "cpu"}],
+    "cost": [{"arm": "apc", "experiment": "multiturn_long", "platform": "cpu"},
+             {"arm": "apc", "experiment": "pressure", "platform": "cpu"},
+             {"arm": "apc", "experiment": "miss", "platform": "cpu"}],
 }
 
 

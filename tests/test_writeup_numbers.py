@@ -16,7 +16,7 @@ from kvreuse import claims, latex, paper
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = ["kvreuse.md.j2", "accounting.md.j2", "reload.md.j2", "decision.md.j2", "kvreuse.tex.j2",
              "accounting.tex.j2", "reload.tex.j2", "decision.tex.j2", "kvreuse.bib.j2",
-             "conversations.md.j2", "conversations.tex.j2"]
+             "conversations.md.j2", "conversations.tex.j2", "pressure.md.j2", "pressure.tex.j2"]
 #: names that hold a digit and are not numbers; nothing else with a digit may be typed
 ALLOWED = ("sha256", "E2E", "e2e", "p99")
 #: numbering, not numbers: Markdown's numbered headings and list items

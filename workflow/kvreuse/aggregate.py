@@ -22,6 +22,8 @@ built in:
   experiment's runs, kvreuse.breakeven);
 - kvreuse.tables_serving: ``serving_table``, ``fidelity_table``;
 - kvreuse.tables_overhead: ``random_overhead_table``;
+- kvreuse.tables_pressure: ``pressure_table`` (prefix_repetition under KV pressure, the
+  conversation run); kvreuse.tables_miss: ``miss_table`` (cache-miss overhead);
 - kvreuse.tables_cross_instance: ``cross_instance_table``;
 - kvreuse.tables_remote: ``remote_table``;
 - kvreuse.tables_conversations: ``conversations_table`` (multiturn_long, chunk_sweep);
@@ -51,8 +53,10 @@ from .phase_stats import COUNTER_COLUMNS, PHASE_FIELDS, counter_rows, latency_st
 from .results import RequestRecord, RunMeta, meta_path, read_meta, read_records
 from .tables_conversations import conversations_table
 from .tables_cross_instance import cross_instance_table
+from .tables_miss import miss_table
 from .tables_overhead import random_overhead_table
 from .tables_remote import remote_table
+from .tables_pressure import pressure_table
 from .tables_reload import BREAK_EVEN_COLUMNS, RELOAD_COLUMNS, break_even_table, reload_vs_recompute_table
 from .tables_restart import RESTART_KINDS, restart_table
 from .tables_runs import cost_table, read_benchmarks, runs_table
@@ -61,7 +65,8 @@ from .tables_serving import fidelity_table, serving_table
 __all__ = ["BREAK_EVEN_COLUMNS", "COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLUMNS", "RELOAD_COLUMNS", "RESTART_KINDS",
            "TooManyErrors", "break_even_table", "build", "check_errors", "comparable_runs", "cost_table", "counter_rows",
            "conversations_table", "cross_instance_table",
-           "fidelity_table", "latency_stats", "load", "mark_freshness", "phase_table",
+           "fidelity_table", "latency_stats", "load", "mark_freshness", "miss_table", "phase_table",
+           "pressure_table",
            "random_overhead_table", "read_benchmarks", "reload_vs_recompute_table", "restart_table",
            "runs_table", "serving_table", "summed_counters", "write"]
 
@@ -180,6 +185,10 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         return fidelity_table(df, metas)
     if experiment == "random_overhead":
         return random_overhead_table(df, metas)
+    if experiment == "pressure":
+        return pressure_table(df, metas)
+    if experiment == "miss":
+        return miss_table(df, metas)
     if experiment == "cross_instance":
         return cross_instance_table(df, metas)
     if experiment == "remote":

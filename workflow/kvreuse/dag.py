@@ -26,7 +26,7 @@ from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
            "reload_vs_recompute", "break_even",
-           "cross_instance"]
+           "cross_instance", "miss"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
 DERIVED_TABLES = {"reload_vs_recompute": "restart", "break_even": "restart"}
 #: figures drawn from more than their own table (``results/tables/<figure>.csv``): every table
@@ -60,6 +60,7 @@ FIGURE_TITLES = {
     "reload_vs_recompute": "Reload vs recompute after a restart",
     "break_even": "Break-even prefix length per store",
     "cross_instance": "Across instances: one LMCache server, two vLLMs",
+    "miss": "Cache-miss overhead per prompt length",
 }
 #: what `rule all` builds besides the tables and figures (the artifact is built on request:
 #: `snakemake ... artifact`, README)

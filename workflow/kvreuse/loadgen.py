@@ -30,13 +30,42 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Load:
-    """One run of the load generator: random prompts of fixed sizes at a request rate."""
+    """One run of the load generator at a request rate: random prompts of fixed sizes
+    (``dataset`` random), vLLM's prefix-repetition prompts (``prefix_repetition``:
+    ``num_prefixes`` prefixes of ``input_len`` tokens, each followed by
+    ``num_prompts // num_prefixes`` suffixes of ``suffix_len`` tokens, shuffled) or the first
+    turns of a ShareGPT-format file (``sharegpt``, ``dataset_path``)."""
 
     request_rate: float | str  # requests per second, or "inf": all at once
     num_prompts: int
-    input_len: int
+    input_len: int             # random: the prompt; prefix_repetition: the shared prefix
     output_len: int
     max_concurrency: int | None = None
+    dataset: str = "random"
+    suffix_len: int | None = None     # prefix_repetition
+    num_prefixes: int | None = None   # prefix_repetition
+    dataset_path: Path | None = None  # sharegpt
+
+    def dataset_args(self) -> list[str]:
+        """``vllm bench serve``'s flags for the dataset (names as in vLLM 0.26.0 and 0.32's
+        ``vllm/benchmarks/datasets/datasets.py``)."""
+        if self.dataset == "random":
+            return ["--dataset-name", "random", "--random-input-len", str(self.input_len),
+                    "--random-output-len", str(self.output_len), "--random-range-ratio", "0"]
+        if self.dataset == "prefix_repetition":
+            if not (self.suffix_len and self.num_prefixes):
+                raise ValueError("a prefix_repetition load needs suffix_len and num_prefixes")
+            return ["--dataset-name", "prefix_repetition",
+                    "--prefix-repetition-prefix-len", str(self.input_len),
+                    "--prefix-repetition-suffix-len", str(self.suffix_len),
+                    "--prefix-repetition-num-prefixes", str(self.num_prefixes),
+                    "--prefix-repetition-output-len", str(self.output_len)]
+        if self.dataset == "sharegpt":
+            if self.dataset_path is None:
+                raise ValueError("a sharegpt load needs dataset_path (a ShareGPT-format JSON file)")
+            return ["--dataset-name", "sharegpt", "--dataset-path", str(self.dataset_path),
+                    "--sharegpt-output-len", str(self.output_len)]
+        raise ValueError(f"load dataset {self.dataset!r} (allowed: random, prefix_repetition, sharegpt)")
 
 
 class BenchServe:
@@ -52,8 +81,7 @@ class BenchServe:
         argv = [sys.executable, "-m", "kvreuse.bench_serve", "--backend", "openai",
                 "--base-url", target.base_url, "--endpoint", "/v1/completions",
                 "--model", self.recorder.settings.model, "--tokenizer", str(self.tokenizer),
-                "--dataset-name", "random", "--random-input-len", str(load.input_len),
-                "--random-output-len", str(load.output_len), "--random-range-ratio", "0",
+                *load.dataset_args(),
                 "--num-prompts", str(load.num_prompts), "--request-rate", str(load.request_rate),
                 "--seed", str(self.seed), "--ignore-eos", "--disable-tqdm",
                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",

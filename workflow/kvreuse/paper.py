@@ -19,7 +19,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from . import __version__, claims, kvmodel, labels, latex, latexmk, provenance, stats
+from . import __version__, claims, kvmodel, labels, latex, latexmk, paper_pressure, provenance, stats
 from . import kernels as kernels_mod
 from . import paper_conversations
 
@@ -536,6 +536,9 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "reload": reload_context(t),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
+            # issue 13: KV pressure and cache-miss overhead (kvreuse.paper_pressure)
+            "pressure": paper_pressure.pressure_context(t.get("pressure")),
+            "miss": paper_pressure.miss_context(t.get("miss")),
             "lmcache_server_memory": lmcache_server_memory(_platform_rows(runs)),
 
 

@@ -90,12 +90,17 @@ def base_vllm_args(arm: dict, server: dict, model: dict,
 
 def plan(arm_name: str, arm: dict, *, server: dict, model: dict, run_dir: Path,
          has_cuda: bool | None = None, store_root: Path | str | None = None,
-         gpu_memory_utilization: float | None = None, **lmcache_kw) -> ServerPlan:
+         gpu_memory_utilization: float | None = None, flags: dict[str, str] | None = None,
+         **lmcache_kw) -> ServerPlan:
     """The arm's plan; ``gpu_memory_utilization``: every vLLM instance's share of the GPU
-    (an experiment's own), in place of the platform's ``--gpu-memory-utilization``."""
+    (an experiment's own), in place of the platform's ``--gpu-memory-utilization``; ``flags``:
+    an experiment's own vLLM flags and values (e.g. ``--num-gpu-blocks-override``), each in
+    place of the same flag in the platform's ``extra_args``."""
     env = {str(k): str(v) for k, v in schema.get(server, "server", "env").items()}
     env.setdefault("PYTHONHASHSEED", "0")
     args = base_vllm_args(arm, server, model, gpu_memory_utilization)
+    for flag, value in (flags or {}).items():
+        args = set_flag(args, flag, value)
     p = ServerPlan(vllm_args=args, env=env)
     if arm.get("lmcache"):
         if not (cuda_available() if has_cuda is None else has_cuda):

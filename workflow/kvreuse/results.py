@@ -62,6 +62,10 @@ PHASE_KINDS = (
     "conversations",        # multiturn_long, chunk_sweep: every turn of concurrent conversations
                             # at one history length (``prefix_tokens``); each record its
                             # ``conversation`` and ``turn``
+    "prefix_repetition",    # pressure: vllm bench serve's prefix_repetition dataset on a shrunk KV cache
+    "conversation",         # pressure: vllm bench serve on a ShareGPT-format file made here (realism)
+    "miss",                 # miss: a prompt nothing can reuse, of length ``prefix_tokens``
+    "vram_hit",             # miss: a prompt already in the GPU's prefix cache (populated before)
 )
 
 

@@ -31,6 +31,8 @@ rule paper:
         decision_tex_template="paper/decision.tex.j2",
         conversations_template="paper/conversations.md.j2",  # multiturn_long, chunk_sweep
         conversations_tex_template="paper/conversations.tex.j2",
+        pressure_template="paper/pressure.md.j2",  # included by the templates
+        pressure_tex_template="paper/pressure.tex.j2",
         tables=expand("results/tables/{t}.csv", t=TABLES),
         tables_md=expand("results/tables/{t}.md", t=TABLES),
         figures=expand("results/figures/{f}.png", f=FIGURES),

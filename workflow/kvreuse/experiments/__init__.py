@@ -21,6 +21,10 @@ Modules, each one job:
 - :mod:`.remote`: ``remote`` (LMCache's remote stores, Redis and its own server: hit against miss).
 - :mod:`.conversations`: ``multiturn_long`` and ``chunk_sweep`` (concurrent long
   conversations, study 002's shape; one function, two configurations).
+- :mod:`.pressure`: ``pressure`` (study 001's prefix_repetition on a shrunk KV cache, and a
+  conversation-shaped realism run, through vLLM's load generator).
+- :mod:`.miss`: ``miss`` (one server run of study 002's cache-miss overhead: prompts nothing
+  can reuse, and prompts all in VRAM, per length).
 - :mod:`.server_runs`: alternating server runs (:data:`SERVER_RUNS`, ``run_alternating``).
 
 This module holds the registry :data:`EXPERIMENTS` and :func:`run` (one run of one arm), and
@@ -45,7 +49,9 @@ from .conversations import conversations
 from .context import (Context, RunSpec, arm_plan, base_meta, finish_meta, n_cold, shared,
                       store_after_stop, warmup, write_not_run, write_pair)
 from .overhead import random_overhead
+from .miss import miss
 from .persistence import restart
+from .pressure import pressure
 from .server_runs import SERVER_RUNS, ArmRuns, alternate, prepare, run_alternating
 from .serving_load import serving
 from .remote import remote
@@ -53,15 +59,15 @@ from .sharing import cross_instance
 from .sweep import prefix_sweep, sweep_lengths
 
 __all__ = ["EXPERIMENTS", "SERVER_RUNS", "ArmRuns", "Context", "RunSpec", "alternate", "arm_plan",
-           "base_meta", "baseline", "cold_warm", "conversations", "cross_instance", "multiturn", "n_cold",
-           "prefix_sweep", "prepare", "random_overhead", "remote", "restart", "run", "run_alternating",
-           "serving", "shared",
+           "base_meta", "baseline", "cold_warm", "conversations", "cross_instance", "miss", "multiturn",
+           "n_cold", "prefix_sweep", "prepare", "pressure", "random_overhead", "remote", "restart", "run",
+           "run_alternating", "serving", "shared",
            "store_after_stop", "sweep_lengths", "warmup", "write_not_run", "write_pair"]
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {
     "baseline": baseline, "cold_warm": cold_warm, "restart": restart,
     "prefix_sweep": prefix_sweep, "multiturn": multiturn, "serving": serving,
-    "cross_instance": cross_instance, "remote": remote,
+    "cross_instance": cross_instance, "remote": remote, "pressure": pressure,
     # study 002's long multi-turn workload: APC against the stores, and LMCache's chunk sizes
     "multiturn_long": conversations, "chunk_sweep": conversations,
 }

@@ -161,12 +161,27 @@ def gpu_memory_utilization(spec: RunSpec) -> float | None:
     return schema.get(spec.params, *path) if schema.defines(*path) else None
 
 
+#: an experiment's keys that set a vLLM flag of its own (in place of the platform's, if any):
+#: the pressure experiment's shrunk KV cache and its block size
+EXPERIMENT_FLAGS = {"num_gpu_blocks": "--num-gpu-blocks-override", "block_size": "--block-size"}
+
+
+def experiment_flags(spec: RunSpec) -> dict[str, str]:
+    """The vLLM flags the experiment's keys of :data:`EXPERIMENT_FLAGS` set (null: none)."""
+    out = {}
+    for key, flag in EXPERIMENT_FLAGS.items():
+        path = ("experiments", spec.experiment, key)
+        if schema.defines(*path) and schema.get(spec.params, *path) is not None:
+            out[flag] = str(schema.get(spec.params, *path))
+    return out
+
+
 def arm_plan(spec: RunSpec, run_dir: Path, has_cuda: bool | None = None) -> ServerPlan:
     """The arm's servers for one run (LMCache arms: a new store folder and ports each time)."""
     return make_plan(spec.arm_name, spec.arm, server=spec.server, model=spec.model,
                      run_dir=run_dir, has_cuda=has_cuda,
                      store_root=spec.lmcache_dir and Path(spec.lmcache_dir) / spec.experiment,
-                     gpu_memory_utilization=gpu_memory_utilization(spec))
+                     gpu_memory_utilization=gpu_memory_utilization(spec), flags=experiment_flags(spec))
 
 
 def write_not_run(spec: RunSpec, meta: RunMeta, reason: str) -> dict:

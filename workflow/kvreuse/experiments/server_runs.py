@@ -24,6 +24,7 @@ from ..server import exit_on_signals
 from ..servers import Servers
 from ..workloads import PromptMaker
 from .context import Context, RunSpec, arm_plan, base_meta, finish_meta, write_not_run, write_pair
+from .miss import miss
 from .overhead import random_overhead
 
 log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
@@ -31,6 +32,7 @@ log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
 #: experiments run as alternating server runs (kvreuse.alternating): one server run of one arm
 SERVER_RUNS: dict[str, Callable[[Context, dict, int], Awaitable[None]]] = {
     "random_overhead": random_overhead,
+    "miss": miss,
 }
 
 
