@@ -342,11 +342,7 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
         if r.get("status") != "ok":
             not_run.append(r)
             continue
-        lo, hi = r.get("diff_ci95_lo_ms"), r.get("diff_ci95_hi_ms")
-        if not (claims.is_number(lo) and claims.is_number(hi)):
-            direction = "no_ci"
-        else:
-            direction = "faster" if lo > 0 else "slower" if hi < 0 else "unresolved"
+        direction = _saved_direction(r)
         equal = r.get("output_equal")
         rows.append({**r, "direction": direction,
                      "a_stopped": claims.is_number(r.get("instance_a_stopped")) and bool(r["instance_a_stopped"]),
@@ -355,6 +351,15 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
     ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
     counts = [c for c in ("prefix_tokens", "n_cross_first", "n_cross_cold") if c in ok.columns]
     return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
+
+
+def _saved_direction(r: dict) -> str:
+    """A row's direction by the CI of the time saved (``diff_ci95_{lo,hi}_ms``): ``faster``
+    (above zero), ``slower`` (below), ``unresolved`` (around it), ``no_ci`` (no interval)."""
+    lo, hi = r.get("diff_ci95_lo_ms"), r.get("diff_ci95_hi_ms")
+    if not (claims.is_number(lo) and claims.is_number(hi)):
+        return "no_ci"
+    return "faster" if lo > 0 else "slower" if hi < 0 else "unresolved"
 
 
 def remote_context(t: pd.DataFrame | None, kernels: dict) -> dict:
@@ -368,11 +373,7 @@ def remote_context(t: pd.DataFrame | None, kernels: dict) -> dict:
         if r.get("status") != "ok":
             not_run.append(r)
             continue
-        lo, hi = r.get("diff_ci95_lo_ms"), r.get("diff_ci95_hi_ms")
-        if not (claims.is_number(lo) and claims.is_number(hi)):
-            direction = "no_ci"
-        else:
-            direction = "faster" if lo > 0 else "slower" if hi < 0 else "unresolved"
+        direction = _saved_direction(r)
         rows.append({**r, "direction": direction,
                      "fallback": (r["platform"], "remote", r["arm"]) in kernels["fallback"]})
     ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
