@@ -291,6 +291,14 @@ def test_the_profile_refuses_a_gpu_count_other_than_the_platforms(tmp_path):
         load_profile({"KVREUSE_CLUSTER": str(overlay)})
 
 
+def test_the_ci_overlay_loads_the_cpu_platform_standing_in_for_a_gpu_job():
+    """.ci/slurm-e2e.sh runs the CPU pipeline as an H100 job (one fake GPU): the GPU-count check
+    applies to GPU platforms only, so the overlay the real-SLURM check uses must load."""
+    profile = load_profile({"KVREUSE_CLUSTER": str(REPO / ".ci/slurm/cluster.yaml")})
+    for resource in ("gpu=1", "gpu_model='H100'", "nodes=1", "slurm_partition='gpu-h100'"):
+        assert f"run_cold_warm_cpu:{resource}" in profile["set-resources"], resource
+
+
 def test_aggregation_figures_and_paper_are_local_rules():
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
