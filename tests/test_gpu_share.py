@@ -2,6 +2,7 @@
 measurements apart, a job holds it from its first ready server to its last stop, and each job
 asks the profile for its share of the node."""
 
+import math
 import subprocess
 import sys
 import time
@@ -86,6 +87,21 @@ def test_a_job_asks_for_its_share_of_the_gpu_and_the_memory_of_its_stores():
     disk = dag.job_resources(shared, "restart", "h200", ["lmcache_disk"])
     assert disk["host_mem_gb"] == config["arms"]["lmcache_disk"]["lmcache"]["cpu_gb"] + gpu_share.VLLM_HOST_MEM_GB
     assert disk["store_disk_gb"] == config["arms"]["lmcache_disk"]["lmcache"]["disk_gb"]
+
+
+def test_a_remote_store_job_counts_the_remote_stores_memory():
+    """Redis and LMCache's remote server keep every prompt the remote experiment sends (warm-ups
+    after both starts, populates, misses) in host memory: the job asks for it, so the two remote
+    arms' jobs cannot hold a host of 119 GiB at once."""
+    config = yaml.safe_load(open("config.yaml"))
+    params = kc.experiment_params(config, "h200", "remote")
+    n = 2 * params["warmup_requests"] + 2 * params["n_cold"]
+    kv_gib = n * (params["prefix_tokens"] + params["suffix_tokens"]) * 128 * 1024 / 1024 ** 3
+    for arm in ("lmcache_redis", "lmcache_remote_server"):
+        res = dag.job_resources(config, "remote", "h200", [arm])
+        assert res["host_mem_gb"] == math.ceil(config["arms"][arm]["lmcache"]["cpu_gb"] + kv_gib
+                                               + gpu_share.VLLM_HOST_MEM_GB), (arm, res)
+    assert 2 * res["host_mem_gb"] > 119
 
 
 def test_sharing_a_gpu_needs_a_fixed_kv_cache():

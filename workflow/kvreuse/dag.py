@@ -20,7 +20,7 @@ import yaml
 from . import alternating
 from . import artifact as ka
 from . import config as kc
-from . import gpu_share, platforms, schema
+from . import gpu_share, kvmodel, platforms, schema
 from .comparisons import EXPERIMENTS as COMPARISON_EXPERIMENTS
 from .provenance import config_hash
 
@@ -449,6 +449,11 @@ def job_resources(config: dict, experiment: str, platform: str, arms: list[str])
     for a job that runs ``arms`` of ``experiment`` on ``platform`` (kvreuse.gpu_share)."""
     server = kc.server_config(config, platform)
     arm_cfgs = [config["arms"][a] for a in arms]
+    remote_gb = 0.0
+    if any(kc.is_remote_arm(a) for a in arm_cfgs):
+        model = config["models"][config["platforms"][platform]["model"]]
+        remote_gb = gpu_share.remote_store_gb(kc.experiment_params(config, platform, experiment),
+                                              kvmodel.model_kv_bytes_per_token(model))
     return {"gpu_pct": gpu_share.gpu_pct(server, experiment),
-            "host_mem_gb": gpu_share.host_mem_gb(server, experiment, arm_cfgs),
+            "host_mem_gb": gpu_share.host_mem_gb(server, experiment, arm_cfgs, remote_gb),
             "store_disk_gb": gpu_share.store_disk_gb(arm_cfgs)}

@@ -112,12 +112,26 @@ def store_gb(arms: list[dict]) -> tuple[float, float]:
     return mem, disk
 
 
-def host_mem_gb(server: dict, experiment: str, arms: list[dict]) -> int:
-    """The stores' memory and VLLM_HOST_MEM_GB per vLLM instance and GPU it spans (a server with
-    tensor_parallel N runs a worker process per GPU; N x VLLM_HOST_MEM_GB is an upper estimate,
-    not measured: no run with several GPUs yet)."""
+def host_mem_gb(server: dict, experiment: str, arms: list[dict], remote_gb: float = 0.0) -> int:
+    """The stores' memory (``remote_gb``: a remote store's, :func:`remote_store_gb`) and
+    VLLM_HOST_MEM_GB per vLLM instance and GPU it spans (a server with tensor_parallel N runs a
+    worker process per GPU; N x VLLM_HOST_MEM_GB is an upper estimate, not measured: no run
+    with several GPUs yet)."""
     workers = vllm_instances(experiment) * schema.get(server, "server", "tensor_parallel")
-    return math.ceil(store_gb(arms)[0] + VLLM_HOST_MEM_GB * workers)
+    return math.ceil(store_gb(arms)[0] + remote_gb + VLLM_HOST_MEM_GB * workers)
+
+
+def remote_store_gb(params: dict, bytes_per_token: int | None) -> float:
+    """Host memory (GiB) of the ``remote`` experiment's remote store (Redis, LMCache's remote
+    server: neither has a size of its own, both outlive vLLM's restart and keep every prompt's
+    KV): the warm-ups after each of its two vLLM starts, the populated prompts and the
+    never-seen misses, each counted at a full prompt's length (an upper bound: a warm-up may
+    be shorter). 0 where the model's KV bytes per token are not known."""
+    if not bytes_per_token:
+        return 0.0
+    n = (2 * schema.get(params, "experiments", "remote", "warmup_requests")
+         + 2 * schema.get(params, "experiments", "remote", "n_cold"))
+    return n * (params["prefix_tokens"] + params["suffix_tokens"]) * bytes_per_token / 1024 ** 3
 
 
 def store_disk_gb(arms: list[dict]) -> int:
