@@ -45,7 +45,7 @@ class FakeRecorder:
     """Books each phase with its fields and keeps its prompts; no request."""
 
     def __init__(self, meta, events):
-        self.meta, self.events, self.prompts = meta, events, {}
+        self.meta, self.events, self.prompts, self.records = meta, events, {}, []
 
     async def phase(self, target, kind, prompts, *, name=None, **fields):
         name = name or results.phase_name(kind)
@@ -74,6 +74,16 @@ class FakeArm:
         self.spec = SimpleNamespace(experiment="random_overhead", params=PARAMS, arm={})
         self.recorder = FakeRecorder(a_meta(self.name), self.events)
 
+    @property
+    def meta(self):
+        return self.recorder.meta
+
+    def resume(self, i):  # nothing kept from an earlier start of the job
+        return False
+
+    def keep(self, i, phases_before, n_records_before):
+        self.events.append(("keep", self.name, i))
+
     @contextlib.contextmanager
     def server_run(self, i):
         self.events.append(("open", self.name, i))
@@ -91,9 +101,10 @@ def test_arms_alternate_across_fresh_server_runs_with_the_same_prompts():
     assert opened == [("apc", 0), ("lmcache_cpu", 0), ("apc", 1), ("lmcache_cpu", 1),
                       ("apc", 2), ("lmcache_cpu", 2)]  # A B A B A B
     # each server run: a fresh start, one warm-up, the measured pass, a stop (LMCache server too)
-    first = events[:events.index(("close", "apc", 0)) + 1]
+    first = events[:events.index(("close", "apc", 0)) + 2]
     assert first == [("open", "apc", 0), ("start", "apc", 0), ("phase", "apc", "warmup_run0"),
-                     ("phase", "apc", "repeat_run0_0"), ("stop", "apc", 0, True), ("close", "apc", 0)]
+                     ("phase", "apc", "repeat_run0_0"), ("stop", "apc", 0, True), ("close", "apc", 0),
+                     ("keep", "apc", 0)]  # each finished server run is kept for a restarted job
     for arm in arms:
         phases = arm.recorder.meta.phases
         measured = {n: p for n, p in phases.items() if p.kind == "repeat"}
@@ -137,6 +148,89 @@ def test_an_arm_that_cannot_run_is_written_as_not_run_and_the_others_still_run(c
     meta = results.read_meta(results.meta_path(nr))
     assert meta.status == "not_run" and meta.reason == "LMCache needs CUDA" and meta.arm == "lmcache_cpu"
     assert not (tmp_path / "lmcache").exists()  # no store made for an arm that does not run
+
+
+# -- a job cut off after some server runs and started again ------------------------------
+class CutOff(Exception):
+    pass
+
+
+def fake_server_runs(arm, opened, cut_at=None):
+    """``arm.server_run`` on stand-in servers: books a phase and a record per server run (no
+    request), records a start and a stop; raises CutOff when server run ``cut_at`` opens."""
+    @contextlib.contextmanager
+    def server_run(i):
+        if i == cut_at:
+            raise CutOff(f"budget reached at server run {i}")
+        opened.append((arm.name, i))
+        arm.starts.append({"process": "vllm", "at": f"t{i}", "startup_s": 1.0, "server_run": i})
+        yield SimpleNamespace(spec=arm.spec)
+        arm.stops.append({"process": "vllm", "at": f"t{i}", "returncode": 0, "server_run": i})
+    return server_run
+
+
+async def book_one(c, p, i, *, arms):
+    arm = next(a for a in arms if a.spec is c.spec)
+    name = results.phase_name("repeat", f"run{i}", 0)
+    arm.meta.add_phase(name, results.Phase(kind="repeat", n_requests=1, wall_s=0.1, counters={"x": 1.0},
+                                           server_run=i, repeat=0))
+    arm.recorder.records.append(results.RequestRecord(
+        platform="cpu", experiment="random_overhead", arm=arm.name, phase=name, phase_kind="repeat", seq=0,
+        prompt_tokens=8, cached_tokens=0, output_tokens=2, ttft_ms=10.0 + i, itl_ms=[1.0], e2e_ms=12.0,
+        error=None, server_run=i))
+
+
+def test_a_job_started_again_takes_the_server_runs_it_kept_and_measures_only_the_rest(config, tmp_path, repo):
+    spec = a_spec(config, tmp_path, "apc", repo)
+
+    def start(cut_at=None, spec=spec):
+        arms, opened = experiments.prepare([spec], has_cuda=False), []
+        for a in arms:
+            a.server_run = fake_server_runs(a, opened, cut_at)
+        one = lambda c, p, i: book_one(c, p, i, arms=arms)  # noqa: E731
+        try:
+            asyncio.run(experiments.alternate(arms, 3, one))
+        except CutOff:
+            pass
+        return arms[0], opened
+
+    arm, opened = start(cut_at=2)  # cut off in the third server run
+    assert opened == [("apc", 0), ("apc", 1)]
+    kept = sorted(p.name for p in experiments.ArmRuns.kept_dir(spec).iterdir())
+    assert kept == ["apc.run0.json", "apc.run1.json"]
+
+    arm, opened = start()  # started again: only the third server run is measured
+    assert opened == [("apc", 2)]
+    assert [p.server_run for p in arm.meta.phases.values()] == [0, 1, 2]
+    assert [r.ttft_ms for r in arm.recorder.records] == [10.0, 11.0, 12.0]
+    assert [("resumed_from" in s, s["server_run"]) for s in arm.starts] == [(True, 0), (True, 1), (False, 2)]
+    assert all("resumed_from" in s for s in arm.stops[:2]) and "resumed_from" not in arm.stops[2]
+
+    # kept by other code or config: deleted and measured again
+    for p in experiments.ArmRuns.kept_dir(spec).iterdir():
+        p.unlink()
+    start(cut_at=1)
+    other = dataclasses.replace(spec, config_hash="1" * 16)
+    arm, opened = start(spec=other)
+    assert opened == [("apc", 0), ("apc", 1), ("apc", 2)]
+
+
+def test_run_alternating_removes_what_it_kept_once_the_arms_are_written(config, tmp_path, repo, monkeypatch):
+    spec = a_spec(config, tmp_path, "apc", repo)
+    opened, original = [], experiments.server_runs.prepare
+
+    def prepare(specs, has_cuda=None):  # the real arms, on stand-in server runs
+        arms = original(specs, has_cuda)
+        for a in arms:
+            a.server_run = fake_server_runs(a, opened)
+        monkeypatch.setitem(experiments.server_runs.SERVER_RUNS, "random_overhead",
+                            lambda c, p, i: book_one(c, p, i, arms=arms))
+        return arms
+
+    monkeypatch.setattr(experiments.server_runs, "prepare", prepare)
+    metas = experiments.run_alternating([spec], 2, has_cuda=False)
+    assert metas[0]["status"] == "ok" and metas[0]["n_requests"] == 2 and len(opened) == 2
+    assert not experiments.ArmRuns.kept_dir(spec).exists()
 
 
 def test_run_alternating_with_no_arm_that_can_run_starts_nothing(config, tmp_path, repo):

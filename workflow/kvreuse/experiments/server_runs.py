@@ -1,6 +1,16 @@
 """Alternating server runs (kvreuse.alternating): the experiments of :data:`SERVER_RUNS`
 compare their arms across several fresh server runs, the arms taking turns (A B A B ...);
-``run_alternating`` drives every arm of one such experiment on one platform."""
+``run_alternating`` drives every arm of one such experiment on one platform.
+
+**Resuming.** Such a job is long (six vLLM starts for three arms and two rounds: about ten
+minutes on the H200), longer than one command on a lent GPU host may run. After each server run
+an arm's part of it (its phases, records, starts and stops, store summaries) is kept in
+``<raw dir>/.server-runs/<arm>.run<i>.json``; a job started again (the same job cut off at a
+time budget, SIGINT) takes the server runs kept there instead of measuring them again, if they
+were made by the same code (git commit), config (config hash) and accelerator (GPU, its UUIDs,
+host); otherwise they are deleted and measured again. Their starts and stops say so
+(``resumed_from``: when the kept server run was made). The folder is removed once the arms'
+files are written."""
 
 from __future__ import annotations
 
@@ -8,7 +18,9 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
+import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +31,18 @@ from ..gpu_share import MeasureLock
 from ..lmcache import logs as lmcache_logs
 from ..plan import ServerPlan
 from ..recorder import ClientSettings, Recorder
-from ..results import RunMeta, meta_path, read_meta
+from ..results import (RunMeta, atomic_write_text, meta_path, phase_from_dict, read_meta,
+                       record_from_dict)
 from ..server import exit_on_signals
-from ..servers import Servers
+from ..servers import Servers, now_iso
 from ..workloads import PromptMaker
 from .context import Context, RunSpec, arm_plan, base_meta, finish_meta, write_not_run, write_pair
 from .miss import miss
 from .overhead import random_overhead
 
 log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
+#: where a job's finished server runs are kept until it has written its arms' files
+KEPT_DIR = ".server-runs"
 
 #: experiments run as alternating server runs (kvreuse.alternating): one server run of one arm
 SERVER_RUNS: dict[str, Callable[[Context, dict, int], Awaitable[None]]] = {
@@ -68,6 +83,63 @@ class ArmRuns:
     @staticmethod
     def run_dir(spec: RunSpec, server_run: int) -> Path:
         return spec.log_dir / f"run{server_run}"
+
+    # -- a server run kept for a job started again (module docstring: Resuming) --------------
+    @staticmethod
+    def kept_dir(spec: RunSpec) -> Path:
+        return spec.out_jsonl.parent / KEPT_DIR
+
+    def kept_path(self, server_run: int) -> Path:
+        return self.kept_dir(self.spec) / f"{self.name}.run{server_run}.json"
+
+    def identity(self) -> dict:
+        """What a kept server run must share with this job to be taken: code, config, GPU."""
+        m = self.meta
+        return {"git_commit": m.git_commit, "config_hash": m.config_hash, "accelerator": m.accelerator,
+                "platform": m.platform, "experiment": m.experiment, "arm": m.arm}
+
+    def keep(self, server_run: int, phases_before: set, n_records_before: int) -> None:
+        """Keep what server run ``server_run`` added to this arm."""
+        m = self.meta
+        kept = {"identity": self.identity(), "server_run": server_run, "made_at": now_iso(),
+                "phases": {k: dataclasses.asdict(v) for k, v in m.phases.items() if k not in phases_before},
+                "records": [dataclasses.asdict(r) for r in self.recorder.records[n_records_before:]],
+                "starts": [x for x in self.starts if x["server_run"] == server_run],
+                "stops": [x for x in self.stops if x["server_run"] == server_run],
+                "lmcache": [x for x in self.lmcache if x["server_run"] == server_run],
+                "offload": [x for x in self.offload if x["server_run"] == server_run]}
+        path = self.kept_path(server_run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(kept, default=str))
+
+    def resume(self, server_run: int) -> bool:
+        """Take server run ``server_run`` from an earlier start of this job, if it was kept by
+        the same code, config and GPU (True); a kept run that was not is deleted (False)."""
+        path = self.kept_path(server_run)
+        if not path.exists():
+            return False
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("%s: unreadable (%s): server run %d of %s is measured again", path, e, server_run + 1, self.name)
+            path.unlink(missing_ok=True)
+            return False
+        if kept.get("identity") != json.loads(json.dumps(self.identity(), default=str)):
+            log.warning("%s: made by another commit, config or GPU (%s): server run %d of %s is measured "
+                        "again", path, kept.get("identity"), server_run + 1, self.name)
+            path.unlink()
+            return False
+        since = {"resumed_from": kept["made_at"]}
+        for name, phase in kept["phases"].items():
+            self.meta.add_phase(name, phase_from_dict(phase, f"{path}: phase {name}"))
+        self.recorder.records.extend(record_from_dict(r, str(path)) for r in kept["records"])
+        self.starts += [{**x, **since} for x in kept["starts"]]
+        self.stops += [{**x, **since} for x in kept["stops"]]
+        self.lmcache += kept["lmcache"]
+        self.offload += kept["offload"]
+        log.info("%s: server run %d of arm %s taken from %s (made %s by this commit and config on this GPU)",
+                 self.spec.experiment, server_run + 1, self.name, path, kept["made_at"])
+        return True
 
     @contextlib.contextmanager
     def server_run(self, i: int) -> Iterator[Context]:
@@ -114,9 +186,13 @@ async def alternate(arms: list, server_runs: int,
     """``server_runs`` rounds, each arm once per round, in order (A B A B ...): ``one_run`` on a
     fresh context from each arm's ``server_run(i)``."""
     for i, arm in alternating.schedule(arms, server_runs):
+        if arm.resume(i):
+            continue
         log.info("%s: server run %d of %d, arm %s", arm.spec.experiment, i + 1, server_runs, arm.name)
+        phases_before, n_records_before = set(arm.meta.phases), len(arm.recorder.records)
         with arm.server_run(i) as c:
             await one_run(c, c.spec.params, i)
+        arm.keep(i, phases_before, n_records_before)
 
 
 def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | None = None) -> list[dict]:
@@ -148,4 +224,6 @@ def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | Non
         if a.offload:
             meta.offload = {**a.offload[0], "server_runs": a.offload}
         write_pair(a.spec.out_jsonl, a.recorder.records, meta)
+    for a in arms:
+        shutil.rmtree(ArmRuns.kept_dir(a.spec), ignore_errors=True)
     return [read_meta(meta_path(s.out_jsonl)).to_dict() for s in specs]
