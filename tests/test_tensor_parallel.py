@@ -150,3 +150,15 @@ def test_the_reload_model_loads_each_gpus_share_over_its_own_link(cfg):
     assert tables_reload.link_bytes_per_token(one, total) == total
     assert tables_reload.link_bytes_per_token(four, total) == total / 4
     assert tables_reload.link_bytes_per_token(four, None) is None
+
+
+def test_every_multi_gpu_server_keeps_nvlink_multicast_off(cfg, tmp_path):
+    """The lent hosts with several H200 require NVLink multicast off in every program (NCCL,
+    PyTorch's symmetric memory, NVSHMEM): each platform with tensor parallelism sets it in the
+    environment of the servers it starts, whatever the environment the run was started in."""
+    off = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+    multi = [p for p in cfg["platforms"] if platforms.gpus(p) > 1]
+    assert multi
+    for p in multi:
+        env = kc.server_config(cfg, p)["env"]
+        assert {k: env.get(k) for k in off} == off, p
