@@ -53,3 +53,11 @@ def arm_label(arm: str, state: str) -> str:
     kernels did not load (or are not known to have), else the arm's name."""
     mark = MARKS.get(state)
     return f"{arm} ({mark})" if mark else arm
+
+
+def run_columns(meta: RunMeta) -> dict:
+    """The columns a table's row of a run starts with: which run (platform, arm, its label with
+    the kernel mark), whether it ran and why not, and its kernel state."""
+    state = status(meta)
+    return {"platform": meta.platform, "arm": meta.arm, "arm_label": arm_label(meta.arm, state),
+            "status": meta.status, "reason": meta.reason or "", "lmcache_kernels": state}

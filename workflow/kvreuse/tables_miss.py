@@ -27,9 +27,7 @@ def miss_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -
     ok = df[df["phase_kind"].isin(CASES) & df["error"].isna()] if len(df) else df
     rows = []
     for m in metas:
-        state = kernels.status(m)
-        base = {"platform": m.platform, "arm": m.arm, "arm_label": kernels.arm_label(m.arm, state),
-                "status": m.status, "reason": m.reason or "", "lmcache_kernels": state}
+        base = kernels.run_columns(m)
         if m.status != "ok":
             rows.append(base)
             continue

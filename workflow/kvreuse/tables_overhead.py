@@ -25,9 +25,7 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
     rows = []
     for m in metas:
         p, arm = m.platform, m.arm
-        state = kernels.status(m)
-        row = {"platform": p, "arm": arm, "arm_label": kernels.arm_label(arm, state), "status": m.status,
-               "reason": m.reason or "", "lmcache_kernels": state}
+        row = kernels.run_columns(m)
         sub = df[(df.platform == p) & (df.arm == arm)]
         if len(sub):
             row.update(n=len(sub), server_runs=sub["server_run"].fillna(0).nunique(),

@@ -57,9 +57,7 @@ def pressure_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc
                  for m in metas for ph in m.phases.values() if ph.kind in WORKLOADS}
     rows = []
     for m in metas:
-        state = kernels.status(m)
-        base = {"platform": m.platform, "arm": m.arm, "arm_label": kernels.arm_label(m.arm, state),
-                "status": m.status, "reason": m.reason or "", "lmcache_kernels": state}
+        base = kernels.run_columns(m)
         if m.status != "ok":
             rows.append(base)
             continue
