@@ -31,8 +31,8 @@ def frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
 def pressure(saved_median_ci=(30.0, 50.0)) -> pd.DataFrame:
     """pressure.csv: APC, LMCache (measured), an offloading arm not run; prefix_repetition only."""
     base = {"platform": "h200", "status": "ok", "reason": "", "lmcache_kernels": "loaded",
-            "workload": "prefix_repetition", "ttft_mean_ms": 1000.0, "ttft_median_ms": 900.0, "ttft_p99_ms": 2000.0, "request_throughput_req_s": 2.0,
-            "output_throughput_tok_s": 256.0, "n": 128}
+            "workload": "prefix_repetition", "ttft_mean_ms": 1000.0, "ttft_median_ms": 900.0, "ttft_p99_ms": 2000.0,
+            "request_throughput_req_s": 2.0, "output_throughput_tok_s": 256.0, "n": 128}
     apc = {**base, "arm": "apc", "arm_label": "apc", "apc_hit_fraction": 0.4, "reuse_hit_fraction": 0.4}
     lo, hi = saved_median_ci
     lm = {**base, "arm": "lmcache_cpu", "arm_label": "lmcache_cpu", "ttft_mean_ms": 950.0, "ttft_median_ms": 860.0,
@@ -247,37 +247,26 @@ def test_links_name_a_known_claim_without_and_statistic():
 
 
 # -- the builders read what the aggregation writes -------------------------------------------------------
-def test_pressure_and_miss_tables_from_runs_give_rows_with_their_cis():
+def tables_from_runs() -> dict[str, pd.DataFrame]:
+    """pressure.csv and miss.csv from stand-in runs through their aggregation (kvreuse.tables_pressure,
+    kvreuse.tables_miss): APC and two stores, both pressure workloads, both miss cases (also the
+    write-up's LaTeX test, tests/test_paper_latex.py)."""
     from test_pressure_miss import MISS, PRESSURE, _bench_phase, _records, a_meta
 
     from kvreuse.tables_miss import miss_table
     from kvreuse.tables_pressure import pressure_table
 
-    metas = []
-    for arm, rps in (("apc", 2.0), ("lmcache_cpu", 2.5)):
-        m = a_meta("pressure", arm, PRESSURE)
-        m.add_phase("prefix_repetition", _bench_phase("prefix_repetition", {"vllm:prefix_cache_hits": 96}, rps))
-        metas.append(m)
-    df = pd.DataFrame(_records("pressure", "apc", "prefix_repetition", [100.0 + i for i in range(12)])
-                      + _records("pressure", "lmcache_cpu", "prefix_repetition", [60.0 + i for i in range(12)]))
-    pt = pressure_table(df, metas)
-    lm = pt[pt.arm == "lmcache_cpu"].iloc[0]
-    # the mean's saving and its bootstrap CI; the 99th percentile's only from stats.P99_MIN_N a side
-    assert lm.ttft_saved_mean_ms == pytest.approx(40.0) and 0 < lm.ttft_saved_mean_ci95_lo_ms < 40.0
-    assert np.isnan(lm.ttft_saved_p99_ms) and np.isnan(lm.ttft_saved_p99_ci95_lo_ms)
-    more = pd.concat([df.assign(seq=df.seq + 12 * k) for k in range(9)])  # 108 requests a side
-    big = pressure_table(more, metas).query("arm == 'lmcache_cpu'").iloc[0]
-    assert big.ttft_saved_p99_ms == pytest.approx(40.0) and big.ttft_saved_p99_ci95_lo_ms <= 40.0
-    rows = decision.table({"pressure": pt})
-    mean = pick(rows, metric="ttft_mean")
-    assert (mean.difference, mean.difference_ci95_hi, mean.verdict) == (
-        pytest.approx(-40.0), -lm.ttft_saved_mean_ci95_lo_ms, HELPS)
-    assert pick(rows, metric="ttft_p99").verdict == NO_CI
-    assert pick(rows, metric="request_throughput_change").difference == pytest.approx(25.0)
-
     metas, recs = [], []
-    for arm, slow in (("apc", 1.0), ("vllm_offload_cpu", 1.1)):
-        m = a_meta("miss", arm, MISS)
+    for arm, rps, fast in (("apc", 2.0, 0.0), ("lmcache_cpu", 2.5, 40.0), ("vllm_offload_cpu", 1.9, -5.0)):
+        m = a_meta("pressure", arm, {**PRESSURE, "arms": ["apc", "lmcache_cpu", "vllm_offload_cpu"]})
+        for kind in ("prefix_repetition", "conversation"):
+            m.add_phase(kind, _bench_phase(kind, {"vllm:prefix_cache_hits": 96}, rps))
+            recs += _records("pressure", arm, kind, [100.0 - fast + i for i in range(12)])
+        metas.append(m)
+    pressure = pressure_table(pd.DataFrame(recs), metas)
+    metas, recs = [], []
+    for arm, slow in (("apc", 1.0), ("lmcache_cpu", 1.05), ("vllm_offload_cpu", 1.1)):
+        m = a_meta("miss", arm, {**MISS, "arms": ["apc", "lmcache_cpu", "vllm_offload_cpu"]})
         for run in range(2):
             for case in ("miss", "vram_hit"):
                 m.add_phase(f"{case}_64_run{run}", results.Phase(
@@ -286,10 +275,40 @@ def test_pressure_and_miss_tables_from_runs_give_rows_with_their_cis():
                 recs += _records("miss", arm, case, [slow * (50 + i + run) for i in range(3)], prefix_tokens=64,
                                  server_run=run)
         metas.append(m)
-    mt = miss_table(pd.DataFrame(recs), metas)
-    rows = decision.table({"miss": mt})
-    r = pick(rows, case="miss", metric="ttft_mean_change")
+    return {"pressure": pressure, "miss": miss_table(pd.DataFrame(recs), metas)}
+
+
+def test_pressure_and_miss_tables_from_runs_give_rows_with_their_cis():
+    from test_pressure_miss import PRESSURE, _bench_phase, _records, a_meta
+
+    from kvreuse.tables_pressure import pressure_table
+
+    made = tables_from_runs()
+    pt, mt = made["pressure"], made["miss"]
+    lm = pt[(pt.arm == "lmcache_cpu") & (pt.workload == "prefix_repetition")].iloc[0]
+    # the mean's saving and its bootstrap CI; the 99th percentile's only from stats.P99_MIN_N a side
+    assert lm.ttft_saved_mean_ms == pytest.approx(40.0) and 0 < lm.ttft_saved_mean_ci95_lo_ms < 40.0
+    assert np.isnan(lm.ttft_saved_p99_ms) and np.isnan(lm.ttft_saved_p99_ci95_lo_ms)
+    rows = decision.table(made)
+    mean = pick(rows, arm="lmcache_cpu", case="prefix_repetition", metric="ttft_mean")
+    assert (mean.difference, mean.difference_ci95_hi, mean.verdict) == (
+        pytest.approx(-40.0), -lm.ttft_saved_mean_ci95_lo_ms, HELPS)
+    assert pick(rows, arm="lmcache_cpu", case="conversation", metric="ttft_p99").verdict == NO_CI
+    assert pick(rows, arm="lmcache_cpu", case="prefix_repetition",
+                metric="request_throughput_change").difference == pytest.approx(25.0)
+    # 108 requests a side: the 99th percentile's saving and its CI
+    df = pd.DataFrame(sum(([r for k in range(9) for r in _records("pressure", arm, "prefix_repetition",
+                                                                  [100.0 - fast + i for i in range(12)])]
+                           for arm, fast in (("apc", 0.0), ("lmcache_cpu", 40.0))), []))
+    metas = []
+    for arm in ("apc", "lmcache_cpu"):
+        m = a_meta("pressure", arm, PRESSURE)
+        m.add_phase("prefix_repetition", _bench_phase("prefix_repetition", {}, 2.0))
+        metas.append(m)
+    big = pressure_table(df, metas).query("arm == 'lmcache_cpu'").iloc[0]
+    assert big.ttft_saved_p99_ms == pytest.approx(40.0) and big.ttft_saved_p99_ci95_lo_ms <= 40.0
+
+    r = pick(rows, arm="vllm_offload_cpu", case="miss", metric="ttft_mean_change")
     src = mt[(mt.arm == "vllm_offload_cpu") & (mt.case == "miss")].iloc[0]
-    assert (r.difference, r.difference_ci95_lo, r.verdict) == (
-        pytest.approx(10.0), src.ttft_delta_ci95_lo_pct, HURTS)
+    assert (r.difference, r.difference_ci95_lo, r.verdict) == (pytest.approx(10.0), src.ttft_delta_ci95_lo_pct, HURTS)
     assert r.without_reuse == mt[(mt.arm == "apc") & (mt.case == "miss")].iloc[0].ttft_mean_ms
