@@ -87,8 +87,7 @@ METRICS = {
 METRIC_KINDS = {"ttft": "TTFT at the first streamed token", "e2e": "end-to-end latency of the whole request",
                 "throughput": "throughput"}
 #: what a statistic means, for ``what_differs`` (a link's ``study_statistic``: one of these)
-STATISTICS = {"median": "median", "mean": "mean", "p99": "99th percentile", "rate": "a run's rate",
-              "single": "single requests"}
+STATISTICS = {"median": "median", "mean": "mean", "p99": "99th percentile", "rate": "a run's rate"}
 
 COLUMNS = ["workload", "case", "platform", "arm", "arm_label", "metric", "metric_label", "compared",
            "prefix_tokens", "unit", "better", "with_reuse", "without_reuse", "difference", "difference_ci95_lo",
