@@ -23,18 +23,31 @@ source table has it; a restart row also carries its store's measured **break-eve
 
 **Row sources.** ``SOURCES`` is the registry: per workload, the tables it reads and one small
 function that turns them into rows. A source whose table is absent from the results, or has no
-measured row, gives no rows, and ``absent`` names it with the reason. A workload of issue 13
-whose experiment lands later has a source with no builder yet (``build=None``); its builder is the
-one function to add (``make_row`` gives a row, ``row_key`` its evidence key).
+measured row, gives no rows, and ``absent`` names it with the reason. A workload whose experiment
+lands later has a source with no builder yet (``build=None``); its builder is the one function to
+add (``make_row`` gives a row, ``row_key`` its evidence key).
 
 **The source studies beside ours.** workflow/resources/decision.yaml links a claim of
 workflow/resources/cited.yaml (by id: its value, unit, GPU, model and definition are cited.yaml's,
-not repeated) to the decision rows it compares with (workload, arm, metric; platform and prefix
-length where given), and states in fields what the study measured (``study_metric``: ``e2e`` or
-``ttft``; ``study_output_tokens``, ``study_prefix_tokens``). ``what_differs`` lists, from those
-fields against the row's, the GPU (the claim's GPU against our platform), the model (ours by
-runs.csv; the same where our model's name is within the study's), the output length (ours by the
-config), the prefix length and the metric.
+not repeated) to the decision rows it compares with (workload, arm, metric; platform, case and
+prefix length where given), and states in fields what the study measured (``study_metric``:
+``e2e``, ``ttft`` or ``throughput``; ``study_statistic``: mean, median, ...;
+``study_output_tokens``, ``study_prefix_tokens``). Where the study gives its two sides and no
+difference (with LMCache and without), the link names the claim with reuse and ``claim_without``
+the claim without: both numbers stand beside ours, none is computed from them. ``what_differs``
+lists, from those fields against the row's, the GPU (the claim's GPU against our platform), the
+model (ours by runs.csv; the same where our model's name is within the study's), the output length
+(ours by the config), the prefix length, the metric and the statistic.
+
+**Issue 13's workloads** (each compared where its own table compares, every CI the table's):
+pressure: each store arm against APC alone per workload (``case``: prefix_repetition,
+conversation), TTFT mean, median and P99 and the change of throughput (one run a side: no CI);
+multiturn_long: each arm against its ``reference_arm`` (APC alone) per history length (in
+``prefix_tokens``); chunk_sweep: each chunk size against chunk 256 (the reference arm, the source
+study's best: ``compared`` names the pair); miss: each offloading arm against APC alone per prompt
+length (in ``prefix_tokens``) and case (misses; every prompt already in GPU memory), the change of
+mean TTFT and E2E in percent; remote: per remote arm, a hit after vLLM's restart against a miss,
+with the hit fraction by the counters.
 """
 
 from __future__ import annotations
@@ -58,24 +71,31 @@ class Metric:
     unit: str
     better: str     # "lower" or "higher"
     kind: str       # what is timed: "ttft" (first streamed token), "e2e" (whole request), "throughput"
+    statistic: str  # over the requests: "median", "mean", "p99"; "rate" (a run's throughput)
 
 
 METRICS = {
-    "ttft_median": Metric("TTFT median", "ms", "lower", "ttft"),
-    "ttft_mean_change": Metric("TTFT mean, change", "%", "lower", "ttft"),
-    "e2e_mean_change": Metric("E2E mean, change", "%", "lower", "e2e"),
+    "ttft_median": Metric("TTFT median", "ms", "lower", "ttft", "median"),
+    "ttft_mean": Metric("TTFT mean", "ms", "lower", "ttft", "mean"),
+    "ttft_p99": Metric("TTFT P99", "ms", "lower", "ttft", "p99"),
+    "ttft_mean_change": Metric("TTFT mean, change", "%", "lower", "ttft", "mean"),
+    "e2e_mean_change": Metric("E2E mean, change", "%", "lower", "e2e", "mean"),
+    "request_throughput_change": Metric("Requests/s, change", "%", "higher", "throughput", "rate"),
+    "output_throughput_change": Metric("Output tokens/s, change", "%", "higher", "throughput", "rate"),
 }
 #: what a metric kind means, for ``what_differs``
 METRIC_KINDS = {"ttft": "TTFT at the first streamed token", "e2e": "end-to-end latency of the whole request",
                 "throughput": "throughput"}
+#: what a statistic means, for ``what_differs`` (a link's ``study_statistic``: one of these)
+STATISTICS = {"median": "median", "mean": "mean", "p99": "99th percentile", "rate": "a run's rate"}
 
-COLUMNS = ["workload", "platform", "arm", "arm_label", "metric", "metric_label", "compared", "prefix_tokens",
-           "unit", "better", "with_reuse", "without_reuse", "difference", "difference_ci95_lo",
+COLUMNS = ["workload", "case", "platform", "arm", "arm_label", "metric", "metric_label", "compared",
+           "prefix_tokens", "unit", "better", "with_reuse", "without_reuse", "difference", "difference_ci95_lo",
            "difference_ci95_hi", "n_with_reuse", "n_without_reuse", "verdict", "persistence", "hit_fraction",
            "break_even_status", "break_even_tokens", "break_even_ci_low", "break_even_ci_high", "freshness",
            "source_table", "source_key", "study_claim", "study_source", "study_quantity", "study_value",
-           "study_low", "study_high", "study_unit", "study_gpu", "study_model", "study_metric",
-           "study_output_tokens", "output_tokens", "model", "what_differs"]
+           "study_low", "study_high", "study_unit", "study_claim_without", "study_value_without", "study_gpu",
+           "study_model", "study_metric", "study_output_tokens", "output_tokens", "model", "what_differs"]
 
 
 def verdict(lo, hi, better: str = "lower") -> str:
@@ -186,6 +206,125 @@ def random_overhead_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     return out
 
 
+# -- issue 13's workloads ---------------------------------------------------------------------
+def _reference_row(t: pd.DataFrame, r: dict, ref: str, keys: tuple[str, ...]) -> dict:
+    """The reference arm's row beside ``r`` (the same values of ``keys``), or {}."""
+    sel = t[t["arm"] == ref]
+    for k in keys:
+        sel = sel[sel[k] == r[k]] if kclaims.is_number(r.get(k)) or isinstance(r.get(k), str) else sel.iloc[0:0]
+    return sel.iloc[0].to_dict() if len(sel) else {}
+
+
+#: pressure.csv: metric -> the arm's column, and what it saves against APC (APC minus arm) with its CI
+PRESSURE_TTFT = {
+    "ttft_mean": ("ttft_mean_ms", "ttft_saved_mean_ms", "ttft_saved_mean_ci95_lo_ms", "ttft_saved_mean_ci95_hi_ms"),
+    "ttft_median": ("ttft_median_ms", "ttft_saved_median_ms", "ttft_saved_ci95_lo_ms", "ttft_saved_ci95_hi_ms"),
+    "ttft_p99": ("ttft_p99_ms", "ttft_saved_p99_ms", "ttft_saved_p99_ci95_lo_ms", "ttft_saved_p99_ci95_hi_ms")}
+#: pressure.csv: metric -> (the arm's column, its change against APC in %; one run a side: no CI)
+PRESSURE_THROUGHPUT = {"request_throughput_change": ("request_throughput_req_s", "request_throughput_change_pct"),
+                       "output_throughput_change": ("output_throughput_tok_s", "output_throughput_change_pct")}
+
+
+def pressure_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
+    """pressure.csv per workload (case: prefix_repetition, conversation): each store arm against
+    APC alone; TTFT by mean, median and P99 (APC minus arm in the table: negated, with its CI),
+    throughput's change in percent (no CI: one run a side)."""
+    from .tables_pressure import REFERENCE
+
+    t = _ok(tables.get("pressure"))
+    out = []
+    for r in t.to_dict("records") if len(t) else []:
+        if r["arm"] == REFERENCE:
+            continue
+        ref = _reference_row(t, r, REFERENCE, ("platform", "workload"))
+        what = "with the store vs APC only, under KV pressure"
+        key = row_key(platform=r["platform"], arm=r["arm"], workload=r["workload"])
+        extra = {"case": r["workload"], "hit_fraction": _num(r.get("reuse_hit_fraction"))}
+        for metric, (col, saved, lo, hi) in PRESSURE_TTFT.items():
+            out.append(make_row("pressure", r, metric, what, r.get(col), ref.get(col), -_num(r.get(saved)),
+                                -_num(r.get(hi)), -_num(r.get(lo)), r.get("n"), ref.get("n"), "pressure", key,
+                                **extra))
+        for metric, (col, change) in PRESSURE_THROUGHPUT.items():
+            out.append(make_row("pressure", r, metric, what, r.get(col), ref.get(col), r.get(change), math.nan,
+                                math.nan, r.get("n"), ref.get("n"), "pressure", key, **extra))
+    return out
+
+
+def _conversation_rows(workload: str, compared: Callable[[dict, dict], str]) -> Callable:
+    """multiturn_long.csv / chunk_sweep.csv, per history length (scope overall): each arm against
+    the table's reference_arm by TTFT median (reference minus arm in the table: negated)."""
+
+    def build(tables: dict[str, pd.DataFrame]) -> list[dict]:
+        t = _ok(tables.get(workload))
+        if t.empty:
+            return []
+        t = t[t["scope"] == "overall"]
+        out = []
+        for r in t.to_dict("records"):
+            if r["arm"] == r["reference_arm"]:
+                continue
+            ref = _reference_row(t, r, r["reference_arm"], ("platform", "history_tokens"))
+            out.append(make_row(workload, {**r, "prefix_tokens": r["history_tokens"]}, "ttft_median", compared(r, ref),
+                                r["ttft_median_ms"], ref.get("ttft_median_ms"), -_num(r.get("ttft_saved_ms")),
+                                -_num(r.get("ttft_saved_ci95_hi_ms")), -_num(r.get("ttft_saved_ci95_lo_ms")),
+                                r["n"], r.get("n_reference"), workload,
+                                row_key(platform=r["platform"], arm=r["arm"], history_tokens=r["history_tokens"],
+                                        scope="overall"),
+                                hit_fraction=_num(r.get("hit_rate"))))
+        return out
+
+    return build
+
+
+def _chunk(x) -> str:
+    return f"chunk {int(x)}" if kclaims.is_number(x) else "chunk not recorded"
+
+
+multiturn_long_rows = _conversation_rows(
+    "multiturn_long", lambda r, ref: f"{r['arm']} vs {r['reference_arm']} (APC only), long conversations")
+chunk_sweep_rows = _conversation_rows(
+    "chunk_sweep", lambda r, ref: f"{_chunk(r.get('chunk_size'))} vs {_chunk(ref.get('chunk_size'))} "
+                                  f"({r['reference_arm']}, the study's best)")
+
+#: miss.csv's cases, as the rows say them
+MISS_CASES = {"miss": "misses (nothing reusable)", "vram_hit": "every prompt already in GPU memory"}
+
+
+def miss_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
+    """miss.csv per prompt length and case: each offloading arm's change of mean TTFT and E2E
+    against APC alone on the same prompts, in percent, with the table's CI (runs, then prompts)."""
+    from .tables_miss import REFERENCE
+
+    t = _ok(tables.get("miss"))
+    out = []
+    for r in t.to_dict("records") if len(t) else []:
+        if r["arm"] == REFERENCE:
+            continue
+        ref = _reference_row(t, r, REFERENCE, ("platform", "prompt_tokens", "case"))
+        for metric, col in (("ttft_mean_change", "ttft"), ("e2e_mean_change", "e2e")):
+            out.append(make_row("miss", {**r, "prefix_tokens": r["prompt_tokens"]}, metric,
+                                f"with the store vs APC only, {MISS_CASES.get(r['case'], r['case'])}",
+                                r.get(f"{col}_mean_ms"), ref.get(f"{col}_mean_ms"), r.get(f"{col}_delta_pct"),
+                                r.get(f"{col}_delta_ci95_lo_pct"), r.get(f"{col}_delta_ci95_hi_pct"), r.get("n"),
+                                ref.get("n"), "miss",
+                                row_key(platform=r["platform"], arm=r["arm"], prompt_tokens=r["prompt_tokens"],
+                                        case=r["case"]),
+                                case=r["case"], hit_fraction=_num(r.get("hit_fraction"))))
+    return out
+
+
+def remote_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
+    """remote.csv per remote arm: the first request on a populated prompt after vLLM's restart
+    (its KV only in the remote store) against a never-seen one (miss minus hit in the table:
+    negated), with the hit fraction by the counters."""
+    return [make_row("remote", r, "ttft_median", "a hit from the remote store after a restart vs a miss",
+                     r["hit_ttft_median_ms"], r["miss_ttft_median_ms"], -_num(r["diff_median_ms"]),
+                     -_num(r["diff_ci95_hi_ms"]), -_num(r["diff_ci95_lo_ms"]), r["n_hit"], r["n_miss"], "remote",
+                     row_key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
+                     hit_fraction=_num(r.get("hit_fraction")))
+            for r in _ok(tables.get("remote")).to_dict("records")]
+
+
 @dataclass(frozen=True)
 class Source:
     workload: str
@@ -207,12 +346,12 @@ SOURCES = (
            "two vLLMs sharing one LMCache server"),
     Source("random_overhead", ("random_overhead",), random_overhead_rows,
            "unique prompts, nothing reusable: the cost of a store"),
-    # issue 13's experiments, their builders to come with their tables
-    Source("pressure", ("pressure",), None, "prefix repetition under KV pressure"),
-    Source("multiturn_long", ("multiturn_long",), None, "long multi-turn conversations"),
-    Source("chunk_sweep", ("chunk_sweep",), None, "LMCache chunk sizes on long multi-turn"),
-    Source("miss", ("miss",), None, "random inputs with nothing reusable, and all hits in GPU memory"),
-    Source("remote", ("remote",), None, "LMCache's remote stores, hit against miss"),
+    # issue 13's experiments
+    Source("pressure", ("pressure",), pressure_rows, "prefix repetition under KV pressure"),
+    Source("multiturn_long", ("multiturn_long",), multiturn_long_rows, "long multi-turn conversations"),
+    Source("chunk_sweep", ("chunk_sweep",), chunk_sweep_rows, "LMCache chunk sizes on long multi-turn"),
+    Source("miss", ("miss",), miss_rows, "random inputs with nothing reusable, and all hits in GPU memory"),
+    Source("remote", ("remote",), remote_rows, "LMCache's remote stores, hit against miss"),
 )
 
 
@@ -243,14 +382,16 @@ def what_differs(row: dict, claim: dict, link: dict) -> str:
     theirs, ours = link.get("study_prefix_tokens"), row.get("prefix_tokens")
     if kclaims.is_number(theirs) and kclaims.is_number(ours) and int(theirs) != int(ours):
         out.append(f"prefix: {int(theirs)} tokens (ours {int(ours)})")
-    kind = METRICS[row["metric"]].kind
-    if link.get("study_metric") and link["study_metric"] != kind:
-        out.append(f"metric: {METRIC_KINDS[link['study_metric']]} (ours {METRIC_KINDS[kind]})")
+    m = METRICS[row["metric"]]
+    if link.get("study_metric") and link["study_metric"] != m.kind:
+        out.append(f"metric: {METRIC_KINDS[link['study_metric']]} (ours {METRIC_KINDS[m.kind]})")
+    if link.get("study_statistic") and link["study_statistic"] != m.statistic:
+        out.append(f"statistic: {STATISTICS[link['study_statistic']]} (ours {STATISTICS[m.statistic]})")
     return "; ".join(out)
 
 
 def _matches(row: dict, link: dict) -> bool:
-    for k in ("workload", "arm", "metric", "platform"):
+    for k in ("workload", "case", "arm", "metric", "platform"):
         if link.get(k) is not None and row.get(k) != link[k]:
             return False
     if link.get("prefix_tokens") is not None and row.get("prefix_tokens") != float(link["prefix_tokens"]):
@@ -263,9 +404,13 @@ def beside(rows: list[dict], cited: dict, links: list[dict]) -> list[dict]:
     links on one row are an error in decision.yaml)."""
     by_id = {c["id"]: c for c in kclaims.claims(cited)}
     for link in links:
-        if link["claim"] not in by_id:
-            raise ValueError(f"decision.yaml links claim {link['claim']!r}, which cited.yaml does not have: "
-                             f"use an id of workflow/resources/cited.yaml")
+        for claim in (link["claim"], link.get("claim_without")):
+            if claim is not None and claim not in by_id:
+                raise ValueError(f"decision.yaml links claim {claim!r}, which cited.yaml does not have: "
+                                 f"use an id of workflow/resources/cited.yaml")
+        if link.get("study_statistic") not in (None, *STATISTICS):
+            raise ValueError(f"decision.yaml, claim {link['claim']}: study_statistic {link['study_statistic']!r} is "
+                             f"not one of {sorted(STATISTICS)}")
         if link.get("study_metric") not in (None, *METRIC_KINDS):
             raise ValueError(f"decision.yaml, claim {link['claim']}: study_metric {link['study_metric']!r} is not "
                              f"one of {sorted(METRIC_KINDS)}")
@@ -283,6 +428,8 @@ def beside(rows: list[dict], cited: dict, links: list[dict]) -> list[dict]:
         rng = c.get("range") or [None, None]
         row.update(study_claim=c["id"], study_source=c["source"], study_quantity=c["quantity"],
                    study_value=c.get("value"), study_low=rng[0], study_high=rng[1], study_unit=c.get("unit"),
+                   study_claim_without=link.get("claim_without"),
+                   study_value_without=by_id[link["claim_without"]].get("value") if link.get("claim_without") else None,
                    study_gpu=c["setup"].get("gpu") or "not stated", study_model=c["setup"].get("model"),
                    study_metric=c.get("measures"), study_output_tokens=link.get("study_output_tokens"),
                    what_differs=what_differs(row, {"gpu": c["setup"].get("gpu"), "model": c["setup"].get("model")},

@@ -250,6 +250,8 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "ours_text_decision": ("Ours", None),
     "what_differs": ("What differs", None),
     "prefix_text": ("Prefix (tokens)", None),
+    "workload_text": ("Workload", None),
+    "case": ("Case", None),
     "metric_text": ("Metric", None),
     "difference_text": ("Reuse minus none", None),
     "ci_text": ("95% CI", None),

@@ -99,7 +99,8 @@ def table(data, columns: list[str], digits: int = 1, wrap: dict[str, str] | None
           long: bool = False) -> Markup:
     """A booktabs ``tabular`` of ``columns`` (those present, or ranges of two present columns),
     headers from kvreuse.labels, numbers right-aligned; '(no rows)' when there are none.
-    ``wrap``: column -> width (``3cm``): that column's text wraps, ragged right; ``long``: a
+    ``wrap``: column -> width (``3cm``): that column's text wraps, ragged right (and may break
+    after an underscore); ``long``: a
     ``longtable`` that breaks across pages, its header repeated (not inside a float)."""
     df = pd.DataFrame(data) if isinstance(data, list) else data
     if df is None or df.empty:
@@ -123,6 +124,8 @@ def table(data, columns: list[str], digits: int = 1, wrap: dict[str, str] | None
             align.append("r" if numeric else "l")
         if wrap and col in wrap and col in df.columns:
             align[-1] = r">{\raggedright\arraybackslash}p{%s}" % wrap[col]
+            # a long name (lmcache_cpu_chunk1024) may break after its underscores, not run off its column
+            cells[header(col)] = [c.replace(r"\_", r"\_\allowbreak{}") for c in cells[header(col)]]
     if not cells:
         return Markup(r"\emph{(no columns)}")
     out = pd.DataFrame(cells).style.hide(axis="index")

@@ -421,7 +421,9 @@ def _decision_texts(r: dict) -> dict:
         be_text = f"{fmt(r['break_even_tokens'], 0)} tokens"
     else:
         be_text = be if isinstance(be, str) else ""
-    return {"metric_text": f"{r['metric_label']} ({r['unit']})",
+    case = r.get("case")
+    return {"workload_text": f"{r['workload']} ({case})" if isinstance(case, str) and case else r["workload"],
+            "metric_text": f"{r['metric_label']} ({r['unit']})",
             "prefix_text": fmt(r["prefix_tokens"]) if claims.is_number(r.get("prefix_tokens")) else "",
             "difference_text": signed(r.get("difference")),
             "ci_text": f"{signed(lo)} to {signed(hi)}" if claims.is_number(lo) and claims.is_number(hi) else "",
@@ -452,12 +454,15 @@ def decision_context(t: dict[str, pd.DataFrame], cited: dict, links_path: Path =
         unit = f" {r['study_unit']}" if isinstance(r.get("study_unit"), str) else ""
         study = (f"{num(r['study_low'])} to {num(r['study_high'])}" if claims.is_number(r.get("study_low"))
                  else num(r.get("study_value"))) + unit
+        if claims.is_number(r.get("study_value_without")):  # the study's two sides, no difference of its own
+            study = f"without {num(r['study_value_without'])}, with {study}"
         ours = f"{signed(r['difference'])} {r['unit']}" + (
             f" ({signed(r['difference_ci95_lo'])} to {signed(r['difference_ci95_hi'])})"
             if claims.is_number(r.get("difference_ci95_lo")) else "")
         beside.append({**r, "study_text": f"{study} ({r['study_source']}, {r['study_gpu']})",
                        "ours_text_decision": ours,
-                       "what_differs": r.get("what_differs") or "none of GPU, model, output length, prefix, metric"})
+                       "what_differs": r.get("what_differs")
+                       or "none of GPU, model, output length, prefix, metric, statistic"})
     return {"table": pd.DataFrame(rows), "rows": rows, "n": len(rows), "summary": decision.summary(table),
             "verdicts": list(decision.VERDICTS), "beside": beside,
             "absent": decision.absent(t, table), "pending": [s.workload for s in decision.SOURCES if s.build is None],

@@ -15,6 +15,8 @@ from .results import RunMeta
 
 #: the measured cases of the miss experiment (its phase kinds)
 CASES = ("miss", "vram_hit")
+#: the arm every other arm is compared with (APC alone)
+REFERENCE = "apc"
 #: the columns of a table without runs (no platform ran the experiment), so that it reads back
 EMPTY_COLUMNS = ["platform", "arm", "arm_label", "status", "reason", "lmcache_kernels", "prompt_tokens", "case", "n",
                  "server_runs", "ttft_mean_ms", "e2e_mean_ms", "ttft_delta_pct", "ttft_delta_ci95_lo_pct",
@@ -22,7 +24,7 @@ EMPTY_COLUMNS = ["platform", "arm", "arm_label", "status", "reason", "lmcache_ke
                  "hit_fraction"]
 
 
-def miss_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = "apc") -> pd.DataFrame:
+def miss_table(df: pd.DataFrame, metas: list[RunMeta], reference: str = REFERENCE) -> pd.DataFrame:
     """One row per platform, arm, length and case (an arm that did not run: one row with why)."""
     ok = df[df["phase_kind"].isin(CASES) & df["error"].isna()] if len(df) else df
     rows = []
