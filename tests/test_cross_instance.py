@@ -44,8 +44,8 @@ class Servers:
     def __init__(self, events):
         self.events = events
 
-    def start(self, name="main", *, connector=True):
-        self.events.append(("start", name))
+    def start(self, name="main", *, connector=True, devices=None):
+        self.events.append(("start", name) if devices is None else ("start", name, devices))
 
     def stop(self, *names, lmcache_server=False):
         self.events.append(("stop", names, lmcache_server))
@@ -124,7 +124,7 @@ def test_a_populates_stops_and_b_reads_each_prefix_then_a_never_seen_one(config,
     # B's warm-up is never-seen too (a re-sent warm-up prompt would be loaded from the store)
     assert sent["warmup_instance_b"] not in [p for name, p in sent.items() if name != "warmup_instance_b"]
     assert ctx.meta.params == {**PARAMS, "stop_instance_a": True, "gpu_memory_utilization": 0.35,
-                                    "prefix_tokens_list": [1024, 2048], "n_cold": 2}
+                                    "prefix_tokens_list": [1024, 2048], "n_cold": 2, "instance_devices": None}
 
 
 def test_a_keeps_running_when_asked(config, tmp_path):

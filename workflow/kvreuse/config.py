@@ -155,8 +155,21 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def server_config(config: dict, platform: str) -> dict:
-    return deep_merge(config["server"], config["platforms"][platform]["server"])
+def server_config(config: dict, platform: str, experiment: str | None = None) -> dict:
+    """The platform's ``server`` over the top-level one; for ``experiment``, with the tensor
+    parallelism its instances run at (:func:`instance_devices`: the number of each one's GPUs)."""
+    server = deep_merge(config["server"], config["platforms"][platform]["server"])
+    devices = instance_devices(experiment_params(config, platform, experiment), experiment) if experiment else None
+    if devices:
+        server["tensor_parallel"] = len(next(iter(devices.values())))
+    return server
+
+
+def instance_devices(params: dict, experiment: str) -> dict[str, list[int]] | None:
+    """Each vLLM instance's GPUs (indices into the job's) where the experiment pins its
+    instances (``instance_devices``: cross_instance), else None (every instance on the job's GPUs)."""
+    path = ("experiments", experiment, "instance_devices")
+    return schema.get(params, *path) if schema.defines(*path) else None
 
 
 def experiment_params(config: dict, platform: str, experiment: str) -> dict:
@@ -165,7 +178,13 @@ def experiment_params(config: dict, platform: str, experiment: str) -> dict:
     return deep_merge(config["experiments"][experiment], over)
 
 
-def model_name(config: dict, platform: str) -> str:
+def model_name(config: dict, platform: str, experiment: str | None = None) -> str:
+    """The model a platform serves; for ``experiment``, its own ``model`` where it has one
+    (cross_instance on h200x2: the 8B, one instance per GPU, where the platform serves the 70B)."""
+    if experiment is not None and schema.defines("experiments", experiment, "model"):
+        own = schema.get(experiment_params(config, platform, experiment), "experiments", experiment, "model")
+        if own is not None:
+            return own
     return config["platforms"][platform]["model"]
 
 
@@ -348,6 +367,7 @@ def check(config: dict) -> None:
                         raise ConfigError(f"{key}: {arm!r} has no LMCache server for the two instances "
                                           f"to share (allowed: arms with lmcache.mode 'server': "
                                           f"{', '.join(shared) or 'none defined'})")
+                _check_instances(config, p, exp, params)
             if exp == "remote":  # hit against miss on a store that outlives vLLM's restart
                 remote = sorted(a for a, c in config["arms"].items() if is_remote_arm(c))
                 for arm in params["arms"]:
@@ -378,6 +398,45 @@ def check(config: dict) -> None:
         if arm.get("restart_lmcache_server") and not is_server_arm(arm):
             raise ConfigError(f"arms.{name}.restart_lmcache_server: only for an arm with "
                               f"lmcache.mode 'server' (a standalone LMCache server to restart)")
+
+
+def _check_instances(config: dict, p: str, exp: str, params: dict) -> None:
+    """An experiment's own model is defined and holds the platform's max_model_len; its
+    instances' GPUs (``instance_devices``) are as many for each (LMCache's keys hold the world
+    size), exist in a job of the platform (kvreuse.platforms.gpus) and split the model's KV heads."""
+    where = f"experiments.{exp} on platform {p}"
+    name = model_name(config, p, exp)
+    if name not in config["models"]:
+        raise ConfigError(f"{where}: model {name!r} is not defined under 'models' "
+                          f"(defined: {sorted(config['models'])})")
+    context = model_context(config["models"][name])
+    limit = server_config(config, p)["max_model_len"]
+    if context is not None and limit > context:
+        raise ConfigError(f"{where}: platforms.{p}.server.max_model_len {limit} is longer than the "
+                          f"context of model {name!r} ({context} tokens; allowed: <= {context})")
+    devices = instance_devices(params, exp)
+    if not devices:
+        return
+    sizes = {inst: len(d) for inst, d in devices.items()}
+    if len(set(sizes.values())) > 1:
+        raise ConfigError(f"{where}: instance_devices {devices} gives the instances different numbers "
+                          f"of GPUs ({sizes}), so they would serve at different tensor_parallel and "
+                          f"LMCache's keys (which hold the world size) would not match (allowed: as many "
+                          f"GPUs for each instance)")
+    gpus = platforms.gpus(p)
+    for inst, d in devices.items():
+        if max(d) >= gpus:
+            raise ConfigError(f"{where}: instance_devices.{inst} {d} names a GPU that a job of platform "
+                              f"{p} does not get ({gpus} GPU{'s' if gpus != 1 else ''}: allowed indices "
+                              f"{list(range(gpus)) or 'none'}; platforms with more GPUs: "
+                              f"{', '.join(n for n in platforms.NAMES if platforms.gpus(n) > max(d)) or 'none'})")
+    arch = kvmodel.model_config(config["models"][name])
+    tp = next(iter(sizes.values()))
+    if arch is not None:
+        try:
+            kvmodel.kv_heads_per_gpu(arch, tp)
+        except ValueError as e:
+            raise ConfigError(f"{where}: instance_devices: {e} (model {name!r})") from None
 
 
 def _check_tensor_parallel(config: dict, p: str, server: dict) -> None:

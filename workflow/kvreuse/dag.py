@@ -193,8 +193,9 @@ def all_targets(config: dict) -> list[str]:
             + DOCUMENTS)
 
 
-def model_dir(config: dict, platform: str) -> str:
-    return f"{config['paths']['models']}/{kc.model_name(config, platform)}"
+def model_dir(config: dict, platform: str, experiment: str | None = None) -> str:
+    """The model folder a platform's runs (of ``experiment``: its own model, if it has one) serve."""
+    return f"{config['paths']['models']}/{kc.model_name(config, platform, experiment)}"
 
 
 def lmcache_dir(config: dict, platform: str) -> str:
@@ -374,7 +375,7 @@ def context_inputs(table: str, root: Path | str | None = None) -> list[str]:
 # -- one run ---------------------------------------------------------------------------------
 def run_params(config: dict, experiment: str, platform: str, arm: str) -> dict:
     """What one run rule needs from config; a change here reruns only the runs it touches."""
-    name = kc.model_name(config, platform)
+    name = kc.model_name(config, platform, experiment)
     params = kc.experiment_params(config, platform, experiment)
     spec = {
         "platform": platform,
@@ -384,7 +385,7 @@ def run_params(config: dict, experiment: str, platform: str, arm: str) -> dict:
         "params": params,
         "model_name": name,
         "model": config["models"][name],
-        "server": kc.server_config(config, platform),
+        "server": kc.server_config(config, platform, experiment),
         "client": kc.client_config(config["client"], params),  # output_tokens: the experiment's
         "seed": config["seed"],
         "lmcache_dir": lmcache_dir(config, platform),
@@ -447,11 +448,11 @@ def lmcache_preflight_params(config: dict, platform: str) -> dict:
 def job_resources(config: dict, experiment: str, platform: str, arms: list[str]) -> dict:
     """``gpu_pct`` (its share of the GPU), ``host_mem_gb`` and ``store_disk_gb`` (its stores)
     for a job that runs ``arms`` of ``experiment`` on ``platform`` (kvreuse.gpu_share)."""
-    server = kc.server_config(config, platform)
+    server = kc.server_config(config, platform, experiment)
     arm_cfgs = [config["arms"][a] for a in arms]
     remote_gb = 0.0
     if any(kc.is_remote_arm(a) for a in arm_cfgs):
-        model = config["models"][config["platforms"][platform]["model"]]
+        model = config["models"][kc.model_name(config, platform, experiment)]
         remote_gb = gpu_share.remote_store_gb(kc.experiment_params(config, platform, experiment),
                                               kvmodel.model_kv_bytes_per_token(model))
     return {"gpu_pct": gpu_share.gpu_pct(server, experiment),

@@ -121,6 +121,9 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "n_per_length": ("Reloads/recomputes per length", None),
     # cross_instance: instance B's first request on A's prefix against a never-seen one
     "instance_a_stopped": ("A stopped", None),
+    "gpus_a": ("A's GPUs", None),
+    "gpus_b": ("B's GPUs", None),
+    "cross_gpu": ("A and B on different GPUs", None),
     "n_cross_first": ("First on A's prefix n", None),
     "n_cross_cold": ("Never-seen n", None),
     "cross_first_ttft_median_ms": ("First on A's prefix", "ms"),

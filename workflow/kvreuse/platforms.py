@@ -100,19 +100,44 @@ def visible_gpu_count(gpu_names: list[str]) -> int:
 
 
 def gpu_count_problem(platform: str, tensor_parallel: int, gpu_names: list[str],
-                      why_none: str | None = None) -> str | None:
-    """Why a job of ``platform`` cannot start vLLM with ``tensor_parallel`` GPUs, given the GPUs
-    nvidia-smi lists (``gpu_names``; ``why_none``: why none); None when it can (a CPU platform
-    always can)."""
+                      why_none: str | None = None,
+                      instance_devices: dict[str, list[int]] | None = None) -> str | None:
+    """Why a job of ``platform`` cannot start vLLM with ``tensor_parallel`` GPUs, or its
+    instances on the GPUs ``instance_devices`` names (instance -> indices into the job's GPUs,
+    :func:`instance_cuda_devices`), given the GPUs nvidia-smi lists (``gpu_names``; ``why_none``:
+    why none); None when it can (a CPU platform always can)."""
     if not needs_gpu(platform):
         return None
     seen = visible_gpu_count(gpu_names)
-    if seen >= tensor_parallel:
+    pinned = sorted({i for d in (instance_devices or {}).values() for i in d})
+    if seen >= tensor_parallel and (not pinned or pinned[-1] < seen):
         return None
     listed = ", ".join(gpu_names) if gpu_names else f"none: {why_none or 'no GPU'}"
+    sees = (f"this job sees {seen} GPU{'s' if seen != 1 else ''} (nvidia-smi lists {listed}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Nothing was run.")
+    if seen >= tensor_parallel:
+        named = ", ".join(f"{inst} on {d}" for inst, d in instance_devices.items())
+        return (f"platform {platform}: the experiment pins its vLLM instances to the job's GPUs "
+                f"({named}: instance_devices), which needs {pinned[-1] + 1} GPUs, but {sees} "
+                f"Give the job {pinned[-1] + 1} GPUs of one node (profiles/pace: "
+                f"CLUSTER.platforms.{platform}.gpus) or change the experiment's instance_devices.")
     return (f"platform {platform} serves with tensor_parallel {tensor_parallel} (vLLM "
-            f"--tensor-parallel-size {tensor_parallel}: one GPU per rank), but this job sees "
-            f"{seen} GPU{'s' if seen != 1 else ''} (nvidia-smi lists {listed}; "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Nothing was run. "
+            f"--tensor-parallel-size {tensor_parallel}: one GPU per rank), but {sees} "
             f"Give the job {tensor_parallel} GPUs of one node (profiles/pace: "
             f"CLUSTER.platforms.{platform}.gpus) or lower platforms.{platform}.server.tensor_parallel.")
+
+
+def instance_cuda_devices(indices: list[int], job_devices: str | None = None) -> str:
+    """CUDA_VISIBLE_DEVICES for a process pinned to the job's GPUs ``indices``: the entries at
+    those positions of the job's own CUDA_VISIBLE_DEVICES (``job_devices``, default the
+    environment's: SLURM's GPUs, e.g. "2,5", or UUIDs), or the indices themselves where the job
+    has none (every GPU of the node is the job's). ValueError for an index the job does not have."""
+    job = os.environ.get("CUDA_VISIBLE_DEVICES") if job_devices is None else job_devices
+    if job is None or not job.strip():
+        return ",".join(str(i) for i in indices)
+    named = [d.strip() for d in job.split(",") if d.strip()]
+    missing = [i for i in indices if i >= len(named)]
+    if missing:
+        raise ValueError(f"GPU index {missing[0]} of the job's GPUs, but the job has {len(named)} "
+                         f"(CUDA_VISIBLE_DEVICES={job!r})")
+    return ",".join(named[i] for i in indices)

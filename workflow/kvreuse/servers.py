@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import gpu_memory, remote_store, schema
+from . import gpu_memory, platforms, remote_store, schema
 from .errors import ServerError
 from .gpu_share import MeasureLock
 from .lmcache import flags as lmcache_flags
@@ -34,6 +35,8 @@ from .server import ManagedProcess, vllm_server
 #: the instance today's experiments use
 MAIN = "main"
 LMCACHE_SERVER = "lmcache-server"
+#: the variable that pins a vLLM instance to its GPUs
+CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 
 def now_iso() -> str:
@@ -60,6 +63,12 @@ class Target:
     def required_only(self) -> "Target":
         """The same target without the optional scrape URLs."""
         return replace(self, optional_scrape_urls=())
+
+
+def visible_devices(env: dict[str, str]) -> str | None:
+    """The CUDA_VISIBLE_DEVICES a process started with ``env`` (over this process's
+    environment) runs with; None where it is unset (every GPU of the node)."""
+    return env.get(CUDA_DEVICES, os.environ.get(CUDA_DEVICES))
 
 
 def process_label(name: str) -> str:
@@ -105,15 +114,22 @@ class Servers:
         finally:
             self.lock.release()
 
-    def start(self, name: str = MAIN, *, connector: bool = True) -> ManagedProcess:
+    def start(self, name: str = MAIN, *, connector: bool = True,
+              devices: list[int] | None = None) -> ManagedProcess:
         """Start vLLM instance ``name`` (and the LMCache server first, if the plan has one and
-        it is not running); ``connector=False``: APC only, no LMCache."""
+        it is not running); ``connector=False``: APC only, no LMCache. ``devices``: the job's
+        GPUs (indices) this instance alone gets, through CUDA_VISIBLE_DEVICES in its environment
+        (kvreuse.platforms.instance_cuda_devices); None: the job's GPUs, as the job's environment
+        has them. The LMCache server always keeps the job's environment: it must see every GPU
+        an instance registers its KV cache from (profiles/gpu-node/notes/2026-11-29-lmcache-mp-cross-gpu.md)."""
         if name in self.vllm:
             raise ServerError(f"{process_label(name)} is already running; stop it before starting it again")
         args, env = self.plan.vllm_args, self.plan.env
         if not connector:
             args, env = lmcache_flags.apc_only(self.plan)
-        else:
+        if devices is not None:
+            env = {**env, CUDA_DEVICES: self._pinned(name, devices)}
+        if connector:
             if self.plan.remote_store and self.remote_store is None:
                 self._start_remote_store()
             if self.plan.lmcache_server and self.lmcache_server is None:
@@ -127,10 +143,23 @@ class Servers:
         proc.start()
         self.vllm[name] = proc
         self.connected[name] = connector
+        # the GPUs it ran on: the job's indices it was pinned to (None: all of the job's) and the
+        # CUDA_VISIBLE_DEVICES it ran with (None: unset, every GPU of the node)
         self.starts.append({"process": label, "at": now_iso(), "connector": connector,
-                            "startup_s": round(proc.startup_s, 3)})
+                            "startup_s": round(proc.startup_s, 3), "devices": devices,
+                            "cuda_visible_devices": visible_devices(env)})
         self.lock.acquire()
         return proc
+
+    @staticmethod
+    def _pinned(name: str, devices: list[int]) -> str:
+        """CUDA_VISIBLE_DEVICES of an instance pinned to the job's GPUs ``devices``."""
+        try:
+            return platforms.instance_cuda_devices(devices)
+        except ValueError as e:
+            raise ServerError(f"{process_label(name)} cannot be pinned to the job's GPUs {devices}: {e}. "
+                              f"Nothing more was started; give the job more GPUs or change the "
+                              f"experiment's instance_devices") from None
 
     def _start_remote_store(self) -> None:
         spec = self.plan.remote_store

@@ -11,7 +11,10 @@ other on B), and what B's counters say: per prefix, the hit fraction is B's exte
 less its last token, whole LMCache chunks); the median and the smallest over the length's
 prefixes, LMCache's own lookup hits beside them, and the hits of the never-seen prompts (the
 control: none expected). ``output_equal``: each of B's first outputs equals A's output on the
-same prompt. A run that did not run is one row with its status and reason.
+same prompt. ``gpus_a``, ``gpus_b``: the job's GPUs (indices) each instance ran on, as its
+start in the meta recorded them (``server_starts[].devices``; an instance that was not pinned
+ran on all of the job's GPUs, as many as the platform gives a job), and ``cross_gpu``: whether
+the two share none. A run that did not run is one row with its status and reason.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import metrics, schema, verdict
+from . import metrics, platforms, schema, verdict
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
 
@@ -31,6 +34,7 @@ LMCACHE_HITS = "lmcache_mp_lookup_hit_tokens"
 FIRST, COLD, POPULATE = "cross_first", "cross_cold", "populate"
 
 COLUMNS = ["platform", "arm", "status", "reason", "prefix_tokens", "instance_a_stopped",
+           "gpus_a", "gpus_b", "cross_gpu",
            "n_cross_first", "n_cross_cold",
            "cross_first_ttft_median_ms", "cross_first_ttft_ci95_lo_ms", "cross_first_ttft_ci95_hi_ms",
            "cross_cold_ttft_median_ms", "cross_cold_ttft_ci95_lo_ms", "cross_cold_ttft_ci95_hi_ms",
@@ -107,6 +111,26 @@ def _length_row(meta: RunMeta, records: pd.DataFrame, length: int) -> dict:
             **_hits(meta, records, length), "output_equal": _output_equal(records, length)}
 
 
+def instance_gpus(m: RunMeta) -> dict[str, list[int]]:
+    """Per instance (a, b) the job's GPUs it ran on: its start's ``devices``, else (not pinned,
+    or a run made before starts recorded them) every GPU a job of the platform gets."""
+    job = list(range(platforms.gpus(m.platform))) if m.platform in platforms.BY_NAME else []
+    out = {}
+    for s in m.server_starts or []:
+        inst = s.get("process", "").removeprefix("vllm-")
+        if inst in ("a", "b") and inst not in out:
+            out[inst] = list(s["devices"]) if s.get("devices") is not None else job
+    return out
+
+
+def _gpu_columns(m: RunMeta) -> dict:
+    gpus = instance_gpus(m)
+    a, b = gpus.get("a"), gpus.get("b")
+    return {"gpus_a": ",".join(map(str, a)) if a is not None else None,
+            "gpus_b": ",".join(map(str, b)) if b is not None else None,
+            "cross_gpu": bool(a and b and not set(a) & set(b)) if a is not None and b is not None else None}
+
+
 def cross_instance_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
     """One row per platform, arm and prefix length of each measured run (successful requests
     only; warm-ups left out); one row with the status and reason of a run that did not run."""
@@ -119,6 +143,7 @@ def cross_instance_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame
         records = df[(df.platform == m.platform) & (df.experiment == m.experiment) & (df.arm == m.arm)]
         base["instance_a_stopped"] = bool(schema.get(m.params, "experiments", "cross_instance", "stop_instance_a"))
         base["cuda_kernels"] = (m.lmcache or {}).get("cuda_kernels")
+        base.update(_gpu_columns(m))
         lengths = sorted({int(ph.prefix_tokens) for ph in m.phases.values() if ph.kind == FIRST})
         rows += [{**base, "prefix_tokens": n, **_length_row(m, records, n)} for n in lengths]
     return pd.DataFrame(rows, columns=COLUMNS)

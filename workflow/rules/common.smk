@@ -48,8 +48,8 @@ onstart:
             raise WorkflowError(problem)
 
 
-def model_dir(platform):
-    return dag.model_dir(config, platform)
+def model_dir(platform, experiment=None):
+    return dag.model_dir(config, platform, experiment)
 
 
 def run_targets(experiment):

@@ -11,7 +11,7 @@ for _platform in RUN_PLATFORMS:
                 name:
                     f"run_{_experiment}_{_platform}"
                 input:
-                    model=model_dir(_platform),
+                    model=model_dir(_platform, _experiment),
                     lmcache=alternating_lmcache_inputs(_experiment, _platform),
                 output:
                     jsonl=alternating_outputs(_experiment, _platform, "jsonl"),
@@ -42,7 +42,7 @@ for _platform in RUN_PLATFORMS:
                 name:
                     f"run_{_experiment}_{_platform}"
                 input:
-                    model=model_dir(_platform),
+                    model=model_dir(_platform, _experiment),
                     lmcache=lmcache_inputs(_platform),
                 output:
                     jsonl=f"results/raw/{_platform}/{_experiment}/{{arm}}.jsonl",

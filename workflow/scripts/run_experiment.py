@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 from kvreuse import provenance, schema
+from kvreuse.config import instance_devices
 from kvreuse.experiments import RunSpec, run, run_alternating
 from kvreuse.plan import cuda_available
 from kvreuse.platforms import gpu_count_problem, needs_gpu, visible_gpus
@@ -17,11 +18,13 @@ if needs_gpu(platform) and not cuda_available():
     raise SystemExit(f"platform {platform} needs a GPU, but this job sees none "
                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
                      f"SLURM partition {os.environ.get('SLURM_JOB_PARTITION')!r})")
-# A server with tensor_parallel N needs N GPUs in this job (a job given fewer would fail in
+# A server with tensor_parallel N needs N GPUs in this job, and instances pinned to the job's
+# GPUs (cross_instance's instance_devices) the GPUs they name (a job given fewer would fail in
 # vLLM's start, minutes later and less clearly): as a job without its GPU, it stops here.
 if needs_gpu(platform):
-    server = spec["server"] if "server" in spec else spec["arms"][0]["server"]
-    problem = gpu_count_problem(platform, schema.get(server, "server", "tensor_parallel"), *visible_gpus())
+    one = spec if "server" in spec else spec["arms"][0]
+    problem = gpu_count_problem(platform, schema.get(one["server"], "server", "tensor_parallel"), *visible_gpus(),
+                                instance_devices=instance_devices(one["params"], one["experiment"]))
     if problem:
         raise SystemExit(problem)
 # The meta records the commit (kvreuse.provenance.git_commit: git, or $KVREUSE_GIT_COMMIT on a

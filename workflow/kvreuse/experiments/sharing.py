@@ -1,6 +1,6 @@
-"""The ``cross_instance`` experiment: two vLLM instances on one GPU share one LMCache server
-(an arm with ``lmcache.mode: server``); does instance B reuse the KV cache that instance A
-stored? Hits are read from B's counters in aggregation (kvreuse.tables_cross_instance), never
+"""The ``cross_instance`` experiment: two vLLM instances (on one GPU, or each on its own GPUs of
+the host: ``instance_devices``) share one LMCache server (an arm with ``lmcache.mode: server``);
+does instance B reuse the KV cache that instance A stored? Hits are read from B's counters in aggregation (kvreuse.tables_cross_instance), never
 from time."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 import math
 
 from .. import schema
+from ..config import instance_devices
 from ..errors import ConfigError
 from ..lmcache import settings as lmcache_settings
 from ..lmcache.store import GIB, model_kv_bytes_per_token
@@ -84,7 +85,10 @@ async def cross_instance(c: Context, p: dict) -> None:
 
     Both instances run with the experiment's ``gpu_memory_utilization`` (kvreuse.plan), since
     they share one GPU and the LMCache server keeps the memory a stopped vLLM registered with
-    it (null: the platform's, e.g. a fixed KV cache each). The meta's params record the keys as
+    it (null: the platform's, e.g. a fixed KV cache each). With ``instance_devices``, A and B
+    each run on their own GPUs of the job (CUDA_VISIBLE_DEVICES; the LMCache server sees all of
+    them), at a tensor parallelism of their number (kvreuse.config.server_config); the starts in
+    the meta record each one's GPUs. The meta's params record the keys as
     run (defaults filled in); its ``stops`` say when A stopped. On a GPU node whose jobs share
     the GPU, A's stop releases the measurement lock until B is ready (kvreuse.gpu_share):
     another job may measure meanwhile, never while B does. Hits (B's ``vllm:external_prefix_cache_hits``, LMCache's) and whether B's outputs
@@ -95,21 +99,23 @@ async def cross_instance(c: Context, p: dict) -> None:
     srv, rec = c.servers, c.recorder
     populate = prompts(c, p)
     stop_a = schema.get(p, "experiments", "cross_instance", "stop_instance_a")
+    devices = instance_devices(p, "cross_instance") or {}  # per instance its GPUs; none: the job's
     n_warmups = schema.get(p, "experiments", "cross_instance", "warmup_requests")
     prompt_lengths = [len(x) for x in populate.values()] * 2 + [sum(warmup_sizes(p))] * n_warmups * 2
     check_l1(c, prompt_lengths)
     c.meta.params = {**c.meta.params, "n_cold": n_cold(c, p), "stop_instance_a": stop_a,
                      "prefix_tokens_list": list(dict.fromkeys(n for n, _ in populate)),
-                     "gpu_memory_utilization": gpu_memory_utilization(c.spec)}
+                     "gpu_memory_utilization": gpu_memory_utilization(c.spec),
+                     "instance_devices": devices or None}
 
-    srv.start(INSTANCE_A)
+    srv.start(INSTANCE_A, devices=devices.get(INSTANCE_A))
     await warmup(c, instance=INSTANCE_A)
     for (n, i), prompt in populate.items():
         await rec.phase(srv.target(INSTANCE_A), "populate", [prompt], name=phase_name("populate", n, i),
                         prefix_tokens=n, repeat=i, instance=INSTANCE_A)
     if stop_a:
         srv.stop(INSTANCE_A)  # graceful; the LMCache server and what A stored stay
-    srv.start(INSTANCE_B)
+    srv.start(INSTANCE_B, devices=devices.get(INSTANCE_B))
     await warmup(c, after=AFTER_B, instance=INSTANCE_B)
     for (n, i), prompt in populate.items():
         fields = {"prefix_tokens": n, "repeat": i, "instance": INSTANCE_B}
