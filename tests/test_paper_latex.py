@@ -99,9 +99,11 @@ def _cross_instance_table() -> pd.DataFrame:
           "diff_ci95_hi_ms": 2120.25, "speedup": 7.72, "speedup_ci95_lo": 7.3, "speedup_ci95_hi": 8.1,
           "hit_tokens": 98304.0, "reusable_tokens": 32768, "hit_fraction": 1.0, "hit_fraction_min": 1.0,
           "lmcache_hit_tokens": 98304.0, "cross_cold_hit_tokens": 0.0, "output_equal": True,
-          "cuda_kernels": "loaded"}
+          "cuda_kernels": "loaded", "gpus_a": "0", "gpus_b": "0", "cross_gpu": False}
+    # across GPUs (issue 14): A on GPU 0, B on GPU 1 of an h200x2 host
+    pair = {**ok, "platform": "h200x2", "gpus_a": "0", "gpus_b": "1", "cross_gpu": True, "diff_median_ms": 2050.0}
     nr = {"platform": "cpu", "arm": "lmcache_mp", "status": "not_run", "reason": NASTY}
-    return pd.DataFrame([ok, nr], columns=COLUMNS)
+    return pd.DataFrame([ok, pair, nr], columns=COLUMNS)
 
 
 def _remote_table() -> pd.DataFrame:
@@ -194,6 +196,15 @@ def test_missing_latexmk_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(latexmk.shutil, "which", lambda name: None)
     with pytest.raises(latexmk.LatexError, match="apt-get install --no-install-recommends latexmk"):
         latexmk.compile_pdf(tmp_path / "x.tex", tmp_path / "x.pdf")
+
+
+def test_cross_gpu_block_shows_only_the_run_on_different_gpus(built):
+    md = built["md"].read_text()
+    block = md[md.index("#### Across GPUs of one host"):]
+    block = block[:block.index("###", 5)]
+    assert "**h200x2 / lmcache_mp, 32,768-token prefixes**, A on GPU 0, B on GPU 1" in block
+    assert "saved 2,050 ms" in block and "h200 /" not in block and "Not run" not in block
+    assert "Across GPUs of one host" in built["tex"].read_text()
 
 
 def test_remote_block_shows_its_measured_row_and_the_run_not_run(built):

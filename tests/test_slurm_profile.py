@@ -271,9 +271,15 @@ def test_dry_run_shows_the_multi_gpu_jobs_with_their_gpu_count_and_partition(tmp
         preflight = next(j for j in listed if j["rule"] == "lmcache_store"
                          and j["wildcards"]["platform"] == platform)
         assert preflight["resources"]["slurm_partition"] == partition
+    # reuse across GPUs: h200x2's cross_instance job asks for both H200 of one node (A on one, B
+    # on the other, each at tensor_parallel 1 with the 8B, which one H200 holds)
+    cross = [j for j in listed if j["rule"] == "run_cross_instance_h200x2"]
+    assert [j["wildcards"]["arm"] for j in cross] == ["lmcache_mp"]
+    res = cross[0]["resources"]
+    assert (res["slurm_partition"], res["gpu"], res["gpu_model"], res["nodes"]) == ("gpu-h200", "2", "H200", "1")
     model = [j for j in listed if j["rule"] == "model"]
-    assert [j["wildcards"]["model"] for j in model] == ["llama-3.1-70b"]
-    assert model[0]["resources"]["slurm_partition"] == "cpu" and "gpu" not in model[0]["resources"]
+    assert sorted(j["wildcards"]["model"] for j in model) == ["llama-3.1-70b", "llama-3.1-8b"]
+    assert all(m["resources"]["slurm_partition"] == "cpu" and "gpu" not in m["resources"] for m in model)
 
 
 def test_a_multi_gpu_job_reaches_sbatch_with_its_gpus_on_one_node(tmp_path):

@@ -16,6 +16,7 @@ import numbers
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -353,6 +354,20 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
     return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
 
 
+def cross_gpu_context(cross_instance: dict) -> dict:
+    """The write-up's block on reuse across GPUs (issue 14): the measured rows of
+    :func:`cross_instance_context` whose instances ran on different GPUs (cross_instance.csv's
+    ``cross_gpu``: A's and B's GPUs share none). No rows: the block says not run."""
+    return {"rows": [{**r, "gpus_a": _gpu_list(r.get("gpus_a")), "gpus_b": _gpu_list(r.get("gpus_b"))}
+                     for r in cross_instance["rows"]
+                     if isinstance(r.get("cross_gpu"), (bool, np.bool_)) and bool(r["cross_gpu"])]}
+
+
+def _gpu_list(x) -> str:
+    """A table's GPU list ("0,1") as written; one GPU, which the CSV reads back as a number, as an integer."""
+    return str(int(x)) if isinstance(x, numbers.Number) and float(x).is_integer() else str(x)
+
+
 def _saved_direction(r: dict) -> str:
     """A row's direction by the CI of the time saved (``diff_ci95_{lo,hi}_ms``): ``faster``
     (above zero), ``slower`` (below), ``unresolved`` (around it), ``no_ci`` (no interval)."""
@@ -536,6 +551,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
     for p in platforms:
         weights.setdefault(str(p["weights"]), []).append(p["platform"])
     models = sorted({str(p["model"]) for p in gpus})
+    cross = cross_instance_context(t.get("cross_instance"), kernels)
     return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run),
             "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": restart_rows(t["restart"], kernels), "baseline": _rows(t["baseline"]),
@@ -548,7 +564,8 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "lmcache_server_memory": lmcache_server_memory(_platform_rows(runs)),
 
 
-            "cross_instance": cross_instance_context(t.get("cross_instance"), kernels),
+            "cross_instance": cross,
+            "cross_gpu": cross_gpu_context(cross),  # issue 14: A and B on different GPUs
             "remote": remote_context(t.get("remote"), kernels),
             "decision": decision_context(t, cited),
             "conversations": paper_conversations.contexts(t),
