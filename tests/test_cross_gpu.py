@@ -224,3 +224,22 @@ def test_the_table_says_which_gpus_a_and_b_ran_on(tmp_path):
     results.write_meta(results.meta_path(raw), m)
     t = aggregate.build("cross_instance", [raw], 0.05)
     assert (t.gpus_a.tolist(), t.gpus_b.tolist(), t.cross_gpu.tolist()) == (["0"], ["1"], [True])
+
+
+def test_the_lmcache_preflight_takes_the_hosts_memory_limit_where_meminfo_says_too_little(config, tmp_path,
+                                                                                         monkeypatch):
+    """The lent hosts with several H200 start with about 31 GiB available and grow to their limit:
+    lmcache_mp's 52 GiB L1 would be refused there unless the limit is given
+    (profiles/gpu-node/campaign-step.sh exports KVREUSE_HOST_MEM_GB from HOST_MEM_GB)."""
+    from kvreuse.errors import PreflightError
+    from kvreuse.lmcache import store
+
+    mp = {"lmcache_mp": config["arms"]["lmcache_mp"]}
+    runs = [["cross_instance", "lmcache_mp"]]
+    monkeypatch.setenv(store.HOST_MEM_ENV, "31")
+    with pytest.raises(PreflightError, match=r"31.0 GiB of memory available but an LMCache arm pins 52.0 GiB"):
+        store.preflight(tmp_path / "lm", mp, runs, has_cuda=True)
+    monkeypatch.setenv(store.HOST_MEM_ENV, "250")
+    got = store.preflight(tmp_path / "lm", mp, runs, has_cuda=True)
+    assert got["status"] == "ok" and got["checks"]["memory"]["available_bytes"] == 250 << 30
+    assert "export KVREUSE_HOST_MEM_GB=$HOST_MEM_GB" in (REPO / "profiles/gpu-node/campaign-step.sh").read_text()

@@ -41,6 +41,7 @@ mem_cap=$(( avail_gb > 7 ? avail_gb - 6 : 1 ))
 if [[ -n "${HOST_MEM_GB:-}" ]]; then
   echo "campaign-step: host_mem_gb cap $HOST_MEM_GB from HOST_MEM_GB (free says $avail_gb GiB available)"
   mem_cap=$HOST_MEM_GB
+  export KVREUSE_HOST_MEM_GB=$HOST_MEM_GB  # the LMCache preflight's memory check (kvreuse.lmcache.store)
 fi
 echo "campaign-step: $(date -u +%FT%TZ) platform $platform, targets ${targets[*]}, free disk ${free_gb} GiB" \
      "(store_disk_gb cap $disk_cap), memory: ${avail_gb} GiB available (host_mem_gb cap $mem_cap)"

@@ -87,7 +87,16 @@ def preflight(store_root: Path | str, arms: dict[str, dict], runs: list[list[str
     return report
 
 
+#: the host's memory limit in GiB where MemAvailable says too little: the lent hosts with several
+#: H200 start with about 31 GiB and grow to their limit (256 GiB and more) as it is used
+#: (profiles/gpu-node/campaign-step.sh exports it from HOST_MEM_GB)
+HOST_MEM_ENV = "KVREUSE_HOST_MEM_GB"
+
+
 def _mem_available() -> int | None:
+    """Bytes of memory the stores may take: $KVREUSE_HOST_MEM_GB where set, else MemAvailable."""
+    if os.environ.get(HOST_MEM_ENV, "").strip():
+        return int(float(os.environ[HOST_MEM_ENV]) * GIB)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
