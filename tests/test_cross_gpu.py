@@ -133,7 +133,7 @@ def test_each_instance_runs_on_its_gpus_and_the_lmcache_server_on_all_of_the_job
         assert environ(srv.vllm["b"].proc.pid)["CUDA_VISIBLE_DEVICES"] == "7"
         assert environ(srv.lmcache_server.proc.pid)["CUDA_VISIBLE_DEVICES"] == "4,7"
         assert [(s["process"], s.get("devices"), s.get("cuda_visible_devices")) for s in srv.starts] == [
-            ("lmcache-server", None, None), ("vllm-a", [0], "4"), ("vllm-b", [1], "7")]
+            ("lmcache-server", None, "4,7"), ("vllm-a", [0], "4"), ("vllm-b", [1], "7")]
         srv.stop("a")
         srv.start("a")  # not pinned: the job's GPUs
         assert environ(srv.vllm["a"].proc.pid)["CUDA_VISIBLE_DEVICES"] == "4,7"

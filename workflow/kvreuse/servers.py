@@ -172,14 +172,16 @@ class Servers:
 
     def _start_lmcache_server(self) -> None:
         spec = self.plan.lmcache_server
+        env = {**self.plan.env, **spec.get("env", {})}  # the job's GPUs, all of them: never pinned
         proc = ManagedProcess(
             LMCACHE_SERVER, spec["argv"], health_url=spec["health_url"],
-            log_path=self.log_dir / f"{LMCACHE_SERVER}.log", env={**self.plan.env, **spec.get("env", {})},
+            log_path=self.log_dir / f"{LMCACHE_SERVER}.log", env=env,
             startup_timeout_s=self.startup_timeout_s, stop_timeout_s=self.stop_timeout_s)
         self._stack.callback(proc.stop)
         proc.start()
         self.lmcache_server = proc
-        self.starts.append({"process": LMCACHE_SERVER, "at": now_iso(), "startup_s": round(proc.startup_s, 3)})
+        self.starts.append({"process": LMCACHE_SERVER, "at": now_iso(), "startup_s": round(proc.startup_s, 3),
+                            "cuda_visible_devices": visible_devices(env)})
 
     def stop(self, *names: str, lmcache_server: bool = False) -> None:
         """Graceful stop of the vLLM instances ``names`` (none named: all), and of the LMCache

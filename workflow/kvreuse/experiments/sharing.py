@@ -1,7 +1,7 @@
 """The ``cross_instance`` experiment: two vLLM instances (on one GPU, or each on its own GPUs of
 the host: ``instance_devices``) share one LMCache server (an arm with ``lmcache.mode: server``);
-does instance B reuse the KV cache that instance A stored? Hits are read from B's counters in aggregation (kvreuse.tables_cross_instance), never
-from time."""
+does instance B reuse the KV cache that instance A stored? Hits are read from B's counters in
+aggregation (kvreuse.tables_cross_instance), never from time."""
 
 from __future__ import annotations
 
