@@ -438,11 +438,15 @@ def beside(rows: list[dict], cited: dict, links: list[dict]) -> list[dict]:
 
 
 # -- the table --------------------------------------------------------------------------------
-def _models(runs: pd.DataFrame | None) -> dict[str, str]:
+def _models(runs: pd.DataFrame | None) -> dict[tuple, str]:
+    """The model each measured run served (runs.csv), by (platform, experiment, arm); an
+    experiment may serve another model than its platform's (cross_instance on h200x2: the 8B)."""
     if runs is None or runs.empty or "model" not in runs.columns:
         return {}
     ok = runs[runs["status"] == "ok"] if "status" in runs.columns else runs
-    return {p: str(g["model"].iloc[0]) for p, g in ok.groupby("platform")}
+    by_run = {(r["platform"], r.get("experiment"), r.get("arm")): str(r["model"]) for _, r in ok.iterrows()}
+    # a row whose run is not in runs.csv: the model of its platform's first run
+    return {**{(p, None, None): str(g["model"].iloc[0]) for p, g in ok.groupby("platform")}, **by_run}
 
 
 def table(tables: dict[str, pd.DataFrame], cited: dict | None = None, links: list[dict] | None = None,
@@ -455,7 +459,7 @@ def table(tables: dict[str, pd.DataFrame], cited: dict | None = None, links: lis
         if s.build is None:
             continue
         for r in s.build(tables):
-            r["model"] = models.get(r["platform"])
+            r["model"] = models.get((r["platform"], s.workload, r["arm"]), models.get((r["platform"], None, None)))
             r["output_tokens"] = ((output_tokens or {}).get(r["platform"]) or {}).get(s.workload)
             rows.append(r)
     if cited is not None and links:
