@@ -116,9 +116,13 @@ def test_a_store_lmcache_never_reached_fails_the_run(tmp_path):
     remote_store.check_reached(lm, None, tmp_path / "absent.log")
     with pytest.raises(remote_store.ServerError, match="holds no key after the populated prompts"):
         remote_store.check_reached(redis, 0, log)
-    log.write_text("WARNING ... Failed to initialize/re-establish remote connection: [Errno 111] refused\n")
+    with open(log, "a") as f:
+        f.write("WARNING ... Failed to initialize/re-establish remote connection: [Errno 111] refused\n")
     with pytest.raises(remote_store.ServerError, match=r"lmcache-remote-server: LMCache did not store .* lm://"):
         remote_store.check_reached(lm, None, log)
+    # an earlier run's warning (the log is appended to) does not fail this one
+    remote_store.check_reached(lm, None, log, since=remote_store.log_size(log))
+    assert remote_store.log_size(tmp_path / "absent.log") == 0
 
 
 def test_tcp_probe_and_lm_server_command(tmp_path):
@@ -233,6 +237,27 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
                                      "keys_after_stop": 7}
     assert next(in_flight, "drained") == "drained"  # the stop came after LMCache's writes had landed
     assert meta.params["n_cold"] == 2
+
+
+def test_a_redis_left_empty_by_lmcache_stops_the_run_before_the_restart(config, tmp_path, monkeypatch):
+    arm = "lmcache_redis"
+    params = {"prefix_tokens": 64, "suffix_tokens": 8, "n_cold": 1, "warmup_requests": 0}
+    p = arm_plan.plan(arm, config["arms"][arm], server=server_config(config, "h200"),
+                      model=config["models"]["llama-3.1-8b"], run_dir=tmp_path, has_cuda=True,
+                      store_root=tmp_path / "store")
+    meta = results.RunMeta(status="ok", platform="h200", experiment="remote", arm=arm, arm_config=config["arms"][arm],
+                           params=dict(params), accelerator={}, versions={}, model={}, server={}, client={},
+                           config_hash=None, git_commit=None, started_at="", finished_at=None, phases={})
+    fake = StandIns(meta)
+    monkeypatch.setattr(remote_store, "redis_keys", lambda port: 0)
+    monkeypatch.setattr(remote_store, "put_tasks", lambda url: None)
+    monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
+    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params,
+                           log_dir=tmp_path)
+    ctx = experiments.Context(spec, p, fake, fake, None, SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
+    with pytest.raises(remote_store.ServerError, match="holds no key"):
+        asyncio.run(experiments.remote(ctx, params))
+    assert fake.events == ["start", "populate_0"]  # no restart, no hit measured against an empty store
 
 
 def test_an_arm_without_a_remote_store_is_refused(config, tmp_path):

@@ -121,13 +121,14 @@ def redis_keys(port: int, timeout_s: float = 5.0, host: str = HOST) -> int | Non
 
 
 def settled_keys(s: dict, *, poll_s: float = 1.0, limit_s: float = 120.0,
-                 sleep=time.sleep, clock=time.monotonic) -> int | None:
+                 sleep=None, clock=time.monotonic) -> int | None:
     """For a Redis store: wait until its key count stops changing between two polls ``poll_s``
     apart (LMCache writes to a remote store in the background, so a stop right after the last
     request could cut writes short), at most ``limit_s``; returns the count. None for a store
     that cannot be asked (lm_server) or a Redis that does not answer."""
     if s["kind"] != REDIS:
         return None
+    sleep = sleep or time.sleep  # (looked up now: a test may replace it)
     last, deadline = redis_keys(s["port"]), clock() + limit_s
     while last is not None and clock() < deadline:
         sleep(poll_s)
@@ -158,13 +159,13 @@ def put_tasks_in(text: str) -> float | None:
 
 
 def settled_puts(metrics_urls: Sequence[str], *, poll_s: float = 0.5, limit_s: float = 120.0,
-                 read: Callable[[str], float | None] | None = None, sleep=time.sleep,
+                 read: Callable[[str], float | None] | None = None, sleep=None,
                  clock=time.monotonic) -> float | None:
     """Wait until LMCache's writes to its remote store in flight read zero twice ``poll_s``
     apart (LMCache does not wait for them when vLLM stops), at most ``limit_s``; returns the last
     reading: 0.0 when settled, more when the limit came first, None where no URL of
     ``metrics_urls`` (the arm's LMCache metrics) serves the gauge (then nothing is waited for)."""
-    read = read or put_tasks  # (looked up now: a test may replace put_tasks)
+    read, sleep = read or put_tasks, sleep or time.sleep  # (looked up now: a test may replace them)
     url = next((u for u in metrics_urls if read(u) is not None), None)
     if url is None:
         log.warning("LMCache's %s could not be read from %s: not waiting for its remote writes",
@@ -182,16 +183,27 @@ def settled_puts(metrics_urls: Sequence[str], *, poll_s: float = 0.5, limit_s: f
     return last
 
 
-def check_reached(s: dict, keys: int | None, vllm_log: Path) -> None:
+def log_size(path: Path) -> int:
+    """The size of a log now (0 where there is none): where this run's part of it begins."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def check_reached(s: dict, keys: int | None, vllm_log: Path, since: int = 0) -> None:
     """Fail the run (ServerError saying what to check) where LMCache did not reach its remote
-    store ``s``: a Redis that holds no key after the populated prompts, or vLLM's log with
-    LMCache's :data:`UNREACHED_LOG` warning. Measuring on would record every "hit" as a miss."""
+    store ``s``: a Redis that holds no key after the populated prompts, or vLLM's log (from byte
+    ``since``: this run's part, the log is appended to across runs) with LMCache's
+    :data:`UNREACHED_LOG` warning. Measuring on would record every "hit" as a miss."""
     problem = None
     if s["kind"] == REDIS and keys == 0:
         problem = f"the Redis on port {s['port']} holds no key after the populated prompts"
     else:
         try:
-            text = Path(vllm_log).read_text(errors="replace")
+            with open(vllm_log, "rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
         except OSError:
             text = ""
         if UNREACHED_LOG in text:

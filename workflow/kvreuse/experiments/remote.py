@@ -43,6 +43,8 @@ async def remote(c: Context, p: dict) -> None:
     populate = prompts(c, p)
     length = p["prefix_tokens"]
     c.meta.params = {**c.meta.params, "n_cold": n_cold(c, p)}
+    vllm_log = Path(c.spec.log_dir) / f"{process_label(MAIN)}.log"
+    log_start = remote_store.log_size(vllm_log)  # this run's part of the log begins here
     srv.start()
     await warmup(c)
     for i, prompt in enumerate(populate):
@@ -50,7 +52,7 @@ async def remote(c: Context, p: dict) -> None:
                         prefix_tokens=length, repeat=i)
     puts = remote_store.settled_puts((c.plan.lmcache or {}).get("metrics_urls", []))  # LMCache's writes landed
     settled = remote_store.settled_keys(c.plan.remote_store)  # Redis: its writes have landed
-    remote_store.check_reached(c.plan.remote_store, settled, Path(c.spec.log_dir) / f"{process_label(MAIN)}.log")
+    remote_store.check_reached(c.plan.remote_store, settled, vllm_log, since=log_start)
     srv.stop()  # vLLM only: the remote store, and what it holds, stay
     c.meta.store_after_stop = {"remote_store": c.plan.remote_store["kind"], "put_tasks_before_stop": puts,
                                "keys_before_stop": settled,
