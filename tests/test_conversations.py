@@ -164,7 +164,9 @@ def test_multiturn_long_table_compares_each_store_with_apc_overall_and_per_turn(
 def test_what_vllm_offloading_moved_comes_from_its_counters(tmp_path):
     offload = {"vllm:external_prefix_cache_hits": 512.0, "vllm:prefix_cache_queries": 1024.0,
                "vllm:kv_offload_load_bytes": 4.0e9, "vllm:kv_offload_load_time": 0.5,
-               "vllm:kv_offload_store_bytes": 8.0e9, "vllm:kv_offload_store_time": 1.0}
+               "vllm:kv_offload_store_bytes": 8.0e9, "vllm:kv_offload_store_time": 1.0,
+               "vllm:num_preemptions": 3.0, "vllm:request_queue_time_seconds_sum": 6.0,
+               "vllm:request_queue_time_seconds_count": 12.0}
     files = [write_run(tmp_path, a_meta("apc"), records("apc", 400.0)),
              write_run(tmp_path, a_meta("vllm_offload_cpu", arm_config={"offload": {"tiers": ["cpu"]}}),
                        records("vllm_offload_cpu", 200.0), counters=offload)]
@@ -172,6 +174,8 @@ def test_what_vllm_offloading_moved_comes_from_its_counters(tmp_path):
     assert (r.kv_offload_load_bytes, r.kv_offload_store_bytes, r.loaded_bytes, r.load_ms) == (4.0e9, 8.0e9, 4.0e9, 500.0)
     assert r.load_source == "vllm kv_offload counters: load" and r.external_prefix_cache_hits == 512
     assert np.isnan(r.chunk_size) and r.arm_label == "vllm_offload_cpu" and r.ttft_saved_ms == pytest.approx(200.0)
+    # what a KV cache smaller than the conversations costs: vLLM's queue and preemptions
+    assert (r.preemptions, r.queue_ms_mean) == (3.0, 500.0)
 
 
 def test_chunk_sweep_table_has_the_chunk_sizes_and_no_per_turn_rows(tmp_path):

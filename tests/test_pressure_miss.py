@@ -58,9 +58,15 @@ def test_dataset_flags_are_vllm_bench_serves(tmp_path):
         Load("inf", 12, 64, 4, dataset="prefix_repetition").dataset_args()
     with pytest.raises(ValueError, match="dataset_path"):
         Load("inf", 12, 64, 4, dataset="sharegpt").dataset_args()
-    bench = BenchServe(SimpleNamespace(settings=SimpleNamespace(model="m")), tokenizer=Path("tok"), log_dir=tmp_path)
+    bench = BenchServe(SimpleNamespace(settings=SimpleNamespace(model="m", temperature=0.0)), tokenizer=Path("tok"),
+                       log_dir=tmp_path)
     argv = bench.argv(SimpleNamespace(base_url="http://x"), loads[0], tmp_path)
     assert argv[argv.index("--max-concurrency") + 1] == "2" and "--ignore-eos" in argv
+    # greedy, as kvreuse's own client: vLLM 0.26.0's bench serve sends no temperature unless told
+    assert argv[argv.index("--temperature") + 1] == "0.0"
+    serve = _vllm_source("benchmarks/serve.py")
+    for flag in [a for a in argv if a.startswith("--")]:  # every flag we pass, in the installed vLLM
+        assert f'"{flag}"' in serve or f'"{flag}"' in source, flag
 
 
 # -- the ShareGPT-format file ----------------------------------------------------------------

@@ -83,6 +83,48 @@ def test_settled_keys_waits_until_the_count_stops_changing(monkeypatch):
     assert remote_store.settled_keys({"kind": "lm_server", "port": 1}) is None  # cannot be asked
 
 
+LMCACHE_METRICS = """# HELP lmcache:remote_put_task_num The number of remote put tasks
+# TYPE lmcache:remote_put_task_num gauge
+lmcache:remote_put_task_num{model_name="m",role="worker",served_model_name="m",worker_id="0"} 4.0
+# HELP lmcache:num_hit_tokens_total Total number of tokens hit in lmcache
+# TYPE lmcache:num_hit_tokens_total counter
+lmcache:num_hit_tokens_total{model_name="m",worker_id="0"} 512.0
+"""
+
+
+def test_settled_puts_waits_for_lmcaches_remote_writes():
+    assert remote_store.put_tasks_in(LMCACHE_METRICS) == 4.0
+    assert remote_store.put_tasks_in(LMCACHE_METRICS[LMCACHE_METRICS.index("# HELP lmcache:num_hit"):]) is None
+    readings = iter([2.0, 2.0, 1.0, 0.0, 1.0, 0.0, 0.0, 5.0])
+    slept = []
+    assert remote_store.settled_puts(["u"], read=lambda url: next(readings), sleep=slept.append) == 0.0
+    assert next(readings) == 5.0 and len(slept) == 5  # two zeros in a row, then it stops reading
+    # no gauge anywhere: nothing to wait for; a limit reached: the last reading
+    assert remote_store.settled_puts(["a", "b"], read=lambda url: None, sleep=slept.append) is None
+    clock = iter(range(0, 1000, 10))
+    assert remote_store.settled_puts(["u"], read=lambda url: 3.0, sleep=lambda s: None,
+                                     clock=lambda: next(clock), limit_s=30) == 3.0
+
+
+def test_a_store_lmcache_never_reached_fails_the_run(tmp_path):
+    log = tmp_path / "vllm.log"
+    log.write_text("INFO ... Connected to remote storage\n")
+    redis = {"kind": "redis", "port": 6379, "url": "redis://127.0.0.1:6379"}
+    lm = {"kind": "lm_server", "port": 7000, "url": "lm://127.0.0.1:7000"}
+    remote_store.check_reached(redis, 156, log)
+    remote_store.check_reached(lm, None, log)
+    remote_store.check_reached(lm, None, tmp_path / "absent.log")
+    with pytest.raises(remote_store.ServerError, match="holds no key after the populated prompts"):
+        remote_store.check_reached(redis, 0, log)
+    with open(log, "a") as f:
+        f.write("WARNING ... Failed to initialize/re-establish remote connection: [Errno 111] refused\n")
+    with pytest.raises(remote_store.ServerError, match=r"lmcache-remote-server: LMCache did not store .* lm://"):
+        remote_store.check_reached(lm, None, log)
+    # an earlier run's warning (the log is appended to) does not fail this one
+    remote_store.check_reached(lm, None, log, since=remote_store.log_size(log))
+    assert remote_store.log_size(tmp_path / "absent.log") == 0
+
+
 def test_tcp_probe_and_lm_server_command(tmp_path):
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -176,7 +218,10 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
     fake = StandIns(meta)
     monkeypatch.setattr(remote_store, "redis_keys", lambda port: 7)
     monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
-    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params)
+    in_flight = iter([3.0, 1.0, 0.0, 0.0])  # LMCache's remote writes still running, then none
+    monkeypatch.setattr(remote_store, "put_tasks", lambda url: next(in_flight, 0.0))
+    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params,
+                           log_dir=tmp_path)
     ctx = experiments.Context(spec, p, fake, fake, None, SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
     asyncio.run(experiments.remote(ctx, params))
     assert fake.events == ["start", "warmup", "populate_0", "populate_1", "stop", "start", "warmup_post_restart",
@@ -188,8 +233,31 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
         assert fake.sent[f"remote_hit_{i}"] == fake.sent[f"populate_{i}"] and len(fake.sent[f"populate_{i}"][0]) == 528
         never = [n for n, ps in fake.sent.items() if fake.sent[f"remote_miss_{i}"][0] in ps]
         assert never == [f"remote_miss_{i}"] and len(fake.sent[f"remote_miss_{i}"][0]) == 528
-    assert meta.store_after_stop == {"remote_store": "redis", "keys_before_stop": 7, "keys_after_stop": 7}
+    assert meta.store_after_stop == {"remote_store": "redis", "put_tasks_before_stop": 0.0, "keys_before_stop": 7,
+                                     "keys_after_stop": 7}
+    assert next(in_flight, "drained") == "drained"  # the stop came after LMCache's writes had landed
     assert meta.params["n_cold"] == 2
+
+
+def test_a_redis_left_empty_by_lmcache_stops_the_run_before_the_restart(config, tmp_path, monkeypatch):
+    arm = "lmcache_redis"
+    params = {"prefix_tokens": 64, "suffix_tokens": 8, "n_cold": 1, "warmup_requests": 0}
+    p = arm_plan.plan(arm, config["arms"][arm], server=server_config(config, "h200"),
+                      model=config["models"]["llama-3.1-8b"], run_dir=tmp_path, has_cuda=True,
+                      store_root=tmp_path / "store")
+    meta = results.RunMeta(status="ok", platform="h200", experiment="remote", arm=arm, arm_config=config["arms"][arm],
+                           params=dict(params), accelerator={}, versions={}, model={}, server={}, client={},
+                           config_hash=None, git_commit=None, started_at="", finished_at=None, phases={})
+    fake = StandIns(meta)
+    monkeypatch.setattr(remote_store, "redis_keys", lambda port: 0)
+    monkeypatch.setattr(remote_store, "put_tasks", lambda url: None)
+    monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
+    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params,
+                           log_dir=tmp_path)
+    ctx = experiments.Context(spec, p, fake, fake, None, SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
+    with pytest.raises(remote_store.ServerError, match="holds no key"):
+        asyncio.run(experiments.remote(ctx, params))
+    assert fake.events == ["start", "populate_0"]  # no restart, no hit measured against an empty store
 
 
 def test_an_arm_without_a_remote_store_is_refused(config, tmp_path):

@@ -22,6 +22,10 @@ targets=("${@:-measure}")
 site="${SITE:-/root/site}"
 export KEEP="${KEEP:-/root/keep}"
 export PYTHONPATH="$site:$PWD/workflow"
+# redis-server for the remote experiment's Redis arm, where envs/gpu-host-redis.sh installed it
+# (REDIS_HOME, default /root/redis): kvreuse starts it from PATH (server.redis_server)
+redis_home="${REDIS_HOME:-/root/redis}"
+if [[ -x "$redis_home/bin/redis-server" ]]; then export PATH="$redis_home/bin:$PATH"; fi
 export DROP_STORES=1  # run-targets.sh: stores left by runs cut off at the budget are deleted
 if [[ "${NEW_CAMPAIGN:-0}" == 1 ]]; then  # nothing of an earlier campaign on this host counts
   rm -rf "$KEEP/results/raw/$platform" "$KEEP/results/benchmarks/$platform"

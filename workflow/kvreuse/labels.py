@@ -280,6 +280,8 @@ COLUMNS.update({
     "input_tps_ratio_ci95": ("Input TPS ratio 95% CI", "x"),
     "prefix_cache_hits": ("GPU prefix-cache hits", "tokens"),
     "external_prefix_cache_hits": ("Store hits", "tokens"),
+    "preemptions": ("Preemptions", None),
+    "queue_ms_mean": ("Queue mean", "ms"),
 })
 
 # range column -> (low column, high column)

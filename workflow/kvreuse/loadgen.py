@@ -78,12 +78,17 @@ class BenchServe:
         self.seed = seed
 
     def argv(self, target: Target, load: Load, out_dir: Path) -> list[str]:
+        settings = self.recorder.settings
+        # --temperature: vLLM 0.26.0's bench serve no longer sends temperature 0 by default (the
+        # server's default then applies: vllm/benchmarks/serve.py, "no longer sets
+        # temperature==0"); send the client's, as every request of kvreuse's own client does
         argv = [sys.executable, "-m", "kvreuse.bench_serve", "--backend", "openai",
                 "--base-url", target.base_url, "--endpoint", "/v1/completions",
-                "--model", self.recorder.settings.model, "--tokenizer", str(self.tokenizer),
+                "--model", settings.model, "--tokenizer", str(self.tokenizer),
                 *load.dataset_args(),
                 "--num-prompts", str(load.num_prompts), "--request-rate", str(load.request_rate),
-                "--seed", str(self.seed), "--ignore-eos", "--disable-tqdm",
+                "--seed", str(self.seed), "--temperature", str(settings.temperature),
+                "--ignore-eos", "--disable-tqdm",
                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
                 "--save-result", "--save-detailed", "--result-dir", str(out_dir),
                 "--result-filename", "result.json"]

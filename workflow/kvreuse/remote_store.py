@@ -12,16 +12,29 @@
 :func:`spec` gives the process to start (argv, ``tcp://`` health URL, the probe, the version);
 :func:`process` makes the :class:`~kvreuse.server.ManagedProcess`, which runs it in its own
 process group and ends that group on stop, failure or signal, as with vLLM.
+
+Before vLLM stops, what LMCache still writes to the store must land: LMCache writes to a remote
+store in the background and does not wait for those writes when vLLM stops (lmcache 0.5.3:
+``RemoteBackend.close`` closes the connection, v1/storage_backend/remote_backend.py;
+``StorageManager.close``). :func:`settled_puts` waits until LMCache's own gauge of writes in
+flight reads zero; :func:`settled_keys` (Redis) until the key count stops changing.
+:func:`check_reached` fails a run whose LMCache never reached its store (LMCache only logs a
+warning and then runs without it, so every "hit" would be a miss).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import schema
 from .errors import ServerError
@@ -38,6 +51,14 @@ REDIS_DEFAULT = schema.default("server", "redis_server")
 #: what the process is called in logs, errors and the meta's starts and stops
 PROCESS = {REDIS: "redis", LM_SERVER: "lmcache-remote-server"}
 #: how to get redis-server where it is missing (README, envs/)
+#: LMCache's gauge of the writes to its remote store still in flight (lmcache 0.5.3:
+#: observability.py, set from ``RemoteBackend.put_tasks``, v1/storage_backend/remote_backend.py);
+#: served by its internal API server at the arm's LMCache metrics URL, read at scrape time
+PUT_TASKS_GAUGE = "lmcache:remote_put_task_num"
+#: what LMCache logs (a warning, not an error) when it cannot reach its remote store; it then runs
+#: without it (lmcache 0.5.3: RemoteBackend.init_connection)
+UNREACHED_LOG = "Failed to initialize/re-establish remote connection"
+log = logging.getLogger(__name__)
 REDIS_HOWTO = ("install it (Debian/Ubuntu: `apt-get install redis-server`; envs/install-cpu.sh does "
                "so as root; an offline GPU host: envs/gpu-host-redis.sh) or set server.redis_server "
                "to its path")
@@ -100,13 +121,14 @@ def redis_keys(port: int, timeout_s: float = 5.0, host: str = HOST) -> int | Non
 
 
 def settled_keys(s: dict, *, poll_s: float = 1.0, limit_s: float = 120.0,
-                 sleep=time.sleep, clock=time.monotonic) -> int | None:
+                 sleep=None, clock=time.monotonic) -> int | None:
     """For a Redis store: wait until its key count stops changing between two polls ``poll_s``
     apart (LMCache writes to a remote store in the background, so a stop right after the last
     request could cut writes short), at most ``limit_s``; returns the count. None for a store
     that cannot be asked (lm_server) or a Redis that does not answer."""
     if s["kind"] != REDIS:
         return None
+    sleep = sleep or time.sleep  # (looked up now: a test may replace it)
     last, deadline = redis_keys(s["port"]), clock() + limit_s
     while last is not None and clock() < deadline:
         sleep(poll_s)
@@ -115,6 +137,82 @@ def settled_keys(s: dict, *, poll_s: float = 1.0, limit_s: float = 120.0,
             return now
         last = now
     return last
+
+
+def put_tasks(metrics_url: str, timeout_s: float = 5.0) -> float | None:
+    """LMCache's remote writes in flight now (:data:`PUT_TASKS_GAUGE`, summed over its label
+    sets), None where the URL does not answer or has no such gauge."""
+    try:
+        r = httpx.get(metrics_url, timeout=timeout_s)
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return put_tasks_in(r.text)
+
+
+def put_tasks_in(text: str) -> float | None:
+    """:data:`PUT_TASKS_GAUGE` in Prometheus exposition ``text`` (summed over label sets), None
+    where it is absent."""
+    values = [s.value for fam in text_string_to_metric_families(text) if fam.name == PUT_TASKS_GAUGE
+              for s in fam.samples]
+    return float(sum(values)) if values else None
+
+
+def settled_puts(metrics_urls: Sequence[str], *, poll_s: float = 0.5, limit_s: float = 120.0,
+                 read: Callable[[str], float | None] | None = None, sleep=None,
+                 clock=time.monotonic) -> float | None:
+    """Wait until LMCache's writes to its remote store in flight read zero twice ``poll_s``
+    apart (LMCache does not wait for them when vLLM stops), at most ``limit_s``; returns the last
+    reading: 0.0 when settled, more when the limit came first, None where no URL of
+    ``metrics_urls`` (the arm's LMCache metrics) serves the gauge (then nothing is waited for)."""
+    read, sleep = read or put_tasks, sleep or time.sleep  # (looked up now: a test may replace them)
+    url = next((u for u in metrics_urls if read(u) is not None), None)
+    if url is None:
+        log.warning("LMCache's %s could not be read from %s: not waiting for its remote writes",
+                    PUT_TASKS_GAUGE, ", ".join(metrics_urls) or "no metrics URL")
+        return None
+    zeros, last, deadline = 0, None, clock() + limit_s
+    while True:
+        last = read(url)
+        zeros = zeros + 1 if last == 0 else 0
+        if zeros >= 2 or clock() >= deadline:
+            break
+        sleep(poll_s)
+    if zeros < 2:
+        log.warning("LMCache still had %s remote writes in flight after %.0f s", last, limit_s)
+    return last
+
+
+def log_size(path: Path) -> int:
+    """The size of a log now (0 where there is none): where this run's part of it begins."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def check_reached(s: dict, keys: int | None, vllm_log: Path, since: int = 0) -> None:
+    """Fail the run (ServerError saying what to check) where LMCache did not reach its remote
+    store ``s``: a Redis that holds no key after the populated prompts, or vLLM's log (from byte
+    ``since``: this run's part, the log is appended to across runs) with LMCache's
+    :data:`UNREACHED_LOG` warning. Measuring on would record every "hit" as a miss."""
+    problem = None
+    if s["kind"] == REDIS and keys == 0:
+        problem = f"the Redis on port {s['port']} holds no key after the populated prompts"
+    else:
+        try:
+            with open(vllm_log, "rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        if UNREACHED_LOG in text:
+            problem = f"{vllm_log} says LMCache could not reach it ({UNREACHED_LOG!r})"
+    if problem:
+        raise ServerError(f"{PROCESS[s['kind']]}: LMCache did not store into its remote store {s['url']}: "
+                          f"{problem}. Nothing after the restart could come from the store, so the run "
+                          f"stops here. What to check: the lines of {vllm_log} around 'remote' (LMCache's "
+                          f"connection to remote_url) and the store's own log beside it")
 
 
 def tcp_accepts(port: int, timeout_s: float, host: str = HOST) -> bool:

@@ -35,7 +35,8 @@ COLUMNS = (["platform", "arm", "arm_label", "chunk_size", "reference_arm", "stat
             "tpot_median_ms", "tpot_mean_ms", "tpot_ci95_lo_ms", "tpot_ci95_hi_ms",
             "n_conversations", "input_tps_conv_median", "input_tps_conv_ci95_lo", "input_tps_conv_ci95_hi",
             "n_errors", "wall_s", "input_tps", "hit_tokens", "prefix_cache_hits", "external_prefix_cache_hits",
-            "query_tokens", "hit_rate", "lmcache_hit_tokens", "kv_offload_load_bytes", "kv_offload_store_bytes",
+            "query_tokens", "hit_rate", "preemptions", "queue_ms_mean", "lmcache_hit_tokens",
+            "kv_offload_load_bytes", "kv_offload_store_bytes",
             "loaded_bytes", "load_ms", "load_source", "stored_bytes", "store_ms", "store_source", "n_reference"]
            + [f"{m}_{k}" for m in ("ttft", "tpot") for k in ("saved_ms", "saved_ci95_lo_ms", "saved_ci95_hi_ms",
                                                             "speedup", "speedup_ci95_lo", "speedup_ci95_hi")]
@@ -109,6 +110,12 @@ def counters(phase, prompt_tokens: float) -> dict:
            "external_prefix_cache_hits": c.get("vllm:external_prefix_cache_hits", 0.0),
            "query_tokens": c.get("vllm:prefix_cache_queries", 0.0)}
     row["hit_rate"] = row["hit_tokens"] / row["query_tokens"] if row["query_tokens"] else np.nan
+    # the GPU's KV cache may not hold every conversation at once (the H200's fixed 12 GiB, 98,304
+    # tokens, against ten of ~20K): vLLM then queues requests and preempts running ones, which
+    # TTFT includes; these say how much (vLLM's counters, summed over the phase)
+    row["preemptions"] = c.get("vllm:num_preemptions", 0.0)
+    queued = c.get("vllm:request_queue_time_seconds_count", 0.0)
+    row["queue_ms_mean"] = 1000 * c.get("vllm:request_queue_time_seconds_sum", 0.0) / queued if queued else np.nan
     # in-process LMCache's own count (flushed every 10 s, so it may lag the phase's end)
     row["lmcache_hit_tokens"] = c.get("lmcache:num_hit_tokens", np.nan)
     for direction, (key_bytes, _) in OFFLOAD_COUNTERS.items():

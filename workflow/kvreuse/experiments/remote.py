@@ -6,9 +6,12 @@ from the counters in aggregation (kvreuse.tables_remote), never from time."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .. import remote_store
 from ..errors import ConfigError
 from ..results import phase_name
+from ..servers import MAIN, process_label
 from .context import Context, n_cold, warmup
 
 HIT, MISS, POPULATE = "remote_hit", "remote_miss", "populate"
@@ -28,9 +31,11 @@ async def remote(c: Context, p: dict) -> None:
     buffer are gone), a warm-up of never-seen prompts; then per prompt i, interleaved,
     ``remote_hit_<i>`` (the populated prompt again: its KV can only come from the remote store)
     and ``remote_miss_<i>`` (a never-seen prompt of the same length). Phases carry
-    ``prefix_tokens`` and ``repeat`` = i. Before the stop, a Redis store's key count is polled
-    until it stops changing (kvreuse.remote_store.settled_keys); the meta's
-    ``store_after_stop`` records it and the count after the stop."""
+    ``prefix_tokens`` and ``repeat`` = i. Before the stop, LMCache's writes in flight are waited
+    for (kvreuse.remote_store.settled_puts: LMCache does not wait for them when vLLM stops), a
+    Redis store's key count is polled until it stops changing (settled_keys), and a store that
+    LMCache never reached fails the run (check_reached); the meta's ``store_after_stop``
+    records the writes in flight and the key counts before and after the stop."""
     if c.plan.remote_store is None:
         raise ConfigError(f"experiments.remote: arm {c.spec.arm_name!r} has no remote store (allowed: "
                           f"arms with lmcache.store redis or lm_server)")
@@ -38,14 +43,19 @@ async def remote(c: Context, p: dict) -> None:
     populate = prompts(c, p)
     length = p["prefix_tokens"]
     c.meta.params = {**c.meta.params, "n_cold": n_cold(c, p)}
+    vllm_log = Path(c.spec.log_dir) / f"{process_label(MAIN)}.log"
+    log_start = remote_store.log_size(vllm_log)  # this run's part of the log begins here
     srv.start()
     await warmup(c)
     for i, prompt in enumerate(populate):
         await rec.phase(srv.target(), POPULATE, [prompt], name=phase_name(POPULATE, i),
                         prefix_tokens=length, repeat=i)
+    puts = remote_store.settled_puts((c.plan.lmcache or {}).get("metrics_urls", []))  # LMCache's writes landed
     settled = remote_store.settled_keys(c.plan.remote_store)  # Redis: its writes have landed
+    remote_store.check_reached(c.plan.remote_store, settled, vllm_log, since=log_start)
     srv.stop()  # vLLM only: the remote store, and what it holds, stay
-    c.meta.store_after_stop = {"remote_store": c.plan.remote_store["kind"], "keys_before_stop": settled,
+    c.meta.store_after_stop = {"remote_store": c.plan.remote_store["kind"], "put_tasks_before_stop": puts,
+                               "keys_before_stop": settled,
                                "keys_after_stop": remote_store.settled_keys(c.plan.remote_store, limit_s=0)}
     srv.start()
     await warmup(c, after="post_restart")

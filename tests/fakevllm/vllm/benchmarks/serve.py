@@ -28,6 +28,7 @@ def add_cli_args(parser) -> None:
                  "--max-concurrency"):
         parser.add_argument(flag, type=int, default=None)
     parser.add_argument("--random-range-ratio", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=None)
     for flag in ("--ignore-eos", "--disable-tqdm", "--save-result", "--save-detailed"):
         parser.add_argument(flag, action="store_true")
 
