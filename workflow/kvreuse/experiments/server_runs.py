@@ -137,7 +137,7 @@ class ArmRuns:
         self.stops += [{**x, **since} for x in kept["stops"]]
         self.lmcache += kept["lmcache"]
         self.offload += kept["offload"]
-        log.info("%s: server run %d of arm %s taken from %s (made %s by this commit and config on this GPU)",
+        log.info("%s: server run %d of arm %s taken from %s (made %s by this commit and config on this accelerator)",
                  self.spec.experiment, server_run + 1, self.name, path, kept["made_at"])
         return True
 
