@@ -121,11 +121,12 @@ class ArmRuns:
         try:
             kept = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            log.warning("%s: unreadable (%s): server run %d of %s is measured again", path, e, server_run + 1, self.name)
+            log.warning("%s: unreadable (%s): server run %d of %s is measured again",
+                        path, e, server_run + 1, self.name)
             path.unlink(missing_ok=True)
             return False
         if kept.get("identity") != json.loads(json.dumps(self.identity(), default=str)):
-            log.warning("%s: made by another commit, config or GPU (%s): server run %d of %s is measured "
+            log.warning("%s: made by another commit, config or accelerator (%s): server run %d of %s is measured "
                         "again", path, kept.get("identity"), server_run + 1, self.name)
             path.unlink()
             return False
@@ -137,8 +138,8 @@ class ArmRuns:
         self.stops += [{**x, **since} for x in kept["stops"]]
         self.lmcache += kept["lmcache"]
         self.offload += kept["offload"]
-        log.info("%s: server run %d of arm %s taken from %s (made %s by this commit and config on this accelerator)",
-                 self.spec.experiment, server_run + 1, self.name, path, kept["made_at"])
+        log.info("%s: server run %d of arm %s taken from %s (made %s by this commit and config on this "
+                 "accelerator)", self.spec.experiment, server_run + 1, self.name, path, kept["made_at"])
         return True
 
     @contextlib.contextmanager
