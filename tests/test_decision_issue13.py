@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from kvreuse import config as kc
 from kvreuse import dag, decision, paper, results
 from kvreuse.decision import HELPS, HURTS, NO_CI, NO_DIFFERENCE
 from kvreuse.tables_conversations import COLUMNS as CONVERSATION_COLUMNS
@@ -199,7 +200,8 @@ def test_the_studies_numbers_stand_beside_the_new_rows_with_what_differs():
     links = yaml.safe_load((REPO / dag.DECISION_LINKS).read_text())["links"]
     tabs = tables()
     tabs["multiturn_long"] = tabs["multiturn_long"].assign(history_tokens=4000)
-    t = decision.table(tabs, cited, links, {"h200": {"miss": 32, "pressure": 128}})
+    t = decision.table(tabs, cited, links, {"h200": {"miss": 32, "pressure": 128}},
+                       {"h200": {"miss": 1, "multiturn_long": 10, "pressure": 8}})
     # study 001: its two sides, LMCache off and on (no difference of its own), beside ours
     p = pick(t, workload="pressure", metric="ttft_mean")
     assert (p.study_claim, p.study_claim_without, p.study_value, p.study_value_without, p.study_unit) == (
@@ -217,7 +219,10 @@ def test_the_studies_numbers_stand_beside_the_new_rows_with_what_differs():
     m = pick(t, workload="miss", case="miss", metric="ttft_mean_change")
     assert (m.study_claim, m.study_value, m.study_unit) == ("s002-miss-1k-ttft-change", 4.0, "%")
     assert m.what_differs == ("GPU: rtx4090 (ours h200); model: Qwen3-8B (ours llama-3.1-8b); "
-                              "output length: 128 tokens (ours 32)")
+                              "output length: 128 tokens (ours 32); requests in flight: 100 (ours 1)")
+    assert (m.study_in_flight, m.in_flight) == (100, 1)
+    # its multi-turn load is ours (10 conversations at once): not listed as a difference
+    assert "in flight" not in mt.what_differs and mt.in_flight == 10
     deg = pick(t, workload="miss", case="miss", metric="e2e_mean_change")
     assert (deg.study_claim, deg.study_low, deg.study_high) == ("s002-miss-degradation", 3, 15)
     assert "metric: throughput (ours end-to-end latency of the whole request)" in deg.what_differs
@@ -312,3 +317,13 @@ def test_pressure_and_miss_tables_from_runs_give_rows_with_their_cis():
     src = mt[(mt.arm == "vllm_offload_cpu") & (mt.case == "miss")].iloc[0]
     assert (r.difference, r.difference_ci95_lo, r.verdict) == (pytest.approx(10.0), src.ttft_delta_ci95_lo_pct, HURTS)
     assert r.without_reuse == mt[(mt.arm == "apc") & (mt.case == "miss")].iloc[0].ttft_mean_ms
+
+
+def test_the_requests_in_flight_of_each_workload_come_from_its_config():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    in_flight = dag.decision_in_flight(config)["h200"]
+    params = {e: kc.experiment_params(config, "h200", e) for e in ("pressure", "multiturn_long", "chunk_sweep")}
+    assert in_flight["pressure"] == params["pressure"]["max_concurrency"]
+    assert in_flight["multiturn_long"] == params["multiturn_long"]["n_clients"]
+    assert in_flight["chunk_sweep"] == params["chunk_sweep"]["n_clients"]
+    assert in_flight["miss"] == in_flight["remote"] == in_flight["restart"] == 1  # one request at a time

@@ -172,6 +172,19 @@ def decision_output_tokens(config: dict) -> dict[str, dict[str, int]]:
             for p in dict.fromkeys(report_platforms(config) + run_platforms(config))}
 
 
+#: the experiment parameter that says how many requests a workload keeps in flight at once (the
+#: others send one request at a time, kvreuse.recorder)
+IN_FLIGHT_PARAM = {"pressure": "max_concurrency", "multiturn_long": "n_clients", "chunk_sweep": "n_clients"}
+
+
+def decision_in_flight(config: dict) -> dict[str, dict[str, int]]:
+    """Per reported platform and configured experiment, how many requests it keeps in flight at
+    once (IN_FLIGHT_PARAM, else 1): the decision table says where a source study's load differs."""
+    return {p: {e: int(kc.experiment_params(config, p, e)[IN_FLIGHT_PARAM[e]]) if e in IN_FLIGHT_PARAM else 1
+                for e in experiments(config)}
+            for p in dict.fromkeys(report_platforms(config) + run_platforms(config))}
+
+
 def figures(config: dict) -> list[str]:
     """The figures of the configured tables (each figure is drawn from its table)."""
     made = set(tables(config))

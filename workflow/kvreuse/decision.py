@@ -32,12 +32,14 @@ workflow/resources/cited.yaml (by id: its value, unit, GPU, model and definition
 not repeated) to the decision rows it compares with (workload, arm, metric; platform, case and
 prefix length where given), and states in fields what the study measured (``study_metric``:
 ``e2e``, ``ttft`` or ``throughput``; ``study_statistic``: mean, median, ...;
-``study_output_tokens``, ``study_prefix_tokens``). Where the study gives its two sides and no
+``study_output_tokens``, ``study_prefix_tokens``, ``study_in_flight``: the requests its load kept in
+flight at once). Where the study gives its two sides and no
 difference (with LMCache and without), the link names the claim with reuse and ``claim_without``
 the claim without: both numbers stand beside ours, none is computed from them. ``what_differs``
 lists, from those fields against the row's, the GPU (the claim's GPU against our platform), the
 model (ours by runs.csv; the same where our model's name is within the study's), the output length
-(ours by the config), the prefix length, the metric and the statistic.
+(ours by the config), the requests in flight (ours by the config: pressure's max_concurrency, the
+conversations' n_clients, else one at a time), the prefix length, the metric and the statistic.
 
 **Issue 13's workloads** (each compared where its own table compares, every CI the table's):
 pressure: each store arm against APC alone per workload (``case``: prefix_repetition,
@@ -95,7 +97,8 @@ COLUMNS = ["workload", "case", "platform", "arm", "arm_label", "metric", "metric
            "break_even_status", "break_even_tokens", "break_even_ci_low", "break_even_ci_high", "freshness",
            "source_table", "source_key", "study_claim", "study_source", "study_quantity", "study_value",
            "study_low", "study_high", "study_unit", "study_claim_without", "study_value_without", "study_gpu",
-           "study_model", "study_metric", "study_output_tokens", "output_tokens", "model", "what_differs"]
+           "study_model", "study_metric", "study_output_tokens", "output_tokens", "study_in_flight", "in_flight",
+           "model", "what_differs"]
 
 
 def verdict(lo, hi, better: str = "lower") -> str:
@@ -379,6 +382,9 @@ def what_differs(row: dict, claim: dict, link: dict) -> str:
     theirs, ours = link.get("study_output_tokens"), row.get("output_tokens")
     if kclaims.is_number(theirs) and kclaims.is_number(ours) and int(theirs) != int(ours):
         out.append(f"output length: {int(theirs)} tokens (ours {int(ours)})")
+    theirs, ours = link.get("study_in_flight"), row.get("in_flight")
+    if kclaims.is_number(theirs) and kclaims.is_number(ours) and int(theirs) != int(ours):
+        out.append(f"requests in flight: {int(theirs)} (ours {int(ours)})")
     theirs, ours = link.get("study_prefix_tokens"), row.get("prefix_tokens")
     if kclaims.is_number(theirs) and kclaims.is_number(ours) and int(theirs) != int(ours):
         out.append(f"prefix: {int(theirs)} tokens (ours {int(ours)})")
@@ -432,6 +438,7 @@ def beside(rows: list[dict], cited: dict, links: list[dict]) -> list[dict]:
                    study_value_without=by_id[link["claim_without"]].get("value") if link.get("claim_without") else None,
                    study_gpu=c["setup"].get("gpu") or "not stated", study_model=c["setup"].get("model"),
                    study_metric=c.get("measures"), study_output_tokens=link.get("study_output_tokens"),
+                   study_in_flight=link.get("study_in_flight"),
                    what_differs=what_differs(row, {"gpu": c["setup"].get("gpu"), "model": c["setup"].get("model")},
                                              link))
     return rows
@@ -450,9 +457,10 @@ def _models(runs: pd.DataFrame | None) -> dict[tuple, str]:
 
 
 def table(tables: dict[str, pd.DataFrame], cited: dict | None = None, links: list[dict] | None = None,
-          output_tokens: dict | None = None) -> pd.DataFrame:
+          output_tokens: dict | None = None, in_flight: dict | None = None) -> pd.DataFrame:
     """decision.csv from the tables (name -> frame; absent tables simply give no rows).
-    ``output_tokens``: platform -> workload -> our output length (the config's)."""
+    ``output_tokens``: platform -> workload -> our output length (the config's); ``in_flight``:
+    platform -> workload -> the requests it keeps in flight at once (kvreuse.dag.decision_in_flight)."""
     models = _models(tables.get("runs"))
     rows = []
     for s in SOURCES:
@@ -461,6 +469,7 @@ def table(tables: dict[str, pd.DataFrame], cited: dict | None = None, links: lis
         for r in s.build(tables):
             r["model"] = models.get((r["platform"], s.workload, r["arm"]), models.get((r["platform"], None, None)))
             r["output_tokens"] = ((output_tokens or {}).get(r["platform"]) or {}).get(s.workload)
+            r["in_flight"] = ((in_flight or {}).get(r["platform"]) or {}).get(s.workload)
             rows.append(r)
     if cited is not None and links:
         rows = beside(rows, cited, links)
@@ -494,8 +503,9 @@ def summary(decision: pd.DataFrame) -> list[dict]:
             for (w, p), r in counts.iterrows()]
 
 
-def build(table_paths: dict[str, str], cited: dict, links_file: dict | None, output_tokens: dict) -> pd.DataFrame:
+def build(table_paths: dict[str, str], cited: dict, links_file: dict | None, output_tokens: dict,
+          in_flight: dict | None = None) -> pd.DataFrame:
     """The rule's work: read the tables (rows of an older build that carried cited rows left
     out, as kvreuse.claims does) and make decision.csv."""
     tables = kclaims.measured_rows({name: pd.read_csv(p) for name, p in table_paths.items()})
-    return table(tables, cited, (links_file or {}).get("links") or [], output_tokens)
+    return table(tables, cited, (links_file or {}).get("links") or [], output_tokens, in_flight)

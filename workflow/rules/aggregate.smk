@@ -66,6 +66,7 @@ rule decision:
         md=dag.DECISION_TABLE.replace(".csv", ".md"),
     params:
         output_tokens=dag.decision_output_tokens(config),
+        in_flight=dag.decision_in_flight(config),
     log:
         "results/logs/tables/decision.log",
     conda:
