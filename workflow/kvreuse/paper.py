@@ -338,20 +338,12 @@ def cross_instance_context(t: pd.DataFrame | None, kernels: dict) -> dict:
     (``same_output``; None: not recorded) and whether that run's LMCache recorded its torch
     fallback; the same rows as a table (``table``, None without any); and the runs that did not
     run, with their reason. Neither: no run of the experiment in the results."""
-    rows, not_run = [], []
-    for r in _rows(t):
-        if r.get("status") != "ok":
-            not_run.append(r)
-            continue
-        direction = _saved_direction(r)
+    def fields(r: dict) -> dict:
         equal = r.get("output_equal")
-        rows.append({**r, "direction": direction,
-                     "a_stopped": claims.is_number(r.get("instance_a_stopped")) and bool(r["instance_a_stopped"]),
-                     "same_output": bool(equal) if claims.is_number(equal) else None,
-                     "fallback": (r["platform"], "cross_instance", r["arm"]) in kernels["fallback"]})
-    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
-    counts = [c for c in ("prefix_tokens", "n_cross_first", "n_cross_cold") if c in ok.columns]
-    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
+        return {"a_stopped": claims.is_number(r.get("instance_a_stopped")) and bool(r["instance_a_stopped"]),
+                "same_output": bool(equal) if claims.is_number(equal) else None}
+
+    return _saved_rows(t, "cross_instance", kernels, ("prefix_tokens", "n_cross_first", "n_cross_cold"), fields)
 
 
 def cross_gpu_context(cross_instance: dict) -> dict:
@@ -366,6 +358,24 @@ def cross_gpu_context(cross_instance: dict) -> dict:
 def _gpu_list(x) -> str:
     """A table's GPU list ("0,1") as written; one GPU, which the CSV reads back as a number, as an integer."""
     return str(int(x)) if isinstance(x, numbers.Number) and float(x).is_integer() else str(x)
+
+
+def _saved_rows(t: pd.DataFrame | None, experiment: str, kernels: dict, counts: tuple[str, ...],
+                fields=lambda r: {}) -> dict:
+    """The write-up context of a table of time saved (cross_instance.csv, remote.csv): its
+    measured rows, each with its direction (:func:`_saved_direction`), the ``fields`` of the
+    experiment and whether its LMCache recorded the torch fallback; those rows as a table with
+    the ``counts`` columns as integers (None without any); and the runs not run."""
+    rows, not_run = [], []
+    for r in _rows(t):
+        if r.get("status") != "ok":
+            not_run.append(r)
+            continue
+        rows.append({**r, "direction": _saved_direction(r), **fields(r),
+                     "fallback": (r["platform"], experiment, r["arm"]) in kernels["fallback"]})
+    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
+    ints = [c for c in counts if c in ok.columns]
+    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in ints}) if len(ok) else None}
 
 
 def _saved_direction(r: dict) -> str:
@@ -383,17 +393,7 @@ def remote_context(t: pd.DataFrame | None, kernels: dict) -> dict:
     the CI above zero, ``slower``: below, ``unresolved``: around it, ``no_ci``: fewer than two
     pairs) and whether that run's LMCache recorded its torch fallback; the same rows as a table
     (``table``, None without any); and the runs that did not run, with their reason."""
-    rows, not_run = [], []
-    for r in _rows(t):
-        if r.get("status") != "ok":
-            not_run.append(r)
-            continue
-        direction = _saved_direction(r)
-        rows.append({**r, "direction": direction,
-                     "fallback": (r["platform"], "remote", r["arm"]) in kernels["fallback"]})
-    ok = t[t["status"] == "ok"] if t is not None and len(t) else pd.DataFrame()
-    counts = [c for c in ("prefix_tokens", "n_hit", "n_miss") if c in ok.columns]
-    return {"rows": rows, "not_run": not_run, "table": ok.astype({c: int for c in counts}) if len(ok) else None}
+    return _saved_rows(t, "remote", kernels, ("prefix_tokens", "n_hit", "n_miss"))
 
 
 def claims_context(table: pd.DataFrame, cited: dict, measured: set[str]) -> dict:
