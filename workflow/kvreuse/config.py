@@ -361,20 +361,13 @@ def check(config: dict) -> None:
                     raise ConfigError(f"experiments.{exp}.reference_arm on platform {p}: {ref!r} is not "
                                       f"one of the experiment's arms (allowed: {', '.join(params['arms'])})")
             if exp == "cross_instance":  # its two instances share the arm's LMCache server
-                shared = sorted(a for a, c in config["arms"].items() if is_server_arm(c))
-                for arm in params["arms"]:
-                    if not is_server_arm(config["arms"][arm]):
-                        raise ConfigError(f"{key}: {arm!r} has no LMCache server for the two instances "
-                                          f"to share (allowed: arms with lmcache.mode 'server': "
-                                          f"{', '.join(shared) or 'none defined'})")
+                _require_arms(config, key, params["arms"], is_server_arm,
+                              "has no LMCache server for the two instances to share",
+                              "arms with lmcache.mode 'server'")
                 _check_instances(config, p, exp, params)
             if exp == "remote":  # hit against miss on a store that outlives vLLM's restart
-                remote = sorted(a for a, c in config["arms"].items() if is_remote_arm(c))
-                for arm in params["arms"]:
-                    if not is_remote_arm(config["arms"][arm]):
-                        raise ConfigError(f"{key}: {arm!r} has no remote store (allowed: arms with "
-                                          f"lmcache.store {' or '.join(lmcache_settings.REMOTE_STORES)}: "
-                                          f"{', '.join(remote) or 'none defined'})")
+                _require_arms(config, key, params["arms"], is_remote_arm, "has no remote store",
+                              f"arms with lmcache.store {' or '.join(lmcache_settings.REMOTE_STORES)}")
             limit = server_config(config, p)["max_model_len"]
             if exp == "pressure":
                 _check_pressure_blocks(p, params, limit)
@@ -461,6 +454,15 @@ def _check_tensor_parallel(config: dict, p: str, server: dict) -> None:
         except ValueError as e:
             raise ConfigError(f"platforms.{p}.server.tensor_parallel: {e} "
                               f"(model {config['platforms'][p]['model']!r})") from None
+
+
+def _require_arms(config: dict, key: str, arms: list[str], allowed, lacks: str, which: str) -> None:
+    """Each of ``arms`` must be one that ``allowed`` (a predicate on an arm's config) accepts;
+    the error says what the first other one lacks and names the arms that would do."""
+    fit = sorted(a for a, c in config["arms"].items() if allowed(c))
+    for arm in arms:
+        if not allowed(config["arms"][arm]):
+            raise ConfigError(f"{key}: {arm!r} {lacks} (allowed: {which}: {', '.join(fit) or 'none defined'})")
 
 
 def _check_restart_stores(config: dict) -> None:
