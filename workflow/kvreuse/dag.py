@@ -169,7 +169,7 @@ def decision_output_tokens(config: dict) -> dict[str, dict[str, int]]:
     where a source study's differs."""
     return {p: {e: kc.client_config(config["client"], kc.experiment_params(config, p, e))["max_tokens"]
                 for e in experiments(config)}
-            for p in dict.fromkeys(report_platforms(config) + run_platforms(config))}
+            for p in expected_platforms(config)}
 
 
 #: the experiment parameter that says how many requests a workload keeps in flight at once (the
@@ -182,7 +182,7 @@ def decision_in_flight(config: dict) -> dict[str, dict[str, int]]:
     once (IN_FLIGHT_PARAM, else 1): the decision table says where a source study's load differs."""
     return {p: {e: int(kc.experiment_params(config, p, e)[IN_FLIGHT_PARAM[e]]) if e in IN_FLIGHT_PARAM else 1
                 for e in experiments(config)}
-            for p in dict.fromkeys(report_platforms(config) + run_platforms(config))}
+            for p in expected_platforms(config)}
 
 
 def figures(config: dict) -> list[str]:
