@@ -11,7 +11,6 @@ import copy
 import json
 import shutil
 import socket
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -206,9 +205,10 @@ class StandIns:
         return [SimpleNamespace(output_token_ids=[1]) for _ in prompts]
 
 
-def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, monkeypatch):
+def redis_run(config, tmp_path, params):
+    """The remote experiment's context for lmcache_redis on the H200's plan, on stand-in servers
+    and recorder (one object, StandIns); its meta."""
     arm = "lmcache_redis"
-    params = {"prefix_tokens": 512, "suffix_tokens": 16, "n_cold": 2, "warmup_requests": 1}
     p = arm_plan.plan(arm, config["arms"][arm], server=server_config(config, "h200"),
                       model=config["models"]["llama-3.1-8b"], run_dir=tmp_path, has_cuda=True,
                       store_root=tmp_path / "store")
@@ -216,13 +216,19 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
                            params=dict(params), accelerator={}, versions={}, model={}, server={}, client={},
                            config_hash=None, git_commit=None, started_at="", finished_at=None, phases={})
     fake = StandIns(meta)
+    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params,
+                           log_dir=tmp_path)
+    ctx = experiments.Context(spec, p, fake, fake, None, SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
+    return ctx, meta, fake
+
+
+def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, monkeypatch):
+    params = {"prefix_tokens": 512, "suffix_tokens": 16, "n_cold": 2, "warmup_requests": 1}
+    ctx, meta, fake = redis_run(config, tmp_path, params)
     monkeypatch.setattr(remote_store, "redis_keys", lambda port: 7)
     monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
     in_flight = iter([3.0, 1.0, 0.0, 0.0])  # LMCache's remote writes still running, then none
     monkeypatch.setattr(remote_store, "put_tasks", lambda url: next(in_flight, 0.0))
-    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params,
-                           log_dir=tmp_path)
-    ctx = experiments.Context(spec, p, fake, fake, None, SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
     asyncio.run(experiments.remote(ctx, params))
     assert fake.events == ["start", "warmup", "populate_0", "populate_1", "stop", "start", "warmup_post_restart",
                            "remote_hit_0", "remote_miss_0", "remote_hit_1", "remote_miss_1"]
@@ -240,21 +246,11 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
 
 
 def test_a_redis_left_empty_by_lmcache_stops_the_run_before_the_restart(config, tmp_path, monkeypatch):
-    arm = "lmcache_redis"
     params = {"prefix_tokens": 64, "suffix_tokens": 8, "n_cold": 1, "warmup_requests": 0}
-    p = arm_plan.plan(arm, config["arms"][arm], server=server_config(config, "h200"),
-                      model=config["models"]["llama-3.1-8b"], run_dir=tmp_path, has_cuda=True,
-                      store_root=tmp_path / "store")
-    meta = results.RunMeta(status="ok", platform="h200", experiment="remote", arm=arm, arm_config=config["arms"][arm],
-                           params=dict(params), accelerator={}, versions={}, model={}, server={}, client={},
-                           config_hash=None, git_commit=None, started_at="", finished_at=None, phases={})
-    fake = StandIns(meta)
+    ctx, meta, fake = redis_run(config, tmp_path, params)
     monkeypatch.setattr(remote_store, "redis_keys", lambda port: 0)
     monkeypatch.setattr(remote_store, "put_tasks", lambda url: None)
     monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
-    spec = SimpleNamespace(platform="h200", experiment="remote", arm_name=arm, arm=config["arms"][arm], params=params,
-                           log_dir=tmp_path)
-    ctx = experiments.Context(spec, p, fake, fake, None, SimpleNamespace(tokens=lambda name, n: [hash(name) % 1000] * n))
     with pytest.raises(remote_store.ServerError, match="holds no key"):
         asyncio.run(experiments.remote(ctx, params))
     assert fake.events == ["start", "populate_0"]  # no restart, no hit measured against an empty store
