@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import io
 import subprocess
+import time
 import tarfile
 from pathlib import Path
 
@@ -119,6 +120,35 @@ def test_run_targets_sh_refuses_without_a_commit(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "KVREUSE_GIT_COMMIT" in r.stderr
     assert not (tmp_path / "keep").exists()  # stopped before anything
+
+
+def test_run_targets_sh_gives_its_jobs_the_deadline_and_starts_prioritized_targets_first(tmp_path):
+    """BUDGET_S becomes the jobs' KVREUSE_DEADLINE (an alternating job starts no server run the
+    budget would cut off) and PRIORITIZE Snakemake's --prioritize (a python3 stand-in records
+    what Snakemake would have been given)."""
+    script = tmp_path / "run-targets.sh"
+    script.write_text((REPO / "profiles/gpu-node/run-targets.sh").read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text('#!/bin/bash\necho "$KVREUSE_DEADLINE $*" >> "$CALLS"\n')
+    (bin_dir / "python3").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "KEEP": str(tmp_path / "keep"), "CALLS": str(calls),
+           "KVREUSE_GIT_COMMIT": "0" * 40, "BUDGET_S": "300", "PRIORITIZE": "results/raw/h200/restart/a.jsonl b"}
+    before = int(time.time())
+    r = subprocess.run(["bash", str(script), "h200", "t1", "t2"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    deadline, *args = calls.read_text().splitlines()[0].split()
+    assert before + 300 <= int(deadline) <= int(time.time()) + 300
+    assert args[:4] == ["-m", "snakemake", "t1", "t2"]
+    i = args.index("--prioritize")
+    assert args[i + 1:i + 3] == ["results/raw/h200/restart/a.jsonl", "b"] and args[i + 3] == "--profile"
+    # without PRIORITIZE: no --prioritize
+    calls.unlink()
+    del env["PRIORITIZE"]
+    subprocess.run(["bash", str(script), "h200", "t1"], cwd=tmp_path, env=env, capture_output=True, timeout=30)
+    assert "--prioritize" not in calls.read_text().splitlines()[0]
 
 
 # -- stale and archived ------------------------------------------------------------------------

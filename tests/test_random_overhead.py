@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,6 +119,27 @@ def test_arms_alternate_across_fresh_server_runs_with_the_same_prompts():
     assert arms[0].recorder.prompts["repeat_run0_0"] == arms[1].recorder.prompts["repeat_run0_0"]
 
 
+def test_no_server_run_starts_that_the_time_budget_would_cut_off(monkeypatch):
+    events = []
+    arms = [FakeArm("apc", events), FakeArm("lmcache_cpu", events)]
+    # the runner's deadline has passed: the first server run gives the job its length, and the
+    # next one is not started (its finished runs stay kept for the next step)
+    monkeypatch.setenv(experiments.server_runs.DEADLINE_ENV, str(time.time() - 1))
+    with pytest.raises(experiments.TimeBudgetExhausted, match="server run 1 of 3 of arm lmcache_cpu not started"):
+        asyncio.run(experiments.alternate(arms, 3, experiments.SERVER_RUNS["random_overhead"]))
+    assert [(e[1], e[2]) for e in events if e[0] == "open"] == [("apc", 0)]
+    assert ("keep", "apc", 0) in events
+    # far from the deadline: every run
+    events.clear()
+    arms = [FakeArm("apc", events), FakeArm("lmcache_cpu", events)]
+    monkeypatch.setenv(experiments.server_runs.DEADLINE_ENV, str(time.time() + 3600))
+    asyncio.run(experiments.alternate(arms, 2, experiments.SERVER_RUNS["random_overhead"]))
+    assert len([e for e in events if e[0] == "open"]) == 4
+    monkeypatch.setenv(experiments.server_runs.DEADLINE_ENV, "soon")
+    with pytest.raises(ValueError, match="epoch second expected"):
+        experiments.server_runs.budget_left_s()
+
+
 def test_schedule_is_round_robin():
     assert alternating.schedule(["a"], 3) == [(0, "a"), (1, "a"), (2, "a")]
     assert alternating.schedule(["a", "b", "c"], 2) == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c")]
@@ -213,6 +235,33 @@ def test_a_job_started_again_takes_the_server_runs_it_kept_and_measures_only_the
     other = dataclasses.replace(spec, config_hash="1" * 16)
     arm, opened = start(spec=other)
     assert opened == [("apc", 0), ("apc", 1), ("apc", 2)]
+
+
+def test_runs_kept_by_another_commit_are_taken_only_where_the_campaign_names_it(config, tmp_path, repo,
+                                                                              monkeypatch):
+    first = a_spec(config, tmp_path, "apc", repo)
+
+    def start(spec, cut_at=None):
+        arms, opened = experiments.prepare([spec], has_cuda=False), []
+        for a in arms:
+            a.server_run = fake_server_runs(a, opened, cut_at)
+        try:
+            asyncio.run(experiments.alternate(arms, 3, lambda c, p, i: book_one(c, p, i, arms=arms)))
+        except CutOff:
+            pass
+        return arms[0], opened
+
+    monkeypatch.setenv("KVREUSE_GIT_COMMIT", "a" * 40)
+    start(first, cut_at=2)  # two server runs kept by the first commit
+    monkeypatch.setenv("KVREUSE_GIT_COMMIT", "b" * 40)  # the runner changed since
+    arm, opened = start(first, cut_at=2)
+    assert opened == [("apc", 0), ("apc", 1)]  # not named: measured again (and kept anew)
+    monkeypatch.setenv("KVREUSE_GIT_COMMIT", "c" * 40)
+    monkeypatch.setenv(experiments.server_runs.RESUME_COMMITS_ENV, f"{'b' * 40} c0ffee")
+    arm, opened = start(first)
+    assert opened == [("apc", 2)]  # named: taken, and said so
+    assert [s.get("resumed_commit") for s in arm.starts] == [f"{'b' * 40} (copy)"] * 2 + [None]
+    assert arm.meta.git_commit == f"{'c' * 40} (copy)"
 
 
 def test_run_alternating_removes_what_it_kept_once_the_arms_are_written(config, tmp_path, repo, monkeypatch):
@@ -381,8 +430,13 @@ def test_the_committed_h100_and_h200_runs_aggregate(repo):
     files = sorted(str(p) for p in (repo / "results/raw").glob("h*/random_overhead/*.jsonl"))
     assert files
     t = aggregate.build("random_overhead", files, 0.05)
-    assert set(t["server_runs"]) == {1}
-    assert t[["e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"]].isna().all().all()
+    # the H100's runs had one server run a side (no CI between server runs); the H200's (lease
+    # 4) two, each with the CI of the difference
+    one, two = t[t["platform"] == "h100"], t[t["platform"] == "h200"]
+    assert set(one["server_runs"]) == {1} and set(two["server_runs"]) == {2}
+    assert one[["e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"]].isna().all().all()
+    offload = two[two["arm"] != "apc"]
+    assert len(offload) == 2 and offload[["e2e_delta_ci95_lo_pct", "e2e_delta_ci95_hi_pct"]].notna().all().all()
 
 
 # -- the cost and the accounting of a shared job ------------------------------------------------
@@ -414,10 +468,38 @@ def test_the_store_cost_on_the_cold_path_comes_from_lmcache_log_or_vllm_offload_
     lm.phases = {"repeat_run0_0": Phase(kind="repeat", n_requests=10, wall_s=1.0, counters={},
                                         lmcache_log={"store_ms": 50.0, "store_bytes": 20_000_000, "stores": 10})}
     assert store_cost(lm) == {"store_source": "lmcache_log", "store_ms_per_request": 5.0,
-                              "store_mb_per_request": 2.0}
+                              "store_mb_per_request": 2.0, "store_gb_s": pytest.approx(0.4)}  # MB/ms
     off = a_meta("vllm_offload_cpu")
     off.phases = {"repeat_run0_0": Phase(kind="repeat", n_requests=4, wall_s=1.0, counters={
         "vllm:kv_offload_store_time": 0.02, "vllm:kv_offload_store_bytes": 8e6})}
     assert store_cost(off) == {"store_source": "vllm:kv_offload_store_*", "store_ms_per_request": 5.0,
-                               "store_mb_per_request": 2.0}
+                               "store_mb_per_request": 2.0, "store_gb_s": pytest.approx(0.4)}
     assert store_cost(a_meta("apc"))["store_source"] == ""
+
+
+# -- the store on the cold path, in the write-up (issue 12, item 5) -------------------------------
+def test_the_write_up_says_when_lmcache_stored_nothing_because_the_prompts_are_below_a_chunk():
+    from kvreuse import paper
+
+    base = {"platform": "h200", "status": "ok", "e2e_delta_pct": 9.0, "e2e_delta_ci95_lo_pct": -3.0,
+            "e2e_delta_ci95_hi_pct": 25.0, "store_ms_per_request": 0.0, "store_mb_per_request": 0.0,
+            "prompt_tokens_mean": 130.0, "kv_bytes_per_token": 131072}
+    t = pd.DataFrame([{**base, "arm": "lmcache_cpu", "chunk_tokens": 256.0},
+                      {**base, "arm": "vllm_offload_cpu", "chunk_tokens": float("nan"),
+                       "store_ms_per_request": 0.5, "store_mb_per_request": 10.0, "store_gb_s": 20.0}])
+    rows = paper.random_rows(t, {"fallback": set()})
+    lm, off = rows
+    assert lm["below_chunk"] and lm["stored_nothing"] and not lm["stored"]
+    assert off["stored"] and not off["below_chunk"]
+    # a longer prompt that still stored nothing is not put down to the chunk
+    longer = paper.random_rows(t.assign(prompt_tokens_mean=512.0), {"fallback": set()})[0]
+    assert longer["stored_nothing"] and not longer["below_chunk"]
+
+    claim = {"claimed": 123.0, "gpu": "l40s"}
+    need, = paper.store_would_need(rows, claim)  # only the arm with a measured store rate
+    assert need["arm_label"] == "vllm_offload_cpu" and need["gpu"] == "l40s"
+    assert need["needed_gb"] == pytest.approx(0.123 * 20.0)
+    assert need["needed_tokens"] == round(0.123 * 20.0 * 1e9 / 131072)
+    assert need["prompt_store_ms"] == pytest.approx(130 * 131072 / 1e9 / 20.0 * 1000)
+    assert need["factor"] == pytest.approx(123.0 / need["prompt_store_ms"])
+    assert paper.store_would_need(rows, None) == []

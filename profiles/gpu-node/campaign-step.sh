@@ -6,7 +6,8 @@
 # Each step measures what is still missing (default target: `measure`) until BUDGET_S (default
 # 540 s); state stays in $KEEP between steps, and the platform's raw results, benchmarks and job
 # logs come back in $OUT after every step (run-targets.sh), so an interruption loses one step's
-# work, not the campaign's.
+# work, not the campaign's. PRIORITIZE="TARGET ..." starts those targets' jobs first, and an
+# alternating job starts no server run that BUDGET_S would cut off (run-targets.sh).
 #
 # The campaign's state is this host's $KEEP: the tree's committed raw results of the platform
 # are dropped from this copy (they are superseded by the campaign, git keeps them, and a kept

@@ -5,7 +5,11 @@
 # results, benchmarks and logs of the platform are packed into $OUT (if set) at the end.
 # Jobs may share the GPU (config.yaml: platforms.<p>.server.jobs_per_gpu; caps in
 # profiles/gpu-node/config.yaml); $KVREUSE_MEASURE_LOCK keeps their measurements apart.
-# BUDGET_S bounds the run: at the limit Snakemake gets SIGINT, which stops its jobs' servers.
+# BUDGET_S bounds the run: at the limit Snakemake gets SIGINT, which stops its jobs' servers;
+# an alternating job starts no server run that the budget would cut off ($KVREUSE_DEADLINE,
+# kvreuse.experiments.server_runs). PRIORITIZE="TARGET ..." starts those targets' jobs first
+# (Snakemake's --prioritize): the scheduler knows no job's length, and a long job started last
+# is cut off at the budget, again and again.
 # Every server a job starts records its process group in $KVREUSE_PGID_DIR (a fresh folder per
 # run); groups still recorded once Snakemake has ended (a job killed before it could stop its
 # servers) get SIGINT, then SIGKILL, from `python -m kvreuse.procs stop-recorded`. Nothing else
@@ -36,7 +40,11 @@ KVREUSE_PGID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kvreuse-pgids.XXXXXX") || exit 1
 # one node-wide lock: jobs that share the GPU (server.jobs_per_gpu) never measure at once
 export KVREUSE_MEASURE_LOCK="$KVREUSE_PGID_DIR.measure.lock"
 export PYTHONHASHSEED=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
-timeout -s INT -k 60 "${BUDGET_S:-540}" python3 -m snakemake "$@" --profile profiles/gpu-node \
+budget_s="${BUDGET_S:-540}"
+export KVREUSE_DEADLINE=$(( $(date +%s) + budget_s ))
+prioritize=()
+if [[ -n "${PRIORITIZE:-}" ]]; then read -r -a prioritize <<<"$PRIORITIZE"; prioritize=(--prioritize "${prioritize[@]}"); fi
+timeout -s INT -k 60 "$budget_s" python3 -m snakemake "$@" "${prioritize[@]}" --profile profiles/gpu-node \
   --config "run_platforms=[\"$platform\"]" "report_platforms=[\"$platform\"]"
 rc=$?
 PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}" \

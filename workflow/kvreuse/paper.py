@@ -265,7 +265,43 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
         else:
             direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
         out.append({**_labelled(r), "direction": direction,
-                    "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"]})
+                    "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"],
+                    **store_on_cold_path(r)})
+    return out
+
+
+def store_on_cold_path(r: dict) -> dict:
+    """What the arm's store did with the unique prompts (the source study's explanation of
+    its L40S slowdown): ``stored`` (its store cost per request was measured and is above
+    zero), ``stored_nothing`` (zero bytes), and ``below_chunk`` where that is because every
+    prompt is shorter than LMCache's chunk (it stores whole chunks only)."""
+    mb, ms = r.get("store_mb_per_request"), r.get("store_ms_per_request")
+    known = claims.is_number(mb) and claims.is_number(ms)
+    chunk, tokens = r.get("chunk_tokens"), r.get("prompt_tokens_mean")
+    return {"stored": known and mb > 0, "stored_nothing": known and mb == 0,
+            "below_chunk": known and mb == 0 and claims.is_number(chunk) and claims.is_number(tokens)
+            and tokens < chunk}
+
+
+def store_would_need(rows: list[dict], claim: dict | None) -> list[dict]:
+    """For the study's extra latency per request on its L40S (``claim``), what a store would
+    have to move per request to cost that much at the rate each of our stores achieved: GB and
+    the prompt length (tokens) whose KV that is, beside what our prompts' KV takes at that
+    rate. Rows without a measured store rate give none."""
+    if not claim or not claims.is_number(claim.get("claimed")):
+        return []
+    extra_ms = float(claim["claimed"])
+    out = []
+    for r in rows:
+        rate, bpt, tokens = r.get("store_gb_s"), r.get("kv_bytes_per_token"), r.get("prompt_tokens_mean")
+        if not (r["stored"] and claims.is_number(rate) and claims.is_number(bpt) and bpt > 0):
+            continue
+        gb = extra_ms / 1000 * rate
+        ours_ms = tokens * bpt / 1e9 / rate * 1000 if claims.is_number(tokens) else float("nan")
+        out.append({"platform": r["platform"], "arm_label": r["arm_label"], "extra_ms": extra_ms,
+                    "gpu": claim.get("gpu"), "store_gb_s": rate, "needed_gb": gb, "needed_tokens": round(gb * 1e9 / bpt),
+                    "prompt_tokens": tokens, "prompt_store_ms": ours_ms,
+                    "factor": extra_ms / ours_ms if claims.is_number(ours_ms) and ours_ms > 0 else float("nan")})
     return out
 
 
@@ -558,6 +594,8 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "reload": reload_context(t),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
             "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
+            "random_would_need": store_would_need(random_rows(t["random_overhead"], kernels),
+                                                  ctx_claims["claims_by_id"].get("s000-random-l40s-extra")),
             # issue 13: KV pressure and cache-miss overhead (kvreuse.paper_pressure)
             "pressure": paper_pressure.pressure_context(t.get("pressure")),
             "miss": paper_pressure.miss_context(t.get("miss")),

@@ -47,8 +47,26 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
                 row[f"{key}_bytes"], row[f"{direction}_ms"] = nbytes, secs * 1000
                 row["transfer_source"] = "; ".join(filter(None, [row.get("transfer_source"), source]))
         row.update(store_cost(m))
+        row.update(store_shape(m, sub))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def store_shape(m: RunMeta, measured: pd.DataFrame) -> dict:
+    """What decides whether the store has anything to store, and at what rate it stored:
+    the measured prompts' mean length (``prompt_tokens_mean``), LMCache's chunk
+    (``chunk_tokens``: with ``save_unfull_chunk`` off it stores no prompt shorter than one), the
+    KV bytes per token its meta recorded, and the rate of its stores (``store_gb_s``)."""
+    store = m.lmcache or m.offload or {}
+    nan = float("nan")
+    return {"prompt_tokens_mean": measured["prompt_tokens"].mean() if len(measured) else nan,
+            "chunk_tokens": (m.lmcache or {}).get("chunk_size", nan),
+            "kv_bytes_per_token": store.get("kv_bytes_per_token", nan)}
+
+
+def store_rate_gb_s(mb_per_request: float, ms_per_request: float) -> float:
+    """GB/s of a store (``store_cost``'s two columns): NaN where it stored nothing."""
+    return mb_per_request / ms_per_request if mb_per_request > 0 and ms_per_request > 0 else float("nan")
 
 
 def store_cost(m: RunMeta) -> dict:
@@ -61,10 +79,12 @@ def store_cost(m: RunMeta) -> dict:
     logs = [ph.lmcache_log for ph in phases if ph.lmcache_log]
     offload = [ph.counters for ph in phases if "vllm:kv_offload_store_bytes" in ph.counters]
     if not n or not (logs or offload):
-        return {"store_source": "", "store_ms_per_request": float("nan"), "store_mb_per_request": float("nan")}
+        return {"store_source": "", "store_ms_per_request": float("nan"), "store_mb_per_request": float("nan"),
+                "store_gb_s": float("nan")}
     if logs:
         ms, nbytes, source = sum(x["store_ms"] for x in logs), sum(x["store_bytes"] for x in logs), "lmcache_log"
     else:
         ms = 1000 * sum(c.get("vllm:kv_offload_store_time", 0.0) for c in offload)
         nbytes, source = sum(c["vllm:kv_offload_store_bytes"] for c in offload), "vllm:kv_offload_store_*"
-    return {"store_source": source, "store_ms_per_request": ms / n, "store_mb_per_request": nbytes / n / 1e6}
+    return {"store_source": source, "store_ms_per_request": ms / n, "store_mb_per_request": nbytes / n / 1e6,
+            "store_gb_s": store_rate_gb_s(nbytes / 1e6, ms)}

@@ -52,7 +52,7 @@ from .overhead import random_overhead
 from .miss import miss
 from .persistence import restart
 from .pressure import pressure
-from .server_runs import SERVER_RUNS, ArmRuns, alternate, prepare, run_alternating
+from .server_runs import SERVER_RUNS, ArmRuns, TimeBudgetExhausted, alternate, prepare, run_alternating
 from .serving_load import serving
 from .remote import remote
 from .sharing import cross_instance
@@ -61,7 +61,7 @@ from .sweep import prefix_sweep, sweep_lengths
 __all__ = ["EXPERIMENTS", "SERVER_RUNS", "ArmRuns", "Context", "RunSpec", "alternate", "arm_plan",
            "base_meta", "baseline", "cold_warm", "conversations", "cross_instance", "miss", "multiturn",
            "n_cold", "prefix_sweep", "prepare", "pressure", "random_overhead", "remote", "restart", "run",
-           "run_alternating", "serving", "shared",
+           "run_alternating", "serving", "shared", "TimeBudgetExhausted",
            "store_after_stop", "sweep_lengths", "warmup", "write_not_run", "write_pair"]
 
 EXPERIMENTS: dict[str, Callable[[Context, dict], Awaitable[None]]] = {

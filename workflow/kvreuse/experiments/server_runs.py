@@ -9,8 +9,16 @@ an arm's part of it (its phases, records, starts and stops, store summaries) is 
 time budget, SIGINT) takes the server runs kept there instead of measuring them again, if they
 were made by the same code (git commit), config (config hash) and accelerator (GPU, its UUIDs,
 host); otherwise they are deleted and measured again. Their starts and stops say so
-(``resumed_from``: when the kept server run was made). The folder is removed once the arms'
-files are written."""
+(``resumed_from``: when the kept server run was made). Runs kept by another commit are taken
+only where the campaign names that commit in :data:`RESUME_COMMITS_ENV` (only code that measures
+nothing changed in between); their starts and stops then say ``resumed_commit``. The folder is
+removed once the arms' files are written.
+
+**A time budget.** Where the runner gives one (:data:`DEADLINE_ENV`: the epoch second at which
+it stops the job, ``profiles/gpu-node/run-targets.sh``'s ``BUDGET_S``), a server run is not
+started once less time is left than the longest server run this job has measured: the job
+stops with :class:`TimeBudgetExhausted`, its finished server runs kept, instead of taking the
+measurement lock for a run the budget would cut off."""
 
 from __future__ import annotations
 
@@ -20,7 +28,9 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +53,20 @@ from .overhead import random_overhead
 log = logging.getLogger(__package__)  # kvreuse.experiments, as before the split
 #: where a job's finished server runs are kept until it has written its arms' files
 KEPT_DIR = ".server-runs"
+
+#: the epoch second at which the runner stops this job (module docstring: A time budget)
+DEADLINE_ENV = "KVREUSE_DEADLINE"
+
+#: commits (space-separated) whose kept server runs a job takes although its own commit differs:
+#: a campaign names the commit of kept runs when only code that measures nothing changed since
+#: (the runner, the tables); the taken runs' starts and stops say ``resumed_commit``
+RESUME_COMMITS_ENV = "KVREUSE_RESUME_COMMITS"
+
+
+def resume_commits() -> set[str]:
+    """The commits of :data:`RESUME_COMMITS_ENV`."""
+    return set(os.environ.get(RESUME_COMMITS_ENV, "").split())
+
 
 #: experiments run as alternating server runs (kvreuse.alternating): one server run of one arm
 SERVER_RUNS: dict[str, Callable[[Context, dict, int], Awaitable[None]]] = {
@@ -125,12 +149,20 @@ class ArmRuns:
                         path, e, server_run + 1, self.name)
             path.unlink(missing_ok=True)
             return False
-        if kept.get("identity") != json.loads(json.dumps(self.identity(), default=str)):
+        ours, theirs = json.loads(json.dumps(self.identity(), default=str)), dict(kept.get("identity") or {})
+        since = {"resumed_from": kept["made_at"]}
+        kept_sha = str(theirs.get("git_commit") or "").split(" ")[0]  # "<sha> (copy)" on a GPU host
+        if theirs.get("git_commit") != ours["git_commit"] and kept_sha in resume_commits():
+            # another commit that the campaign says measures the same (RESUME_COMMITS_ENV): taken,
+            # and its starts and stops name it
+            since["resumed_commit"] = theirs["git_commit"]
+            theirs["git_commit"] = ours["git_commit"]
+        if theirs != ours:
             log.warning("%s: made by another commit, config or accelerator (%s): server run %d of %s is measured "
-                        "again", path, kept.get("identity"), server_run + 1, self.name)
+                        "again (a commit that measures the same can be named in %s)", path, kept.get("identity"),
+                        server_run + 1, self.name, RESUME_COMMITS_ENV)
             path.unlink()
             return False
-        since = {"resumed_from": kept["made_at"]}
         for name, phase in kept["phases"].items():
             self.meta.add_phase(name, phase_from_dict(phase, f"{path}: phase {name}"))
         self.recorder.records.extend(record_from_dict(r, str(path)) for r in kept["records"])
@@ -182,18 +214,53 @@ def prepare(specs: list[RunSpec], has_cuda: bool | None = None) -> list[ArmRuns]
     return arms
 
 
+class TimeBudgetExhausted(RuntimeError):
+    """The runner's time budget would cut the next server run off (module docstring)."""
+
+
+def budget_left_s() -> float | None:
+    """Seconds left before the runner stops this job (:data:`DEADLINE_ENV`); None without one."""
+    deadline = os.environ.get(DEADLINE_ENV)
+    if not deadline:
+        return None
+    try:
+        return float(deadline) - time.time()
+    except ValueError:
+        raise ValueError(f"{DEADLINE_ENV}={deadline!r}: an epoch second expected (run-targets.sh sets "
+                         f"it from BUDGET_S); unset it to run without a time budget") from None
+
+
+def lock_waited_s(arm) -> float:
+    """Seconds this arm's job has waited for the measurement lock so far (kvreuse.gpu_share)."""
+    lock = getattr(arm, "lock", None)
+    return sum(w["waited_s"] for w in lock.waits) if lock is not None else 0.0
+
+
 async def alternate(arms: list, server_runs: int,
                     one_run: Callable[[Context, dict, int], Awaitable[None]]) -> None:
     """``server_runs`` rounds, each arm once per round, in order (A B A B ...): ``one_run`` on a
-    fresh context from each arm's ``server_run(i)``."""
+    fresh context from each arm's ``server_run(i)``; none started that the time budget would
+    cut off (module docstring: A time budget)."""
+    took_s: list[float] = []  # the server runs measured by this start of the job
     for i, arm in alternating.schedule(arms, server_runs):
         if arm.resume(i):
             continue
+        left = budget_left_s()
+        if left is not None and took_s and left < max(took_s):
+            raise TimeBudgetExhausted(
+                f"{arm.spec.experiment}: server run {i + 1} of {server_runs} of arm {arm.name} not started: "
+                f"{max(left, 0):.0f} s of the runner's time budget left ({DEADLINE_ENV}), and a server run "
+                f"of this job took up to {max(took_s):.0f} s. Its finished server runs are kept (in "
+                f"{KEPT_DIR}/ beside its results): run the job again (the next campaign step) and it "
+                f"measures only the rest.")
         log.info("%s: server run %d of %d, arm %s", arm.spec.experiment, i + 1, server_runs, arm.name)
+        t0, waited0 = time.monotonic(), lock_waited_s(arm)
         phases_before, n_records_before = set(arm.meta.phases), len(arm.recorder.records)
         with arm.server_run(i) as c:
             await one_run(c, c.spec.params, i)
         arm.keep(i, phases_before, n_records_before)
+        # what the run itself took: its wait for another job's measurement is not its own
+        took_s.append(time.monotonic() - t0 - (lock_waited_s(arm) - waited0))
 
 
 def run_alternating(specs: list[RunSpec], server_runs: int, has_cuda: bool | None = None) -> list[dict]:
