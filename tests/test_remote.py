@@ -321,3 +321,23 @@ def test_registered_with_its_runs_table_and_slurm_minutes(config):
                                               "results/raw/h200/remote/lmcache_remote_server.jsonl"]
     h200 = kc.experiment_params(config, "h200", "remote")
     assert (h200["prefix_tokens"] + h200["suffix_tokens"], h200["n_cold"]) == (20000, 5)
+
+
+def test_the_remote_table_says_what_each_hit_loaded_and_at_what_rate_by_lmcaches_log():
+    from kvreuse import tables_remote
+
+    meta = results.RunMeta(status="ok", platform="h200", experiment="remote", arm="lmcache_redis", arm_config={},
+                           params={}, accelerator={}, versions={}, model={}, server={}, client={},
+                           config_hash=None, git_commit=None, started_at="", finished_at=None, phases={})
+    log = {"retrieves": 1, "retrieve_bytes": 2.5e9, "retrieve_ms": 5000.0, "retrieved_tokens": 19968,
+           "required_tokens": 19968, "stores": 0, "store_bytes": 0, "store_ms": 0.0, "stored_tokens": 0}
+    for i in range(2):
+        meta.add_phase(f"remote_hit_{i}", results.Phase(kind="remote_hit", n_requests=1, wall_s=5.0, counters={},
+                                                       lmcache_log=dict(log), repeat=i))
+        meta.add_phase(f"remote_miss_{i}", results.Phase(kind="remote_miss", n_requests=1, wall_s=1.0, counters={},
+                                                        repeat=i))
+    loads = tables_remote._loads(meta)
+    assert loads == {"loaded_gb_per_hit": 2.5, "load_gb_s": 0.5, "load_source": loads["load_source"]}
+    assert "lmcache" in loads["load_source"]
+    meta.phases = {}
+    assert tables_remote._loads(meta)["load_source"] == ""

@@ -264,7 +264,9 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
             direction = "no_ci"  # one server run on a side: no CI between servers
         else:
             direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
-        out.append({**_labelled(r), "direction": direction,
+        nan = float("nan")  # columns a table made before them lacks
+        out.append({"store_gb_s": nan, "chunk_tokens": nan, "prompt_tokens_mean": nan, "kv_bytes_per_token": nan,
+                    **_labelled(r), "direction": direction,
                     "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"],
                     **store_on_cold_path(r)})
     return out

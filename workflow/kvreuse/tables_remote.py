@@ -9,7 +9,8 @@ store saved) and the ratio miss / hit (the study's "performance boost") with the
 (kvreuse.stats; paired by prompt i, the two requests of a pair sent one after the other), and
 what the counters say: per prompt the hit fraction is vLLM's external hits
 (``vllm:external_prefix_cache_hits``) over the prompt's reusable tokens (kvreuse.verdict), the
-median and the smallest over the prompts, and the misses' hits (the control: none expected).
+median and the smallest over the prompts, and the misses' hits (the control: none expected);
+what the hits loaded and at what rate, by LMCache's own log (``loaded_gb_per_hit``, ``load_gb_s``).
 The remote store's kind and version come from the meta. A run that did not run is one row with
 its status and reason.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, verdict
+from .phase_stats import transfers
 from .experiments.remote import HIT, MISS
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
@@ -31,7 +33,7 @@ COLUMNS = ["platform", "arm", "status", "reason", "store", "store_version", "pre
            "diff_median_ms", "diff_ci95_lo_ms", "diff_ci95_hi_ms",
            "speedup", "speedup_ci95_lo", "speedup_ci95_hi",
            "hit_tokens", "reusable_tokens", "hit_fraction", "hit_fraction_min", "miss_hit_tokens",
-           "cuda_kernels"]
+           "loaded_gb_per_hit", "load_gb_s", "load_source", "cuda_kernels"]
 
 
 def _ttfts(records: pd.DataFrame, kind: str) -> pd.Series:
@@ -73,7 +75,17 @@ def _row(meta: RunMeta, records: pd.DataFrame) -> dict:
             "diff_median_ms": d.diff_median_ms, "diff_ci95_lo_ms": d.diff_ci95_lo_ms,
             "diff_ci95_hi_ms": d.diff_ci95_hi_ms, "speedup": d.speedup,
             "speedup_ci95_lo": d.speedup_ci95_lo, "speedup_ci95_hi": d.speedup_ci95_hi,
-            **_hits(meta, records)}
+            **_hits(meta, records), **_loads(meta)}
+
+
+def _loads(meta: RunMeta) -> dict:
+    """What the hits loaded from the store and at what rate, by the store's own account
+    (kvreuse.phase_stats.transfers: LMCache's log lines): GB per hit and GB/s."""
+    hits = [ph for ph in meta.phases.values() if ph.kind == HIT]
+    nbytes, secs, source = transfers(hits, "load")
+    if not hits or not (nbytes > 0 and secs > 0):
+        return {"loaded_gb_per_hit": np.nan, "load_gb_s": np.nan, "load_source": ""}
+    return {"loaded_gb_per_hit": nbytes / 1e9 / len(hits), "load_gb_s": nbytes / 1e9 / secs, "load_source": source}
 
 
 def remote_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
