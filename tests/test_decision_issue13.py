@@ -177,6 +177,19 @@ def test_no_source_is_pending_and_absent_tables_are_named():
         "remote"] == "no measured row in remote.csv"
 
 
+def test_a_store_arm_whose_reference_arm_is_not_measured_gives_no_row_and_says_why():
+    """Lease 4 measured pressure's two store arms, not its APC-only arm: no comparison exists."""
+    without_apc = pressure()[lambda t: t["arm"] != "apc"]
+    t = tables(pressure=without_apc)
+    rows = decision.table(t)
+    assert "pressure" not in set(rows["workload"]) and "remote" in set(rows["workload"])
+    reason = {a["workload"]: a["reason"] for a in decision.absent(t, rows)}["pressure"]
+    assert reason.startswith("pressure.csv has measured rows, but not of the arm they are compared with")
+    for name, ref in (("multiturn_long", "apc"), ("chunk_sweep", "lmcache_cpu"), ("miss", "apc")):
+        t = tables(**{name: tables()[name][lambda f, ref=ref: f["arm"] != ref]})
+        assert name not in set(decision.table(t)["workload"]), name
+
+
 # -- one changed table row changes its verdict ---------------------------------------------------------
 @pytest.mark.parametrize("name, changed, key, before, after", [
     ("pressure", pressure(saved_median_ci=(-50.0, -30.0)), {"workload": "pressure", "metric": "ttft_median"},

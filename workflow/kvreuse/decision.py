@@ -240,6 +240,8 @@ def pressure_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
         if r["arm"] == REFERENCE:
             continue
         ref = _reference_row(t, r, REFERENCE, ("platform", "workload"))
+        if not ref:  # its reference arm is not measured: nothing to compare with
+            continue
         what = "with the store vs APC only, under KV pressure"
         key = row_key(platform=r["platform"], arm=r["arm"], workload=r["workload"])
         extra = {"case": r["workload"], "hit_fraction": _num(r.get("reuse_hit_fraction"))}
@@ -267,6 +269,8 @@ def _conversation_rows(workload: str, compared: Callable[[dict, dict], str]) -> 
             if r["arm"] == r["reference_arm"]:
                 continue
             ref = _reference_row(t, r, r["reference_arm"], ("platform", "history_tokens"))
+            if not ref:  # its reference arm is not measured: nothing to compare with
+                continue
             out.append(make_row(workload, {**r, "prefix_tokens": r["history_tokens"]}, "ttft_median", compared(r, ref),
                                 r["ttft_median_ms"], ref.get("ttft_median_ms"), -_num(r.get("ttft_saved_ms")),
                                 -_num(r.get("ttft_saved_ci95_hi_ms")), -_num(r.get("ttft_saved_ci95_lo_ms")),
@@ -304,6 +308,8 @@ def miss_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
         if r["arm"] == REFERENCE:
             continue
         ref = _reference_row(t, r, REFERENCE, ("platform", "prompt_tokens", "case"))
+        if not ref:  # its reference arm is not measured: nothing to compare with
+            continue
         for metric, col in (("ttft_mean_change", "ttft"), ("e2e_mean_change", "e2e")):
             out.append(make_row("miss", {**r, "prefix_tokens": r["prompt_tokens"]}, metric,
                                 f"with the store vs APC only, {MISS_CASES.get(r['case'], r['case'])}",
@@ -478,7 +484,7 @@ def table(tables: dict[str, pd.DataFrame], cited: dict | None = None, links: lis
 
 def absent(tables: dict[str, pd.DataFrame], decision: pd.DataFrame) -> list[dict]:
     """The workloads without a row in ``decision``, each with why (no builder yet, its table
-    not in the results, or no measured row in it)."""
+    not in the results, no measured row in it, or none of the arm its rows are compared with)."""
     have = set(decision["workload"]) if len(decision) else set()
     out = []
     for s in SOURCES:
@@ -488,6 +494,9 @@ def absent(tables: dict[str, pd.DataFrame], decision: pd.DataFrame) -> list[dict
             why = "its experiment has no table yet"
         elif all(tables.get(t) is None for t in s.tables):
             why = f"{s.tables[0]}.csv is not in these results"
+        elif any(len(_ok(tables.get(t))) for t in s.tables):
+            why = (f"{', '.join(t + '.csv' for t in s.tables if tables.get(t) is not None)} has measured rows, "
+                   f"but not of the arm they are compared with (APC only or the reference chunk size)")
         else:
             why = f"no measured row in {', '.join(t + '.csv' for t in s.tables if tables.get(t) is not None)}"
         out.append({"workload": s.workload, "what": s.what, "reason": why})
