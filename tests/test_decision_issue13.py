@@ -184,7 +184,7 @@ def test_a_store_arm_whose_reference_arm_is_not_measured_gives_no_row_and_says_w
     rows = decision.table(t)
     assert "pressure" not in set(rows["workload"]) and "remote" in set(rows["workload"])
     reason = {a["workload"]: a["reason"] for a in decision.absent(t, rows)}["pressure"]
-    assert reason.startswith("pressure.csv has measured rows, but not of the arm they are compared with")
+    assert reason.startswith("pressure.csv has measured rows, but no measured pair to compare")
     for name, ref in (("multiturn_long", "apc"), ("chunk_sweep", "lmcache_cpu"), ("miss", "apc")):
         t = tables(**{name: tables()[name][lambda f, ref=ref: f["arm"] != ref]})
         assert name not in set(decision.table(t)["workload"]), name

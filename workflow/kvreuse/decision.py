@@ -496,7 +496,8 @@ def absent(tables: dict[str, pd.DataFrame], decision: pd.DataFrame) -> list[dict
             why = f"{s.tables[0]}.csv is not in these results"
         elif any(len(_ok(tables.get(t))) for t in s.tables):
             why = (f"{', '.join(t + '.csv' for t in s.tables if tables.get(t) is not None)} has measured rows, "
-                   f"but not of the arm they are compared with (APC only or the reference chunk size)")
+                   f"but no measured pair to compare (a store arm and APC only, or a chunk size and the "
+                   f"reference chunk size, on the same platform)")
         else:
             why = f"no measured row in {', '.join(t + '.csv' for t in s.tables if tables.get(t) is not None)}"
         out.append({"workload": s.workload, "what": s.what, "reason": why})
