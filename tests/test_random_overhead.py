@@ -450,6 +450,13 @@ def test_cost_shares_an_alternating_jobs_wall_time_among_its_arms():
     t = aggregate.cost_table(metas, {("h200", "random_overhead", "alternating"): 100.0})
     assert t.set_index("arm").loc[["apc", "lmcache_cpu"], "wall_s"].tolist() == [25.0, 75.0]
 
+    # a server run taken from an earlier start of the job (resumed) adds its own span: from its
+    # server's start (at less startup_s) to when it was kept
+    metas[0].server_starts.insert(0, {"process": "vllm", "startup_s": 60.0, "server_run": 0,
+                                      "at": "2026-11-29T20:01:00+00:00", "resumed_from": "2026-11-29T20:03:00+00:00"})
+    t = aggregate.cost_table(metas, {("h200", "random_overhead", "alternating"): 100.0})
+    assert t.set_index("arm").loc["apc", "wall_s"] == pytest.approx(100.0 * 10 / 40 + 180.0)
+
 
 def test_accounting_finds_the_shared_jobs_log(tmp_path):
     log = tmp_path / "h200" / "random_overhead" / "alternating.log"

@@ -67,8 +67,11 @@ def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd
 
 
 def _busy_s(m: RunMeta) -> float:
-    """Seconds a run kept its servers busy: their starts and its phases."""
-    return sum(s.get("startup_s", 0.0) for s in m.server_starts) + sum(p.wall_s for p in m.phases.values())
+    """Seconds a run kept its servers busy in its job's last start: their starts and its phases,
+    less the server runs taken from an earlier start (they are counted by :func:`resumed_spans`)."""
+    taken = {s.get("server_run") for s in m.server_starts if s.get("resumed_from")}
+    return (sum(s.get("startup_s", 0.0) for s in m.server_starts if not s.get("resumed_from"))
+            + sum(p.wall_s for p in m.phases.values() if not (taken and p.server_run in taken)))
 
 
 def _wall_s(m: RunMeta, metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
@@ -83,7 +86,25 @@ def _wall_s(m: RunMeta, metas: list[RunMeta], benchmarks: dict[tuple, float]) ->
         return np.nan
     busy = [_busy_s(o) for o in metas
             if (o.platform, o.experiment, o.status) == (m.platform, m.experiment, "ok")]
-    return job * _busy_s(m) / sum(busy) if sum(busy) > 0 else job / max(len(busy), 1)
+    share = job * _busy_s(m) / sum(busy) if sum(busy) > 0 else job / max(len(busy), 1)
+    # the job's benchmark file times its last start only: the server runs it took from earlier
+    # starts (kvreuse.experiments.server_runs) add their own spans
+    return share + sum(end - start for start, end in resumed_spans(m))
+
+
+def resumed_spans(m: RunMeta) -> list[tuple[float, float]]:
+    """(from, to) epoch seconds of each server run this run took from an earlier start of its
+    job: from its first server's start (``at`` less ``startup_s``) to when it was kept
+    (``resumed_from``). A lower bound of what that start cost: its waits before the server
+    run and any run the budget cut off are not in it."""
+    runs: dict[int, list[float]] = {}
+    for s in m.server_starts:
+        if s.get("resumed_from") and s.get("at"):
+            begin = interference.epoch(s["at"]) - float(s.get("startup_s") or 0.0)
+            end = interference.epoch(s["resumed_from"])
+            span = runs.setdefault(int(s.get("server_run") or 0), [begin, end])
+            span[0], span[1] = min(span[0], begin), max(span[1], end)
+    return [(b, e) for b, e in runs.values() if e > b]
 
 
 def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataFrame:
@@ -115,7 +136,8 @@ def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataF
 
 def _held_minutes(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
     """GPU-minutes the runs' jobs held their GPUs (kvreuse.interference.held_gpu_minutes): a job
-    spans its wall time up to its meta's finished_at; one without either counts in full."""
+    spans its wall time up to its meta's finished_at; one without either counts in full; server
+    runs taken from an earlier start of the job (:func:`resumed_spans`) span their own times."""
     spans, seen = [], set()
     for m in metas:
         acc = m.accelerator or {}
@@ -123,10 +145,12 @@ def _held_minutes(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float
         wall = benchmarks.get((m.platform, m.experiment, m.arm),
                               benchmarks.get((m.platform, m.experiment, alternating.JOB)))
         job = (m.platform, m.experiment) + (() if alternating.alternates(m.experiment) else (m.arm,))
+        key = interference.gpu_key(m)
+        if gpus:  # server runs taken from an earlier start of the job held the GPU then
+            spans += [(key, b, e, gpus) for b, e in resumed_spans(m)]
         if not gpus or wall is None or np.isnan(wall) or job in seen:  # an alternating job: once
             continue
         seen.add(job)
-        key = interference.gpu_key(m)
         if key is None or not m.finished_at:
             spans.append((None, 0.0, wall, gpus))
         else:
