@@ -71,6 +71,25 @@ def test_touching_one_plotting_script_reruns_that_figure_and_the_paper(done_copy
     smk(done_copy, "--touch", "--cores", "1")
 
 
+def test_editing_a_table_module_remakes_the_tables_and_what_reads_them_never_a_measurement(done_copy):
+    """The package modules a script imports are its rule's inputs (kvreuse.code_deps): a changed
+    table module makes its table stale, though the rule's script: file did not change."""
+    def edit(module):  # Snakemake (9.18 on) compares an input's checksum, not only its mtime
+        time.sleep(1.1)
+        path = done_copy / module
+        path.write_text(path.read_text() + "\n# edited\n")
+
+    edit("workflow/kvreuse/tables_overhead.py")
+    ran = jobs(smk(done_copy, "-n"))
+    assert ran.get("table") and ran.get("paper") == 1 and ran.get("figure"), ran
+    assert not [j for j in ran if j.startswith("run_") or j in ("model", "lmcache_store")], ran
+    smk(done_copy, "--touch", "--cores", "1")
+    edit("workflow/kvreuse/plotting.py")  # imported by the figure scripts only
+    ran = {k: v for k, v in jobs(smk(done_copy, "-n")).items() if k != "total"}
+    assert set(ran) == {"figure", "paper", "all"} and ran["figure"] > 1, ran
+    smk(done_copy, "--touch", "--cores", "1")
+
+
 def test_analysis_code_never_reruns_a_measurement(done_copy):
     time.sleep(1.1)
     for f in ("workflow/scripts/aggregate.py", "workflow/scripts/figures/cold_warm.py",

@@ -9,6 +9,8 @@ rule table:
         context=context_inputs,
         # a pinned artifact's manifest: its config says which runs are current
         manifest=pinned_manifest,
+        # the package modules its script imports: a changed table module remakes the table
+        code=code("workflow/scripts/aggregate.py"),
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",
@@ -41,6 +43,7 @@ rule claims:
         # only the tables that cited.yaml's rules read
         tables=expand("results/tables/{t}.csv", t=dag.claims_tables(config)),
         llama_config="workflow/resources/llama-3.1-8b/config.json",
+        code=code("workflow/scripts/claims.py"),
     output:
         csv=dag.CLAIMS_TABLE,
         md=dag.CLAIMS_TABLE.replace(".csv", ".md"),
@@ -61,6 +64,7 @@ rule decision:
         links=dag.DECISION_LINKS,
         cited=dag.CITED,
         tables=expand("results/tables/{t}.csv", t=dag.decision_tables(config)),
+        code=code("workflow/scripts/decision.py"),
     output:
         csv=dag.DECISION_TABLE,
         md=dag.DECISION_TABLE.replace(".csv", ".md"),

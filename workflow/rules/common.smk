@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 
 from kvreuse import alternating
 from kvreuse import artifact as ka
+from kvreuse import code_deps
 from kvreuse import config as kc
 from kvreuse import dag
 from kvreuse import platforms
@@ -165,3 +166,14 @@ def model_spec(wildcards):
 
 def attempts_files():
     return dag.attempts_files()
+
+
+def code(script):
+    """The package files a rule's script imports (kvreuse.code_deps): inputs of the rules that
+    build tables, figures and the write-up, so that a changed module makes them stale; never
+    of a run rule (a code change reruns no measurement)."""
+    return list(code_deps.imported_files(script))
+
+
+def figure_code(wildcards):
+    return code(f"workflow/scripts/figures/{wildcards.figure}.py")

@@ -7,6 +7,7 @@ rule figure:
         # every table the figure reads, its own first (kvreuse.dag.FIGURE_TABLES)
         tables=figure_tables,
         script="workflow/scripts/figures/{figure}.py",
+        code=figure_code,  # the package modules the script imports
     output:
         pdf="results/figures/{figure}.pdf",
         png=report(

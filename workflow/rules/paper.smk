@@ -4,6 +4,7 @@ rule notebook:
     input:
         notebook="workflow/notebooks/analysis.py",
         tables=expand("results/tables/{t}.csv", t=TABLES),
+        code=code("workflow/scripts/run_notebook.py") + code("workflow/notebooks/analysis.py"),
     output:
         "results/notebooks/analysis.ipynb",
     log:
@@ -44,6 +45,7 @@ rule paper:
         llama_config="workflow/resources/llama-3.1-8b/config.json",
         raw=all_raw_inputs,
         pinned_manifest=pinned_manifest,
+        code=code("workflow/scripts/build_paper.py"),
     output:
         md="paper/build/kvreuse.md",
         tex="paper/build/kvreuse.tex",
