@@ -61,9 +61,11 @@ ADDED_COLUMNS = {
     "restart": RESTART_VERDICT + ["latency_prefix_tokens", "n_lengths", "freshness", "arm_label", "connector",
                                   "lmcache_kernels"],
     # the alternating design: server runs per arm (kvreuse.alternating); the marked arm; the
-    # store's cost per request on the cold path
+    # store's cost per request on the cold path, its rate, and what decides whether it stores
+    # (the prompts' length against LMCache's chunk; kvreuse.tables_overhead.store_shape)
     "random_overhead": ["server_runs", "freshness", "arm_label", "lmcache_kernels", "store_source",
-                        "store_ms_per_request", "store_mb_per_request"],
+                        "store_ms_per_request", "store_mb_per_request", "store_gb_s", "prompt_tokens_mean",
+                        "chunk_tokens", "kv_bytes_per_token"],
     # GPU-minutes held once per GPU where jobs shared it (kvreuse.tables_runs)
     "cost": ["gpu_minutes_held"],
     # the LMCache server's GPU memory around the first vLLM stop (kvreuse.servers)
