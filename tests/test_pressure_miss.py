@@ -259,6 +259,11 @@ def test_pressure_table_proves_eviction_by_counters_and_compares_the_store_with_
     assert ctx["eviction"][0]["evicting"] and ctx["arms"][0]["ttft_direction"] == "faster"
     assert ctx["arms"][0]["itl_direction"] == "slower"  # every ITL one ms longer than APC's: a CI at +1
     assert [r["arm"] for r in ctx["not_run"]] == ["vllm_offload_cpu"]
+    assert ctx["without_reference"] == []
+    # APC alone not measured (lease 4 on the H200): the store arm is said to have nothing to compare with
+    no_apc = paper_pressure.pressure_context(pressure_table(df[df.arm != "apc"], [m for m in metas if m.arm != "apc"]))
+    assert no_apc["arms"] == [] and [(r["arm"], r["workload"]) for r in no_apc["without_reference"]] == [
+        ("lmcache_cpu", "prefix_repetition")]
     assert list(pressure_table(df.iloc[:0], []).columns)[:2] == ["platform", "arm"]  # no runs: still a header
 
 

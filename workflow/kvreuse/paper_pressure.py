@@ -49,7 +49,14 @@ def pressure_context(t: pd.DataFrame | None) -> dict:
                                                        faster_below=False),
                      "itl_direction": _direction(r.get("itl_added_ci95_lo_ms"), r.get("itl_added_ci95_hi_ms"),
                                                  faster_below=True)})
-    return {"eviction": eviction, "arms": arms, "not_run": not_run(t)}
+    return {"eviction": eviction, "arms": arms, "not_run": not_run(t), "without_reference": without_reference(rows)}
+
+
+def without_reference(rows: list[dict], reference: str = "apc") -> list[dict]:
+    """Measured arms with no measured ``reference`` (APC alone) beside them on their platform and
+    workload: nothing to compare them with (their reference's run is in the accounting)."""
+    have = {(r["platform"], r.get("workload")) for r in rows if r["arm"] == reference}
+    return [r for r in rows if r["arm"] != reference and (r["platform"], r.get("workload")) not in have]
 
 
 def miss_context(t: pd.DataFrame | None) -> dict:
