@@ -218,6 +218,19 @@ def _reference_row(t: pd.DataFrame, r: dict, ref: str, keys: tuple[str, ...]) ->
     return sel.iloc[0].to_dict() if len(sel) else {}
 
 
+def _compared(t: pd.DataFrame, keys: tuple[str, ...], reference: str | None = None):
+    """Each measured row of ``t`` with its reference arm's row beside it (the same ``keys``): the
+    arm ``reference``, else the row's own ``reference_arm``. The reference's own rows, and rows
+    whose reference is not measured (nothing to compare with), give none."""
+    for r in t.to_dict("records") if len(t) else []:
+        ref_arm = reference or r["reference_arm"]
+        if r["arm"] == ref_arm:
+            continue
+        ref = _reference_row(t, r, ref_arm, keys)
+        if ref:
+            yield r, ref
+
+
 #: pressure.csv: metric -> the arm's column, and what it saves against APC (APC minus arm) with its CI
 PRESSURE_TTFT = {
     "ttft_mean": ("ttft_mean_ms", "ttft_saved_mean_ms", "ttft_saved_mean_ci95_lo_ms", "ttft_saved_mean_ci95_hi_ms"),
@@ -236,12 +249,7 @@ def pressure_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
 
     t = _ok(tables.get("pressure"))
     out = []
-    for r in t.to_dict("records") if len(t) else []:
-        if r["arm"] == REFERENCE:
-            continue
-        ref = _reference_row(t, r, REFERENCE, ("platform", "workload"))
-        if not ref:  # its reference arm is not measured: nothing to compare with
-            continue
+    for r, ref in _compared(t, ("platform", "workload"), REFERENCE):
         what = "with the store vs APC only, under KV pressure"
         key = row_key(platform=r["platform"], arm=r["arm"], workload=r["workload"])
         extra = {"case": r["workload"], "hit_fraction": _num(r.get("reuse_hit_fraction"))}
@@ -265,12 +273,7 @@ def _conversation_rows(workload: str, compared: Callable[[dict, dict], str]) -> 
             return []
         t = t[t["scope"] == "overall"]
         out = []
-        for r in t.to_dict("records"):
-            if r["arm"] == r["reference_arm"]:
-                continue
-            ref = _reference_row(t, r, r["reference_arm"], ("platform", "history_tokens"))
-            if not ref:  # its reference arm is not measured: nothing to compare with
-                continue
+        for r, ref in _compared(t, ("platform", "history_tokens")):
             out.append(make_row(workload, {**r, "prefix_tokens": r["history_tokens"]}, "ttft_median", compared(r, ref),
                                 r["ttft_median_ms"], ref.get("ttft_median_ms"), -_num(r.get("ttft_saved_ms")),
                                 -_num(r.get("ttft_saved_ci95_hi_ms")), -_num(r.get("ttft_saved_ci95_lo_ms")),
@@ -304,12 +307,7 @@ def miss_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
 
     t = _ok(tables.get("miss"))
     out = []
-    for r in t.to_dict("records") if len(t) else []:
-        if r["arm"] == REFERENCE:
-            continue
-        ref = _reference_row(t, r, REFERENCE, ("platform", "prompt_tokens", "case"))
-        if not ref:  # its reference arm is not measured: nothing to compare with
-            continue
+    for r, ref in _compared(t, ("platform", "prompt_tokens", "case"), REFERENCE):
         for metric, col in (("ttft_mean_change", "ttft"), ("e2e_mean_change", "e2e")):
             out.append(make_row("miss", {**r, "prefix_tokens": r["prompt_tokens"]}, metric,
                                 f"with the store vs APC only, {MISS_CASES.get(r['case'], r['case'])}",
