@@ -218,8 +218,11 @@ def restart_rows(restart: pd.DataFrame, kernels: dict) -> list[dict]:
 
 def _labelled(r: dict) -> dict:
     """A table row with the columns the write-up's text reads, where a table made before them
-    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_lookup_wait_ms``."""
-    out = {"connector": "", "reload_lookup_wait_ms": float("nan"), **r}
+    lacks them: ``arm_label`` (the arm), ``connector``, ``reload_lookup_wait_ms``, and
+    random_overhead's store rate and shape (NaN)."""
+    nan = float("nan")
+    out = {"connector": "", "reload_lookup_wait_ms": nan, "store_gb_s": nan, "chunk_tokens": nan,
+           "prompt_tokens_mean": nan, "kv_bytes_per_token": nan, **r}
     if not isinstance(out.get("arm_label"), str):
         out["arm_label"] = r["arm"]
     return out
@@ -264,9 +267,7 @@ def random_rows(t: pd.DataFrame, kernels: dict) -> list[dict]:
             direction = "no_ci"  # one server run on a side: no CI between servers
         else:
             direction = "slower" if lo > 0 else "faster" if hi < 0 else "unresolved"
-        nan = float("nan")  # columns a table made before them lacks
-        out.append({"store_gb_s": nan, "chunk_tokens": nan, "prompt_tokens_mean": nan, "kv_bytes_per_token": nan,
-                    **_labelled(r), "direction": direction,
+        out.append({**_labelled(r), "direction": direction,
                     "fallback": (r["platform"], "random_overhead", r["arm"]) in kernels["fallback"],
                     **store_on_cold_path(r)})
     return out
@@ -590,14 +591,14 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
         weights.setdefault(str(p["weights"]), []).append(p["platform"])
     models = sorted({str(p["model"]) for p in gpus})
     cross = cross_instance_context(t.get("cross_instance"), kernels)
+    random = random_rows(t["random_overhead"], kernels)
     return {"title": TITLE, "t": t, "platforms": platforms, "not_run": _rows(not_run),
             "attempts": attempts or [], "md": md, "cold_warm": cold_warm,
             "restart": restart_rows(t["restart"], kernels), "baseline": _rows(t["baseline"]),
             "reload": reload_context(t),
             "prefix_sweep": _rows(t["prefix_sweep"]), "multiturn": _rows(t["multiturn"]),
-            "random": random_rows(t["random_overhead"], kernels), "kernels": kernels,
-            "random_would_need": store_would_need(random_rows(t["random_overhead"], kernels),
-                                                  ctx_claims["claims_by_id"].get("s000-random-l40s-extra")),
+            "random": random, "kernels": kernels,
+            "random_would_need": store_would_need(random, ctx_claims["claims_by_id"].get("s000-random-l40s-extra")),
             # issue 13: KV pressure and cache-miss overhead (kvreuse.paper_pressure)
             "pressure": paper_pressure.pressure_context(t.get("pressure")),
             "miss": paper_pressure.miss_context(t.get("miss")),
