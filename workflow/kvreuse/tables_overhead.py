@@ -53,10 +53,9 @@ def random_overhead_table(df: pd.DataFrame, metas: list[RunMeta], reference: str
 
 
 def store_shape(m: RunMeta, measured: pd.DataFrame) -> dict:
-    """What decides whether the store has anything to store, and at what rate it stored:
-    the measured prompts' mean length (``prompt_tokens_mean``), LMCache's chunk
-    (``chunk_tokens``: with ``save_unfull_chunk`` off it stores no prompt shorter than one), the
-    KV bytes per token its meta recorded, and the rate of its stores (``store_gb_s``)."""
+    """What decides whether the store has anything to store: the measured prompts' mean length
+    (``prompt_tokens_mean``), LMCache's chunk (``chunk_tokens``: with ``save_unfull_chunk`` off
+    it stores no prompt shorter than one) and the KV bytes per token its meta recorded."""
     store = m.lmcache or m.offload or {}
     nan = float("nan")
     return {"prompt_tokens_mean": measured["prompt_tokens"].mean() if len(measured) else nan,
@@ -64,16 +63,12 @@ def store_shape(m: RunMeta, measured: pd.DataFrame) -> dict:
             "kv_bytes_per_token": store.get("kv_bytes_per_token", nan)}
 
 
-def store_rate_gb_s(mb_per_request: float, ms_per_request: float) -> float:
-    """GB/s of a store (``store_cost``'s two columns): NaN where it stored nothing."""
-    return mb_per_request / ms_per_request if mb_per_request > 0 and ms_per_request > 0 else float("nan")
-
-
 def store_cost(m: RunMeta) -> dict:
     """What storing each unique prompt's KV cost on the cold path (the source study's
     explanation of its L40S slowdown), per measured request: LMCache's own store log lines
     (``lmcache_log``: ms and bytes per store), or vLLM offloading's counters
-    (``vllm:kv_offload_store_time`` in s, ``_store_bytes``); none for an arm that stores nothing."""
+    (``vllm:kv_offload_store_time`` in s, ``_store_bytes``), and their rate (``store_gb_s``, NaN
+    where it stored nothing); none for an arm that stores nothing."""
     phases = [ph for ph in m.phases.values() if ph.kind == "repeat"]
     n = sum(ph.n_requests for ph in phases)
     logs = [ph.lmcache_log for ph in phases if ph.lmcache_log]
@@ -87,4 +82,4 @@ def store_cost(m: RunMeta) -> dict:
         ms = 1000 * sum(c.get("vllm:kv_offload_store_time", 0.0) for c in offload)
         nbytes, source = sum(c["vllm:kv_offload_store_bytes"] for c in offload), "vllm:kv_offload_store_*"
     return {"store_source": source, "store_ms_per_request": ms / n, "store_mb_per_request": nbytes / n / 1e6,
-            "store_gb_s": store_rate_gb_s(nbytes / 1e6, ms)}
+            "store_gb_s": nbytes / 1e6 / ms if nbytes > 0 and ms > 0 else float("nan")}  # MB/ms = GB/s
