@@ -264,6 +264,40 @@ def test_runs_kept_by_another_commit_are_taken_only_where_the_campaign_names_it(
     assert arm.meta.git_commit == f"{'c' * 40} (copy)"
 
 
+def test_runs_kept_on_another_gpu_of_the_same_model_are_taken_only_where_the_campaign_says_so(
+        config, tmp_path, repo, monkeypatch):
+    spec = a_spec(config, tmp_path, "apc", repo)
+    h200 = {"kind": "gpu", "name": "NVIDIA H200", "count": 1, "driver": "580.159.04", "memory": "143771 MiB",
+            "cuda": "13.0", "host": "vm"}
+
+    def start(uuid, cut_at=None):
+        monkeypatch.setattr(experiments.context.provenance, "accelerator", lambda: {**h200, "uuids": [uuid]})
+        arms, opened = experiments.prepare([spec], has_cuda=False), []
+        for a in arms:
+            a.server_run = fake_server_runs(a, opened, cut_at)
+        try:
+            asyncio.run(experiments.alternate(arms, 3, lambda c, p, i: book_one(c, p, i, arms=arms)))
+        except CutOff:
+            pass
+        return arms[0], opened
+
+    start("GPU-a", cut_at=2)  # two server runs kept on one host's H200
+    arm, opened = start("GPU-b", cut_at=2)  # a host lent anew: not said, measured again
+    assert opened == [("apc", 0), ("apc", 1)]
+    monkeypatch.setenv(experiments.server_runs.RESUME_OTHER_GPU_ENV, "1")
+    arm, opened = start("GPU-c")
+    assert opened == [("apc", 2)]  # said: taken, with the GPU they were made on
+    assert [(s.get("resumed_gpu") or {}).get("uuids") for s in arm.starts] == [["GPU-b"]] * 2 + [None]
+    assert arm.meta.accelerator["uuids"] == ["GPU-c"]
+    # another GPU model is never taken
+    for p in experiments.ArmRuns.kept_dir(spec).iterdir():
+        p.unlink()
+    start("GPU-c", cut_at=1)
+    h200 = {**h200, "name": "NVIDIA H100 80GB HBM3"}
+    arm, opened = start("GPU-d")
+    assert opened == [("apc", 0), ("apc", 1), ("apc", 2)]
+
+
 def test_run_alternating_removes_what_it_kept_once_the_arms_are_written(config, tmp_path, repo, monkeypatch):
     spec = a_spec(config, tmp_path, "apc", repo)
     opened, original = [], experiments.server_runs.prepare

@@ -8,7 +8,8 @@ an arm's part of it (its phases, records, starts and stops, store summaries) is 
 ``<raw dir>/.server-runs/<arm>.run<i>.json``; a job started again (the same job cut off at a
 time budget, SIGINT) takes the server runs kept there instead of measuring them again, if they
 were made by the same code (git commit), config (config hash) and accelerator (GPU, its UUIDs,
-host); otherwise they are deleted and measured again. Their starts and stops say so
+host); otherwise they are deleted and measured again. Runs kept on another GPU of the same
+model and driver (a host lent anew) are taken only where :data:`RESUME_OTHER_GPU_ENV` says so. Their starts and stops say so
 (``resumed_from``: when the kept server run was made). Runs kept by another commit are taken
 only where the campaign names that commit in :data:`RESUME_COMMITS_ENV` (only code that measures
 nothing changed in between); their starts and stops then say ``resumed_commit``. The folder is
@@ -66,6 +67,22 @@ RESUME_COMMITS_ENV = "KVREUSE_RESUME_COMMITS"
 def resume_commits() -> set[str]:
     """The commits of :data:`RESUME_COMMITS_ENV`."""
     return set(os.environ.get(RESUME_COMMITS_ENV, "").split())
+
+
+#: "1": a job takes server runs kept on another GPU of the same model, count, memory, driver and
+#: CUDA (a lent host is often another machine than the last campaign step's: another GPU UUID);
+#: the taken runs' starts and stops then say ``resumed_gpu`` (the kept run's accelerator), so
+#: the tables can tell a job measured on two GPUs from one measured on one
+RESUME_OTHER_GPU_ENV = "KVREUSE_RESUME_OTHER_GPU"
+
+#: what two accelerators of one model may differ in for :data:`RESUME_OTHER_GPU_ENV`
+GPU_INSTANCE_FIELDS = frozenset({"uuids", "host"})
+
+
+def same_gpu_model(theirs: dict, ours: dict) -> bool:
+    """Whether two recorded accelerators differ only in which GPU instance they were."""
+    keys = (set(theirs) | set(ours)) - GPU_INSTANCE_FIELDS
+    return theirs != ours and all(theirs.get(k) == ours.get(k) for k in keys)
 
 
 #: experiments run as alternating server runs (kvreuse.alternating): one server run of one arm
@@ -157,10 +174,16 @@ class ArmRuns:
             # and its starts and stops name it
             since["resumed_commit"] = theirs["git_commit"]
             theirs["git_commit"] = ours["git_commit"]
+        other_gpu = dict(theirs.get("accelerator") or {})
+        if os.environ.get(RESUME_OTHER_GPU_ENV) == "1" and same_gpu_model(other_gpu, ours["accelerator"] or {}):
+            # the same GPU model on another host (RESUME_OTHER_GPU_ENV): taken, and said so
+            since["resumed_gpu"] = other_gpu
+            theirs["accelerator"] = ours["accelerator"]
         if theirs != ours:
             log.warning("%s: made by another commit, config or accelerator (%s): server run %d of %s is measured "
-                        "again (a commit that measures the same can be named in %s)", path, kept.get("identity"),
-                        server_run + 1, self.name, RESUME_COMMITS_ENV)
+                        "again (a commit that measures the same can be named in %s; %s=1 takes runs of "
+                        "another GPU of the same model)", path, kept.get("identity"),
+                        server_run + 1, self.name, RESUME_COMMITS_ENV, RESUME_OTHER_GPU_ENV)
             path.unlink()
             return False
         for name, phase in kept["phases"].items():
