@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import faultkit as fk
-from kvreuse import aggregate, experiments, remote_store, results
+from kvreuse import aggregate, decision, experiments, remote_store, results
 from kvreuse import plan as arm_plan
 from kvreuse.config import check, server_config
 from kvreuse.errors import ConfigError
@@ -305,9 +305,20 @@ def test_table_hit_against_miss_with_ci_counters_and_store_version(tmp_path):
     assert r.speedup == 2.5
     assert (r.hit_tokens, r.reusable_tokens, r.hit_fraction, r.hit_fraction_min, r.miss_hit_tokens) == (
         2816.0, 1024, 1.0, 0.75, 0.0)
+    assert r.persistence == "partial"  # one populated prompt got 0.75 of its reusable tokens
     c = aggregate.build("comparisons", [synthetic_run(tmp_path)], 0.05)
     row = c[c.experiment == "remote"].iloc[0]
     assert (row.baseline, row.treatment, row.diff_median_ms) == ("remote_miss", "remote_hit", 60.0)
+
+
+def test_a_store_that_served_no_hits_after_the_restart_is_not_persisted_whatever_the_times(tmp_path):
+    """Lease 5's LMCache remote server: the populated prompts got 0 external hits after vLLM's
+    restart; the times differ, but no reuse was measured, and the table says so."""
+    t = aggregate.build("remote", [synthetic_run(tmp_path, hits=(0.0, 0.0, 0.0))], 0.05)
+    r = t.iloc[0]
+    assert (r.hit_fraction, r.hit_fraction_min, r.persistence) == (0.0, 0.0, "not persisted")
+    row = decision.remote_rows({"remote": t})[0]
+    assert row["persistence"] == "not persisted" and row["hit_fraction"] == 0.0
 
 
 def test_registered_with_its_runs_table_and_slurm_minutes(config):

@@ -17,7 +17,8 @@ where higher is better (throughput), the other way round. A row whose CI is miss
 requests or server runs on a side) is ``no CI``: its difference decides nothing.
 
 The verdict is about time only. Whether the store served hits is said by the counters, beside it:
-``persistence`` (a restart's verdict at that length, kvreuse.verdict), ``hit_fraction`` where the
+``persistence`` (a restart's verdict at that length, kvreuse.verdict; a remote store's, by its
+hits after vLLM's restart), ``hit_fraction`` where the
 source table has it; a restart row also carries its store's measured **break-even** prefix length
 (break_even.csv: status, length and bootstrap interval).
 
@@ -323,12 +324,12 @@ def miss_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
 def remote_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     """remote.csv per remote arm: the first request on a populated prompt after vLLM's restart
     (its KV only in the remote store) against a never-seen one (miss minus hit in the table:
-    negated), with the hit fraction by the counters."""
+    negated), with the hit fraction and whether the store kept the KV, by the counters."""
     return [make_row("remote", r, "ttft_median", "a hit from the remote store after a restart vs a miss",
                      r["hit_ttft_median_ms"], r["miss_ttft_median_ms"], -_num(r["diff_median_ms"]),
                      -_num(r["diff_ci95_hi_ms"]), -_num(r["diff_ci95_lo_ms"]), r["n_hit"], r["n_miss"], "remote",
                      row_key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
-                     hit_fraction=_num(r.get("hit_fraction")))
+                     hit_fraction=_num(r.get("hit_fraction")), persistence=r.get("persistence"))
             for r in _ok(tables.get("remote")).to_dict("records")]
 
 

@@ -10,6 +10,9 @@ store saved) and the ratio miss / hit (the study's "performance boost") with the
 what the counters say: per prompt the hit fraction is vLLM's external hits
 (``vllm:external_prefix_cache_hits``) over the prompt's reusable tokens (kvreuse.verdict), the
 median and the smallest over the prompts, and the misses' hits (the control: none expected);
+whether the store kept the prompts' KV across vLLM's restart by those counters alone
+(``persistence``, from the smallest fraction: kvreuse.verdict.classify_hits; "not persisted"
+means the populated prompts were recomputed, so the difference is not a hit's);
 what the hits loaded and at what rate, by LMCache's own log (``loaded_gb_per_hit``, ``load_gb_s``).
 The remote store's kind and version come from the meta. A run that did not run is one row with
 its status and reason.
@@ -32,7 +35,7 @@ COLUMNS = ["platform", "arm", "status", "reason", "store", "store_version", "pre
            "miss_ttft_median_ms", "miss_ttft_ci95_lo_ms", "miss_ttft_ci95_hi_ms",
            "diff_median_ms", "diff_ci95_lo_ms", "diff_ci95_hi_ms",
            "speedup", "speedup_ci95_lo", "speedup_ci95_hi",
-           "hit_tokens", "reusable_tokens", "hit_fraction", "hit_fraction_min", "miss_hit_tokens",
+           "hit_tokens", "reusable_tokens", "hit_fraction", "hit_fraction_min", "persistence", "miss_hit_tokens",
            "loaded_gb_per_hit", "load_gb_s", "load_source", "cuda_kernels"]
 
 
@@ -60,6 +63,7 @@ def _hits(meta: RunMeta, records: pd.DataFrame) -> dict:
     return {"hit_tokens": hits if hit_phases else np.nan, "reusable_tokens": reusable,
             "hit_fraction": float(np.nanmedian(f)) if known else np.nan,
             "hit_fraction_min": float(np.nanmin(f)) if known else np.nan,
+            "persistence": verdict.classify_hits(float(np.nanmin(f))) if known else None,
             "miss_hit_tokens": float(sum(metrics.hit_tokens(ph.counters) for ph in misses)) if misses else np.nan}
 
 

@@ -38,11 +38,19 @@ PERSISTED, PARTIAL, NOT_PERSISTED = "persisted", "partial", "not persisted"
 DEFAULT_BLOCK = {"gpu": 16, "cpu": 128}
 
 
+def classify_hits(fraction: float) -> str:
+    """The verdict of the counters alone, where outputs are not compared (a remote store's hits):
+    no hits, some, or at least :data:`PERSISTED_FRACTION` of the reusable tokens."""
+    if not fraction > 0:
+        return NOT_PERSISTED
+    return PARTIAL if fraction < PERSISTED_FRACTION else PERSISTED
+
+
 def classify(fraction: float, output_equal: bool | None) -> tuple[str, str]:
     """(verdict, reason) for a hit fraction and whether the output stayed the same."""
-    if not fraction > 0:
+    if classify_hits(fraction) == NOT_PERSISTED:
         return NOT_PERSISTED, "no cache hits after the restart"
-    if fraction < PERSISTED_FRACTION:
+    if classify_hits(fraction) == PARTIAL:
         return PARTIAL, f"hit fraction {fraction:.2f} < {PERSISTED_FRACTION}"
     if output_equal is None:
         return PARTIAL, "the output before the restart was not recorded"
