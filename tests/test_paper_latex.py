@@ -116,13 +116,13 @@ def _remote_table() -> pd.DataFrame:
           "diff_median_ms": 357.5, "diff_ci95_lo_ms": 340.0, "diff_ci95_hi_ms": 370.25, "speedup": 1.92,
           "speedup_ci95_lo": 1.85, "speedup_ci95_hi": 1.99, "hit_tokens": 99840.0, "reusable_tokens": 19968,
           "hit_fraction": 1.0, "hit_fraction_min": 1.0, "persistence": "persisted", "miss_hit_tokens": 0.0,
-          "cuda_kernels": "loaded"}
+          "stored_gb": 13.09, "store_grew_gb": 13.5, "cuda_kernels": "loaded"}
     # a store that served nothing after the restart: its "hit" side was recomputed
     none = {**ok, "arm": "lmcache_remote_server", "store": "lm_server", "store_version": None,
             "hit_ttft_median_ms": 3841.7, "miss_ttft_median_ms": 3284.3, "diff_median_ms": -557.4,
             "diff_ci95_lo_ms": -1496.9, "diff_ci95_hi_ms": -469.8, "speedup": 0.85, "speedup_ci95_lo": 0.61,
             "speedup_ci95_hi": 0.88, "hit_tokens": 0.0, "hit_fraction": 0.0, "hit_fraction_min": 0.0,
-            "persistence": "not persisted"}
+            "persistence": "not persisted", "store_grew_gb": 0.01}
     nr = {"platform": "cpu", "arm": "lmcache_remote_server", "status": "not_run", "reason": NASTY}
     return pd.DataFrame([ok, none, nr], columns=COLUMNS)
 
@@ -224,6 +224,7 @@ def test_remote_block_shows_its_measured_row_and_the_run_not_run(built):
     served_none = block[block.index("**h200 / lmcache_remote_server"):].split("\n- ")[0]
     assert "**the store served no hits after vLLM's restart** (counters: 0 hit tokens" in served_none
     assert "(hit)" not in served_none and "the populated prompt was slower" in served_none
+    assert "LMCache stored 13.09 GB (its log); the store's process grew by 0.01 GB meanwhile" in served_none
     assert "the store served no hits" in built["tex"].read_text()
     assert "**cpu / lmcache_remote_server**: not run" in block
 

@@ -166,6 +166,12 @@ def test_not_run_on_the_cpu_and_nothing_started(config, tmp_path):
     assert p.not_run_reason == "LMCache needs CUDA" and p.remote_store is None
 
 
+def test_a_process_resident_memory_is_read_from_proc_and_none_when_gone():
+    import os
+    assert remote_store.rss_bytes(os.getpid()) > 1e6  # this Python
+    assert remote_store.rss_bytes(2 ** 22 + 12345) is None  # above Linux's default pid_max: no such process
+
+
 def test_config_allows_only_remote_arms(config):
     check(config)
     assert config["experiments"]["remote"]["arms"] == ["lmcache_redis", "lmcache_remote_server"]
@@ -187,6 +193,7 @@ class StandIns:
 
     def __init__(self, meta):
         self.meta, self.events, self.sent = meta, [], {}
+        self.rss = iter([8e6, 5.3e9])  # the store's memory before populate and before vLLM's stop
 
     def start(self, name="main", *, connector=True):
         self.events.append("start")
@@ -196,6 +203,10 @@ class StandIns:
 
     def target(self, name="main"):
         return name
+
+    def remote_store_rss_bytes(self):
+        self.events.append("store_rss")
+        return next(self.rss, None)
 
     async def phase(self, target, kind, prompts, *, name=None, **fields):
         name = name or results.phase_name(kind)
@@ -230,8 +241,8 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
     in_flight = iter([3.0, 1.0, 0.0, 0.0])  # LMCache's remote writes still running, then none
     monkeypatch.setattr(remote_store, "put_tasks", lambda url: next(in_flight, 0.0))
     asyncio.run(experiments.remote(ctx, params))
-    assert fake.events == ["start", "warmup", "populate_0", "populate_1", "stop", "start", "warmup_post_restart",
-                           "remote_hit_0", "remote_miss_0", "remote_hit_1", "remote_miss_1"]
+    assert fake.events == ["start", "warmup", "store_rss", "populate_0", "populate_1", "store_rss", "stop", "start",
+                           "warmup_post_restart", "remote_hit_0", "remote_miss_0", "remote_hit_1", "remote_miss_1"]
     for i in range(2):
         hit, miss = meta.phases[f"remote_hit_{i}"], meta.phases[f"remote_miss_{i}"]
         assert (hit.prefix_tokens, hit.repeat, hit.after_restart) == (512, i, True) == (miss.prefix_tokens, miss.repeat,
@@ -240,7 +251,8 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
         never = [n for n, ps in fake.sent.items() if fake.sent[f"remote_miss_{i}"][0] in ps]
         assert never == [f"remote_miss_{i}"] and len(fake.sent[f"remote_miss_{i}"][0]) == 528
     assert meta.store_after_stop == {"remote_store": "redis", "put_tasks_before_stop": 0.0, "keys_before_stop": 7,
-                                     "keys_after_stop": 7}
+                                     "keys_after_stop": 7, "store_rss_bytes_before_populate": 8e6,
+                                     "store_rss_bytes_before_stop": 5.3e9}
     assert next(in_flight, "drained") == "drained"  # the stop came after LMCache's writes had landed
     assert meta.params["n_cold"] == 2
 
@@ -253,7 +265,7 @@ def test_a_redis_left_empty_by_lmcache_stops_the_run_before_the_restart(config, 
     monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
     with pytest.raises(remote_store.ServerError, match="holds no key"):
         asyncio.run(experiments.remote(ctx, params))
-    assert fake.events == ["start", "populate_0"]  # no restart, no hit measured against an empty store
+    assert fake.events == ["start", "store_rss", "populate_0"]  # no restart, no hit against an empty store
 
 
 def test_an_arm_without_a_remote_store_is_refused(config, tmp_path):
@@ -309,6 +321,21 @@ def test_table_hit_against_miss_with_ci_counters_and_store_version(tmp_path):
     c = aggregate.build("comparisons", [synthetic_run(tmp_path)], 0.05)
     row = c[c.experiment == "remote"].iloc[0]
     assert (row.baseline, row.treatment, row.diff_median_ms) == ("remote_miss", "remote_hit", 60.0)
+
+
+def test_what_lmcache_stored_stands_beside_what_the_store_received():
+    from types import SimpleNamespace as NS
+    from kvreuse import tables_remote
+
+    log = {"stores": 3, "store_bytes": 2.62e9, "store_ms": 90.0}
+    phases = {f"populate_{i}": results.Phase(kind="populate", n_requests=1, wall_s=1.0, counters={}, lmcache_log=log)
+              for i in range(5)}
+    held = {"store_rss_bytes_before_populate": 8e6, "store_rss_bytes_before_stop": 8e6 + 2e7}
+    got = tables_remote._stored(NS(phases=phases, store_after_stop=held))
+    assert got["stored_gb"] == pytest.approx(13.1) and got["store_grew_gb"] == pytest.approx(0.02)
+    # a run made before the store's memory was recorded (lease 5): LMCache's side only
+    got = tables_remote._stored(NS(phases=phases, store_after_stop={"keys_before_stop": None}))
+    assert got["stored_gb"] == pytest.approx(13.1) and got["store_grew_gb"] != got["store_grew_gb"]
 
 
 def test_a_store_that_served_no_hits_after_the_restart_is_not_persisted_whatever_the_times(tmp_path):

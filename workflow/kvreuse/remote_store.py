@@ -183,6 +183,20 @@ def settled_puts(metrics_urls: Sequence[str], *, poll_s: float = 0.5, limit_s: f
     return last
 
 
+def rss_bytes(pid: int) -> float | None:
+    """A process's resident memory now (bytes, ``VmRSS`` of /proc/<pid>/status), None where it
+    cannot be read (gone, or not Linux). Both remote stores keep their KV in their own memory
+    (Redis without persistence; LMCache's server with ``cpu``), so its growth over the populated
+    prompts is what the store received, by the store's side rather than LMCache's."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def log_size(path: Path) -> int:
     """The size of a log now (0 where there is none): where this run's part of it begins."""
     try:

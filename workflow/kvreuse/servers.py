@@ -219,6 +219,13 @@ class Servers:
             return None
         return gpu_memory.group_mib(self.lmcache_server.proc.pid)  # its own group: pgid = pid
 
+    def remote_store_rss_bytes(self) -> float | None:
+        """The remote store's resident memory now (bytes: kvreuse.remote_store.rss_bytes), None
+        without a running one: what it holds, since both keep their KV in their memory."""
+        if self.remote_store is None or self.remote_store.proc is None:
+            return None
+        return remote_store.rss_bytes(self.remote_store.proc.pid)
+
     def restart(self, *names: str, lmcache_server: bool = False) -> None:
         """Graceful stop and a fresh start (with the connector); ``lmcache_server`` restarts the
         LMCache server too."""

@@ -13,7 +13,10 @@ median and the smallest over the prompts, and the misses' hits (the control: non
 whether the store kept the prompts' KV across vLLM's restart by those counters alone
 (``persistence``, from the smallest fraction: kvreuse.verdict.classify_hits; "not persisted"
 means the populated prompts were recomputed, so the difference is not a hit's);
-what the hits loaded and at what rate, by LMCache's own log (``loaded_gb_per_hit``, ``load_gb_s``).
+what the hits loaded and at what rate, by LMCache's own log (``loaded_gb_per_hit``, ``load_gb_s``);
+what LMCache stored from the populated prompts (``stored_gb``, its log) against what the store
+received by its own side (``store_grew_gb``: its process's resident memory before vLLM's stop
+less before the populated prompts; runs made before it was recorded leave it empty).
 The remote store's kind and version come from the meta. A run that did not run is one row with
 its status and reason.
 """
@@ -25,7 +28,7 @@ import pandas as pd
 
 from . import metrics, verdict
 from .phase_stats import transfers
-from .experiments.remote import HIT, MISS
+from .experiments.remote import HIT, MISS, POPULATE
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
 
@@ -36,7 +39,7 @@ COLUMNS = ["platform", "arm", "status", "reason", "store", "store_version", "pre
            "diff_median_ms", "diff_ci95_lo_ms", "diff_ci95_hi_ms",
            "speedup", "speedup_ci95_lo", "speedup_ci95_hi",
            "hit_tokens", "reusable_tokens", "hit_fraction", "hit_fraction_min", "persistence", "miss_hit_tokens",
-           "loaded_gb_per_hit", "load_gb_s", "load_source", "cuda_kernels"]
+           "loaded_gb_per_hit", "load_gb_s", "load_source", "stored_gb", "store_grew_gb", "cuda_kernels"]
 
 
 def _ttfts(records: pd.DataFrame, kind: str) -> pd.Series:
@@ -79,7 +82,7 @@ def _row(meta: RunMeta, records: pd.DataFrame) -> dict:
             "diff_median_ms": d.diff_median_ms, "diff_ci95_lo_ms": d.diff_ci95_lo_ms,
             "diff_ci95_hi_ms": d.diff_ci95_hi_ms, "speedup": d.speedup,
             "speedup_ci95_lo": d.speedup_ci95_lo, "speedup_ci95_hi": d.speedup_ci95_hi,
-            **_hits(meta, records), **_loads(meta)}
+            **_hits(meta, records), **_loads(meta), **_stored(meta)}
 
 
 def _loads(meta: RunMeta) -> dict:
@@ -90,6 +93,17 @@ def _loads(meta: RunMeta) -> dict:
     if not hits or not (nbytes > 0 and secs > 0):
         return {"loaded_gb_per_hit": np.nan, "load_gb_s": np.nan, "load_source": ""}
     return {"loaded_gb_per_hit": nbytes / 1e9 / len(hits), "load_gb_s": nbytes / 1e9 / secs, "load_source": source}
+
+
+def _stored(meta: RunMeta) -> dict:
+    """What LMCache stored from the populated prompts (GB, by its log) and how much the store's
+    process grew over them (GB, kvreuse.experiments.remote's ``store_after_stop``)."""
+    populated = [ph for ph in meta.phases.values() if ph.kind == POPULATE]
+    nbytes, _, _ = transfers(populated, "store")
+    held = meta.store_after_stop or {}
+    before, after = held.get("store_rss_bytes_before_populate"), held.get("store_rss_bytes_before_stop")
+    grew = (after - before) / 1e9 if isinstance(before, (int, float)) and isinstance(after, (int, float)) else np.nan
+    return {"stored_gb": nbytes / 1e9 if nbytes > 0 else np.nan, "store_grew_gb": grew}
 
 
 def remote_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:

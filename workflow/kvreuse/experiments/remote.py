@@ -35,7 +35,9 @@ async def remote(c: Context, p: dict) -> None:
     for (kvreuse.remote_store.settled_puts: LMCache does not wait for them when vLLM stops), a
     Redis store's key count is polled until it stops changing (settled_keys), and a store that
     LMCache never reached fails the run (check_reached); the meta's ``store_after_stop``
-    records the writes in flight and the key counts before and after the stop."""
+    records the writes in flight, the key counts before and after the stop, and the store
+    process's resident memory before the populated prompts and before the stop (what it
+    received, by its own side: kvreuse.remote_store.rss_bytes)."""
     if c.plan.remote_store is None:
         raise ConfigError(f"experiments.remote: arm {c.spec.arm_name!r} has no remote store (allowed: "
                           f"arms with lmcache.store redis or lm_server)")
@@ -47,15 +49,18 @@ async def remote(c: Context, p: dict) -> None:
     log_start = remote_store.log_size(vllm_log)  # this run's part of the log begins here
     srv.start()
     await warmup(c)
+    held_before = srv.remote_store_rss_bytes()  # the store's memory before the populated prompts
     for i, prompt in enumerate(populate):
         await rec.phase(srv.target(), POPULATE, [prompt], name=phase_name(POPULATE, i),
                         prefix_tokens=length, repeat=i)
     puts = remote_store.settled_puts((c.plan.lmcache or {}).get("metrics_urls", []))  # LMCache's writes landed
     settled = remote_store.settled_keys(c.plan.remote_store)  # Redis: its writes have landed
     remote_store.check_reached(c.plan.remote_store, settled, vllm_log, since=log_start)
+    held = srv.remote_store_rss_bytes()
     srv.stop()  # vLLM only: the remote store, and what it holds, stay
     c.meta.store_after_stop = {"remote_store": c.plan.remote_store["kind"], "put_tasks_before_stop": puts,
-                               "keys_before_stop": settled,
+                               "keys_before_stop": settled, "store_rss_bytes_before_populate": held_before,
+                               "store_rss_bytes_before_stop": held,
                                "keys_after_stop": remote_store.settled_keys(c.plan.remote_store, limit_s=0)}
     srv.start()
     await warmup(c, after="post_restart")
