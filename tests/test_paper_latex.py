@@ -122,7 +122,7 @@ def _remote_table() -> pd.DataFrame:
             "hit_ttft_median_ms": 3841.7, "miss_ttft_median_ms": 3284.3, "diff_median_ms": -557.4,
             "diff_ci95_lo_ms": -1496.9, "diff_ci95_hi_ms": -469.8, "speedup": 0.85, "speedup_ci95_lo": 0.61,
             "speedup_ci95_hi": 0.88, "hit_tokens": 0.0, "hit_fraction": 0.0, "hit_fraction_min": 0.0,
-            "persistence": "not persisted", "store_grew_gb": 0.01}
+            "persistence": "not persisted", "store_grew_gb": 0.01, "lookup_timeouts": 5.0}
     nr = {"platform": "cpu", "arm": "lmcache_remote_server", "status": "not_run", "reason": NASTY}
     return pd.DataFrame([ok, none, nr], columns=COLUMNS)
 
@@ -225,6 +225,8 @@ def test_remote_block_shows_its_measured_row_and_the_run_not_run(built):
     assert "**the store served no hits after vLLM's restart** (counters: 0 hit tokens" in served_none
     assert "(hit)" not in served_none and "the populated prompt was slower" in served_none
     assert "LMCache stored 13.09 GB (its log); the store's process grew by 0.01 GB meanwhile" in served_none
+    assert "LMCache's lookups timed out 5 times after the restart" in served_none
+    assert "timed out" not in block[:block.index("**h200 / lmcache_remote_server")]  # Redis: none counted
     assert "the store served no hits" in built["tex"].read_text()
     assert "**cpu / lmcache_remote_server**: not run" in block
 

@@ -250,11 +250,61 @@ def test_populate_restart_vllm_then_hit_and_miss_interleaved(config, tmp_path, m
         assert fake.sent[f"remote_hit_{i}"] == fake.sent[f"populate_{i}"] and len(fake.sent[f"populate_{i}"][0]) == 528
         never = [n for n, ps in fake.sent.items() if fake.sent[f"remote_miss_{i}"][0] in ps]
         assert never == [f"remote_miss_{i}"] and len(fake.sent[f"remote_miss_{i}"][0]) == 528
+    waits = meta.store_after_stop.pop("settle_wait_s")
+    assert list(waits) == ["remote_hit_0", "remote_miss_0", "remote_hit_1", "remote_miss_1"]  # before each
     assert meta.store_after_stop == {"remote_store": "redis", "put_tasks_before_stop": 0.0, "keys_before_stop": 7,
                                      "keys_after_stop": 7, "store_rss_bytes_before_populate": 8e6,
-                                     "store_rss_bytes_before_stop": 5.3e9}
+                                     "store_rss_bytes_before_stop": 5.3e9, "lookup_timeouts_after_restart": None}
     assert next(in_flight, "drained") == "drained"  # the stop came after LMCache's writes had landed
     assert meta.params["n_cold"] == 2
+
+
+def test_each_measured_request_after_the_restart_waits_for_lmcaches_remote_writes(config, tmp_path, monkeypatch):
+    """Lease 5: LMCache's lm:// lookups queue behind its puts on one socket; a hit sent while the
+    previous miss's 2.4 GB were still going out timed out and was served as a miss."""
+    params = {"prefix_tokens": 64, "suffix_tokens": 8, "n_cold": 2, "warmup_requests": 0}
+    ctx, meta, fake = redis_run(config, tmp_path, params)
+    monkeypatch.setattr(remote_store, "redis_keys", lambda port: 3)
+    monkeypatch.setattr(remote_store.time, "sleep", lambda s: None)
+    in_flight = {"n": 0.0}
+
+    def put_tasks(url):  # each phase leaves one write in flight; a reading drains it
+        fake.events.append(f"puts {in_flight['n']:.0f}")
+        n, in_flight["n"] = in_flight["n"], 0.0
+        return n
+
+    phase = fake.phase
+
+    async def phase_then_puts(*a, **k):
+        out = await phase(*a, **k)
+        in_flight["n"] = 1.0
+        return out
+
+    monkeypatch.setattr(remote_store, "put_tasks", put_tasks)
+    monkeypatch.setattr(fake, "phase", phase_then_puts)
+    log = tmp_path / "vllm.log"
+    log.write_text("before the restart: Timeout occurred for rank 0\n")
+    monkeypatch.setattr(remote_store, "log_size", lambda path: log.stat().st_size)
+    asyncio.run(experiments.remote(ctx, params))
+    after = fake.events[fake.events.index("stop") + 2:]  # from the restarted vLLM on
+    names, last = ("remote_hit_0", "remote_miss_0", "remote_hit_1", "remote_miss_1"), 0
+    for n, name in enumerate(names):
+        i = after.index(name)
+        assert after[i - 2:i] == ["puts 0", "puts 0"], after  # sent once none was in flight, twice read
+        if n:  # the previous phase's write was seen in flight and waited for
+            assert "puts 1" in after[last:i], after
+        last = i
+    assert meta.store_after_stop["lookup_timeouts_after_restart"] == 0  # the line before the restart is not counted
+
+
+def test_lookup_timeouts_are_counted_from_the_restarted_vllms_part_of_its_log(tmp_path):
+    log = tmp_path / "vllm.log"
+    log.write_text("LMCache ERROR: Timeout occurred for rank 0, recreating all sockets\n")
+    since = log.stat().st_size
+    with log.open("a") as f:
+        f.write("x\nLMCache ERROR: Timeout occurred for rank 0, recreating all sockets\n" * 3)
+    assert remote_store.lookup_timeouts(log, since) == 3 and remote_store.lookup_timeouts(log) == 4
+    assert remote_store.lookup_timeouts(tmp_path / "absent.log") is None
 
 
 def test_a_redis_left_empty_by_lmcache_stops_the_run_before_the_restart(config, tmp_path, monkeypatch):
@@ -330,12 +380,15 @@ def test_what_lmcache_stored_stands_beside_what_the_store_received():
     log = {"stores": 3, "store_bytes": 2.62e9, "store_ms": 90.0}
     phases = {f"populate_{i}": results.Phase(kind="populate", n_requests=1, wall_s=1.0, counters={}, lmcache_log=log)
               for i in range(5)}
-    held = {"store_rss_bytes_before_populate": 8e6, "store_rss_bytes_before_stop": 8e6 + 2e7}
+    held = {"store_rss_bytes_before_populate": 8e6, "store_rss_bytes_before_stop": 8e6 + 2e7,
+            "lookup_timeouts_after_restart": 5}
     got = tables_remote._stored(NS(phases=phases, store_after_stop=held))
     assert got["stored_gb"] == pytest.approx(13.1) and got["store_grew_gb"] == pytest.approx(0.02)
+    assert got["lookup_timeouts"] == 5
     # a run made before the store's memory was recorded (lease 5): LMCache's side only
     got = tables_remote._stored(NS(phases=phases, store_after_stop={"keys_before_stop": None}))
     assert got["stored_gb"] == pytest.approx(13.1) and got["store_grew_gb"] != got["store_grew_gb"]
+    assert got["lookup_timeouts"] != got["lookup_timeouts"]
 
 
 def test_a_store_that_served_no_hits_after_the_restart_is_not_persisted_whatever_the_times(tmp_path):

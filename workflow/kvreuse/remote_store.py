@@ -197,6 +197,23 @@ def rss_bytes(pid: int) -> float | None:
     return None
 
 
+#: what LMCache logs when the scheduler's lookup RPC to its worker outlasts ``lookup_timeout_ms``
+#: (lmcache 0.5.3: v1/rpc/zmq_transport.py); the lookup then reports no hit, so the request is
+#: recomputed although the store may hold its KV
+LOOKUP_TIMEOUT_LOG = "Timeout occurred for rank"
+
+
+def lookup_timeouts(vllm_log: Path, since: int = 0) -> int | None:
+    """How many of LMCache's lookups timed out (:data:`LOOKUP_TIMEOUT_LOG`) in vLLM's log from
+    byte ``since`` on; None where the log cannot be read."""
+    try:
+        with open(vllm_log, "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace").count(LOOKUP_TIMEOUT_LOG)
+    except OSError:
+        return None
+
+
 def log_size(path: Path) -> int:
     """The size of a log now (0 where there is none): where this run's part of it begins."""
     try:

@@ -16,7 +16,9 @@ means the populated prompts were recomputed, so the difference is not a hit's);
 what the hits loaded and at what rate, by LMCache's own log (``loaded_gb_per_hit``, ``load_gb_s``);
 what LMCache stored from the populated prompts (``stored_gb``, its log) against what the store
 received by its own side (``store_grew_gb``: its process's resident memory before vLLM's stop
-less before the populated prompts; runs made before it was recorded leave it empty).
+less before the populated prompts; runs made before it was recorded leave it empty); and how
+many of LMCache's lookups timed out after the restart (``lookup_timeouts``, from vLLM's log:
+each a hit the store may have held, served as a miss; empty for runs made before it was counted).
 The remote store's kind and version come from the meta. A run that did not run is one row with
 its status and reason.
 """
@@ -39,7 +41,7 @@ COLUMNS = ["platform", "arm", "status", "reason", "store", "store_version", "pre
            "diff_median_ms", "diff_ci95_lo_ms", "diff_ci95_hi_ms",
            "speedup", "speedup_ci95_lo", "speedup_ci95_hi",
            "hit_tokens", "reusable_tokens", "hit_fraction", "hit_fraction_min", "persistence", "miss_hit_tokens",
-           "loaded_gb_per_hit", "load_gb_s", "load_source", "stored_gb", "store_grew_gb", "cuda_kernels"]
+           "loaded_gb_per_hit", "load_gb_s", "load_source", "stored_gb", "store_grew_gb", "lookup_timeouts", "cuda_kernels"]
 
 
 def _ttfts(records: pd.DataFrame, kind: str) -> pd.Series:
@@ -103,7 +105,9 @@ def _stored(meta: RunMeta) -> dict:
     held = meta.store_after_stop or {}
     before, after = held.get("store_rss_bytes_before_populate"), held.get("store_rss_bytes_before_stop")
     grew = (after - before) / 1e9 if isinstance(before, (int, float)) and isinstance(after, (int, float)) else np.nan
-    return {"stored_gb": nbytes / 1e9 if nbytes > 0 else np.nan, "store_grew_gb": grew}
+    timeouts = held.get("lookup_timeouts_after_restart")
+    return {"stored_gb": nbytes / 1e9 if nbytes > 0 else np.nan, "store_grew_gb": grew,
+            "lookup_timeouts": float(timeouts) if isinstance(timeouts, (int, float)) else np.nan}
 
 
 def remote_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:

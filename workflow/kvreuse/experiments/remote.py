@@ -6,6 +6,7 @@ from the counters in aggregation (kvreuse.tables_remote), never from time."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .. import remote_store
@@ -34,7 +35,10 @@ async def remote(c: Context, p: dict) -> None:
     ``prefix_tokens`` and ``repeat`` = i. Before the stop, LMCache's writes in flight are waited
     for (kvreuse.remote_store.settled_puts: LMCache does not wait for them when vLLM stops), a
     Redis store's key count is polled until it stops changing (settled_keys), and a store that
-    LMCache never reached fails the run (check_reached); the meta's ``store_after_stop``
+    LMCache never reached fails the run (check_reached). After the restart, every measured
+    request waits for LMCache's remote writes to land first (:func:`settle`; the waits in
+    ``store_after_stop["settle_wait_s"]``), and the lookups that timed out are counted from vLLM's
+    log (``lookup_timeouts_after_restart``: each one a hit served as a miss). The meta's ``store_after_stop``
     records the writes in flight, the key counts before and after the stop, and the store
     process's resident memory before the populated prompts and before the stop (what it
     received, by its own side: kvreuse.remote_store.rss_bytes)."""
@@ -62,10 +66,27 @@ async def remote(c: Context, p: dict) -> None:
                                "keys_before_stop": settled, "store_rss_bytes_before_populate": held_before,
                                "store_rss_bytes_before_stop": held,
                                "keys_after_stop": remote_store.settled_keys(c.plan.remote_store, limit_s=0)}
+    restarted_at = remote_store.log_size(vllm_log)  # the restarted vLLM's part of the log
     srv.start()
     await warmup(c, after="post_restart")
+    waits = c.meta.store_after_stop["settle_wait_s"] = {}
     for i, prompt in enumerate(populate):
         fields = {"prefix_tokens": length, "repeat": i, "after_restart": True}
+        waits[phase_name(HIT, i)] = settle(c)
         await rec.phase(srv.target(), HIT, [prompt], name=phase_name(HIT, i), **fields)
         fresh = c.prompts.tokens(f"remote/{i}/miss", len(prompt))  # never seen by vLLM or the store
+        waits[phase_name(MISS, i)] = settle(c)
         await rec.phase(srv.target(), MISS, [fresh], name=phase_name(MISS, i), **fields)
+    c.meta.store_after_stop["lookup_timeouts_after_restart"] = remote_store.lookup_timeouts(vllm_log, since=restarted_at)
+
+
+def settle(c: Context) -> float:
+    """Wait until LMCache's writes to the remote store in flight have landed (settled_puts) and
+    return how long that took (s). A measured request goes out only then: LMCache 0.5.3's
+    ``lm://`` connector sends its lookups (EXIST) on the socket and event loop that carry its
+    puts (v1/storage_backend/connector/lm_connector.py), so a hit's lookup sent behind the
+    previous miss's 2.4 GB of puts outlasts the scheduler's lookup timeout (``lookup_timeout_ms``,
+    3 s) and counts as a miss: lease 5's LMCache-server arm got no hit that way."""
+    started = time.monotonic()
+    remote_store.settled_puts((c.plan.lmcache or {}).get("metrics_urls", []))
+    return round(time.monotonic() - started, 3)
