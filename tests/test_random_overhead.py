@@ -237,20 +237,23 @@ def test_a_job_started_again_takes_the_server_runs_it_kept_and_measures_only_the
     assert opened == [("apc", 0), ("apc", 1), ("apc", 2)]
 
 
+def start_three_server_runs(spec, cut_at=None):
+    """One arm's job of three server runs on stand-ins, cut off before run ``cut_at`` if given:
+    (the arm, the server runs it opened)."""
+    arms, opened = experiments.prepare([spec], has_cuda=False), []
+    for a in arms:
+        a.server_run = fake_server_runs(a, opened, cut_at)
+    try:
+        asyncio.run(experiments.alternate(arms, 3, lambda c, p, i: book_one(c, p, i, arms=arms)))
+    except CutOff:
+        pass
+    return arms[0], opened
+
+
 def test_runs_kept_by_another_commit_are_taken_only_where_the_campaign_names_it(config, tmp_path, repo,
                                                                               monkeypatch):
     first = a_spec(config, tmp_path, "apc", repo)
-
-    def start(spec, cut_at=None):
-        arms, opened = experiments.prepare([spec], has_cuda=False), []
-        for a in arms:
-            a.server_run = fake_server_runs(a, opened, cut_at)
-        try:
-            asyncio.run(experiments.alternate(arms, 3, lambda c, p, i: book_one(c, p, i, arms=arms)))
-        except CutOff:
-            pass
-        return arms[0], opened
-
+    start = start_three_server_runs
     monkeypatch.setenv("KVREUSE_GIT_COMMIT", "a" * 40)
     start(first, cut_at=2)  # two server runs kept by the first commit
     monkeypatch.setenv("KVREUSE_GIT_COMMIT", "b" * 40)  # the runner changed since
@@ -272,14 +275,7 @@ def test_runs_kept_on_another_gpu_of_the_same_model_are_taken_only_where_the_cam
 
     def start(uuid, cut_at=None):
         monkeypatch.setattr(experiments.context.provenance, "accelerator", lambda: {**h200, "uuids": [uuid]})
-        arms, opened = experiments.prepare([spec], has_cuda=False), []
-        for a in arms:
-            a.server_run = fake_server_runs(a, opened, cut_at)
-        try:
-            asyncio.run(experiments.alternate(arms, 3, lambda c, p, i: book_one(c, p, i, arms=arms)))
-        except CutOff:
-            pass
-        return arms[0], opened
+        return start_three_server_runs(spec, cut_at)
 
     start("GPU-a", cut_at=2)  # two server runs kept on one host's H200
     arm, opened = start("GPU-b", cut_at=2)  # a host lent anew: not said, measured again
