@@ -34,7 +34,8 @@ not repeated) to the decision rows it compares with (workload, arm, metric; plat
 prefix length where given), and states in fields what the study measured (``study_metric``:
 ``e2e``, ``ttft`` or ``throughput``; ``study_statistic``: mean, median, ...;
 ``study_output_tokens``, ``study_prefix_tokens``, ``study_in_flight``: the requests its load kept in
-flight at once). Where the study gives its two sides and no
+flight at once; ``study_hits_after_restart``: true, false or "not stated", whether its hits came
+after the server's restart, against ours for a remote store's rows). Where the study gives its two sides and no
 difference (with LMCache and without), the link names the claim with reuse and ``claim_without``
 the claim without: both numbers stand beside ours, none is computed from them. ``what_differs``
 lists, from those fields against the row's, the GPU (the claim's GPU against our platform), the
@@ -329,7 +330,8 @@ def remote_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
                      r["hit_ttft_median_ms"], r["miss_ttft_median_ms"], -_num(r["diff_median_ms"]),
                      -_num(r["diff_ci95_hi_ms"]), -_num(r["diff_ci95_lo_ms"]), r["n_hit"], r["n_miss"], "remote",
                      row_key(platform=r["platform"], arm=r["arm"], prefix_tokens=r["prefix_tokens"]),
-                     hit_fraction=_num(r.get("hit_fraction")), persistence=r.get("persistence"))
+                     hit_fraction=_num(r.get("hit_fraction")), persistence=r.get("persistence"),
+                     hits_after_restart=True)  # kvreuse.experiments.remote: vLLM restarts before the hits
             for r in _ok(tables.get("remote")).to_dict("records")]
 
 
@@ -398,6 +400,11 @@ def what_differs(row: dict, claim: dict, link: dict) -> str:
         out.append(f"metric: {METRIC_KINDS[link['study_metric']]} (ours {METRIC_KINDS[m.kind]})")
     if link.get("study_statistic") and link["study_statistic"] != m.statistic:
         out.append(f"statistic: {STATISTICS[link['study_statistic']]} (ours {STATISTICS[m.statistic]})")
+    theirs, ours = link.get("study_hits_after_restart"), row.get("hits_after_restart")
+    if theirs is not None and ours is not None and theirs != ours:
+        said = {True: "after vLLM's restart", False: "without a restart"}
+        out.append(f"hits: {said.get(theirs, 'whether after a restart not stated by the study')} "
+                   f"(ours {said[bool(ours)]}{': only the remote store can serve them' if ours else ''})")
     return "; ".join(out)
 
 
