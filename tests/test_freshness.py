@@ -229,6 +229,23 @@ def test_a_failed_run_shows_the_line_of_its_log(tmp_path, cfg, monkeypatch):
     assert "**failed**: kvreuse.errors.ServerError: vllm exited with code 1" in md
 
 
+def test_a_job_that_stopped_at_the_time_budget_is_not_run_not_failed(tmp_path, cfg, monkeypatch):
+    """Lease 5's miss job: it started no server run the budget would cut off (its finished runs
+    kept for the next step); nothing in it failed."""
+    from kvreuse.experiments.server_runs import TimeBudgetExhausted
+
+    files = [write_run(tmp_path, cfg, "cold_warm", "apc")]
+    log = tmp_path / "results/logs/cpu/restart/apc.log"
+    log.parent.mkdir(parents=True)
+    line = ("kvreuse.experiments.server_runs.TimeBudgetExhausted: miss: server run 2 of 2 of arm apc not "
+            "started: 79 s of the runner's time budget left")
+    log.write_text(f"Traceback (most recent call last):\n  File x\n    raise TimeBudgetExhausted(\n{line}\n")
+    monkeypatch.chdir(tmp_path)
+    row = build("accounting", files, cfg).set_index(["platform", "experiment", "arm"]).loc[("cpu", "restart", "apc")]
+    assert row["status"] == "not run" and row["reason"] == line and row["evidence"].endswith("apc.log")
+    assert TimeBudgetExhausted.__name__ in line  # the name the accounting looks for
+
+
 def test_a_log_inside_a_committed_archive_and_attempts_context(tmp_path, cfg, monkeypatch):
     monkeypatch.chdir(tmp_path)  # job logs are looked for under results/logs/ here
     archive = tmp_path / "results/gpu-logs/cpu-lease1.tgz"

@@ -7,6 +7,9 @@ The status is derived from files, never typed by hand:
 ``not run``   a raw file whose run recorded that it could not run, and why (meta ``reason``)
 ``stale``     a raw file made with another configuration (kept out of the comparison tables)
 ``archived``  a stale raw file that config.yaml's ``archived`` section keeps, with its note
+``not run``   also: no raw file, and a job log that ends on the runner's time budget (an
+              alternating job that started no server run the budget would cut off:
+              kvreuse.experiments.server_runs.TimeBudgetExhausted), the line as the reason
 ``failed``    no raw file, but a job log: its last line that shows an error
               (results/logs/<platform>/<experiment>/<arm>.log, or alternating.log for an
               experiment whose arms share one job, or the same path inside a
@@ -36,7 +39,10 @@ STATUSES = (MEASURED, NOT_RUN, FAILED, STALE, ARCHIVED, MISSING)
 COLUMNS = ["platform", "experiment", "arm", "status", "reason", "evidence", "context",
            "freshness", "expected_config_hash", "recorded_config_hash", "git_commit"]
 #: a log line that says why a job stopped
-ERROR_LINE = re.compile(r"Error|Exception|Traceback|[Ff]ailed|KeyboardInterrupt|Killed")
+ERROR_LINE = re.compile(r"Error|Exception|Traceback|[Ff]ailed|KeyboardInterrupt|Killed|TimeBudgetExhausted")
+#: the exception with which a job declines to start what the runner's time budget would cut off
+#: (kvreuse.experiments.server_runs): the run was not done, nothing in it failed
+BUDGET_EXHAUSTED = "TimeBudgetExhausted"
 
 
 def _split(value) -> list[str]:
@@ -64,11 +70,11 @@ def why_failed(text: str) -> str:
         return "the log is empty"
     hits = [line for line in lines if ERROR_LINE.search(line)]
     if not hits:
-        return f"the log ends without an error line: {lines[-1][:300]}"
+        return f"the log ends without an error line: {lines[-1][:500]}"
     line = hits[-1]
     if line.startswith("Traceback"):
         line = lines[-1]
-    return line[:300]
+    return line[:500]
 
 
 class JobLogs:
@@ -137,7 +143,8 @@ def accounting_table(metas: list[RunMeta], fresh: list[Freshness],
             else:
                 row.update(status=MEASURED)
         elif (log := logs.find(platform, experiment, arm)) is not None:
-            row.update(status=FAILED, evidence=log[0], reason=why_failed(log[1]))
+            reason = why_failed(log[1])
+            row.update(status=NOT_RUN if BUDGET_EXHAUSTED in reason else FAILED, evidence=log[0], reason=reason)
         elif attempts.get(key, {}).get("outcome") == "failed" and attempts[key].get("evidence"):
             row.update(status=FAILED, evidence=str(attempts[key]["evidence"]),
                        reason=" ".join(str(attempts[key].get("reason", "")).split()))
