@@ -206,10 +206,17 @@ LOOKUP_TIMEOUT_LOG = "Timeout occurred for rank"
 def lookup_timeouts(vllm_log: Path, since: int = 0) -> int | None:
     """How many of LMCache's lookups timed out (:data:`LOOKUP_TIMEOUT_LOG`) in vLLM's log from
     byte ``since`` on; None where the log cannot be read."""
+    text = log_since(vllm_log, since)
+    return None if text is None else text.count(LOOKUP_TIMEOUT_LOG)
+
+
+def log_since(path: Path, since: int = 0) -> str | None:
+    """A log's text from byte ``since`` on (this run's part: the log is appended to across runs),
+    None where it cannot be read."""
     try:
-        with open(vllm_log, "rb") as f:
+        with open(path, "rb") as f:
             f.seek(since)
-            return f.read().decode(errors="replace").count(LOOKUP_TIMEOUT_LOG)
+            return f.read().decode(errors="replace")
     except OSError:
         return None
 
@@ -230,15 +237,8 @@ def check_reached(s: dict, keys: int | None, vllm_log: Path, since: int = 0) -> 
     problem = None
     if s["kind"] == REDIS and keys == 0:
         problem = f"the Redis on port {s['port']} holds no key after the populated prompts"
-    else:
-        try:
-            with open(vllm_log, "rb") as f:
-                f.seek(since)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            text = ""
-        if UNREACHED_LOG in text:
-            problem = f"{vllm_log} says LMCache could not reach it ({UNREACHED_LOG!r})"
+    elif UNREACHED_LOG in (log_since(vllm_log, since) or ""):
+        problem = f"{vllm_log} says LMCache could not reach it ({UNREACHED_LOG!r})"
     if problem:
         raise ServerError(f"{PROCESS[s['kind']]}: LMCache did not store into its remote store {s['url']}: "
                           f"{problem}. Nothing after the restart could come from the store, so the run "

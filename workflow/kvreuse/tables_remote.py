@@ -98,16 +98,21 @@ def _loads(meta: RunMeta) -> dict:
 
 
 def _stored(meta: RunMeta) -> dict:
-    """What LMCache stored from the populated prompts (GB, by its log) and how much the store's
-    process grew over them (GB, kvreuse.experiments.remote's ``store_after_stop``)."""
+    """What LMCache stored from the populated prompts (GB, by its log), how much the store's
+    process grew over them (GB) and how many lookups timed out after the restart
+    (kvreuse.experiments.remote's ``store_after_stop``)."""
     populated = [ph for ph in meta.phases.values() if ph.kind == POPULATE]
     nbytes, _, _ = transfers(populated, "store")
     held = meta.store_after_stop or {}
     before, after = held.get("store_rss_bytes_before_populate"), held.get("store_rss_bytes_before_stop")
-    grew = (after - before) / 1e9 if isinstance(before, (int, float)) and isinstance(after, (int, float)) else np.nan
-    timeouts = held.get("lookup_timeouts_after_restart")
-    return {"stored_gb": nbytes / 1e9 if nbytes > 0 else np.nan, "store_grew_gb": grew,
-            "lookup_timeouts": float(timeouts) if isinstance(timeouts, (int, float)) else np.nan}
+    return {"stored_gb": nbytes / 1e9 if nbytes > 0 else np.nan,
+            "store_grew_gb": (_num(after) - _num(before)) / 1e9,
+            "lookup_timeouts": _num(held.get("lookup_timeouts_after_restart"))}
+
+
+def _num(value) -> float:
+    """A number the meta recorded, NaN where it recorded none (a run made before it was)."""
+    return float(value) if isinstance(value, (int, float)) else np.nan
 
 
 def remote_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:

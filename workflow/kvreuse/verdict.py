@@ -48,9 +48,10 @@ def classify_hits(fraction: float) -> str:
 
 def classify(fraction: float, output_equal: bool | None) -> tuple[str, str]:
     """(verdict, reason) for a hit fraction and whether the output stayed the same."""
-    if classify_hits(fraction) == NOT_PERSISTED:
+    by_hits = classify_hits(fraction)
+    if by_hits == NOT_PERSISTED:
         return NOT_PERSISTED, "no cache hits after the restart"
-    if classify_hits(fraction) == PARTIAL:
+    if by_hits == PARTIAL:
         return PARTIAL, f"hit fraction {fraction:.2f} < {PERSISTED_FRACTION}"
     if output_equal is None:
         return PARTIAL, "the output before the restart was not recorded"

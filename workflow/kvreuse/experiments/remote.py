@@ -57,7 +57,7 @@ async def remote(c: Context, p: dict) -> None:
     for i, prompt in enumerate(populate):
         await rec.phase(srv.target(), POPULATE, [prompt], name=phase_name(POPULATE, i),
                         prefix_tokens=length, repeat=i)
-    puts = remote_store.settled_puts((c.plan.lmcache or {}).get("metrics_urls", []))  # LMCache's writes landed
+    puts = remote_store.settled_puts(lmcache_metrics(c))  # LMCache's writes landed
     settled = remote_store.settled_keys(c.plan.remote_store)  # Redis: its writes have landed
     remote_store.check_reached(c.plan.remote_store, settled, vllm_log, since=log_start)
     held = srv.remote_store_rss_bytes()
@@ -88,5 +88,10 @@ def settle(c: Context) -> float:
     previous miss's 2.4 GB of puts outlasts the scheduler's lookup timeout (``lookup_timeout_ms``,
     3 s) and counts as a miss: lease 5's LMCache-server arm got no hit that way."""
     started = time.monotonic()
-    remote_store.settled_puts((c.plan.lmcache or {}).get("metrics_urls", []))
+    remote_store.settled_puts(lmcache_metrics(c))
     return round(time.monotonic() - started, 3)
+
+
+def lmcache_metrics(c: Context) -> list[str]:
+    """The arm's LMCache metrics URLs (where its gauge of remote writes in flight is served)."""
+    return (c.plan.lmcache or {}).get("metrics_urls", [])
