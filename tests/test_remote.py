@@ -432,3 +432,18 @@ def test_the_remote_table_says_what_each_hit_loaded_and_at_what_rate_by_lmcaches
     assert "lmcache" in loads["load_source"]
     meta.phases = {}
     assert tables_remote._loads(meta)["load_source"] == ""
+
+
+def test_the_remote_table_gives_the_median_waits_for_lmcaches_writes_before_hits_and_misses():
+    from types import SimpleNamespace as NS
+    from kvreuse import tables_remote
+
+    phases = {f"{kind}_{i}": results.Phase(kind=kind, n_requests=1, wall_s=1.0, counters={})
+              for kind in ("remote_hit", "remote_miss") for i in range(3)}
+    waits = {"remote_hit_0": 2.8, "remote_hit_1": 2.2, "remote_hit_2": 2.9,
+             "remote_miss_0": 0.6, "remote_miss_1": 0.7, "remote_miss_2": 0.65}
+    got = tables_remote._stored(NS(phases=phases, store_after_stop={"settle_wait_s": waits}))
+    assert got["settle_hit_median_s"] == pytest.approx(2.8) and got["settle_miss_median_s"] == pytest.approx(0.65)
+    # a run made before the run waited (lease 5) has no waits: the columns are empty, not zero
+    got = tables_remote._stored(NS(phases=phases, store_after_stop={}))
+    assert got["settle_hit_median_s"] != got["settle_hit_median_s"]

@@ -18,7 +18,11 @@ what LMCache stored from the populated prompts (``stored_gb``, its log) against 
 received by its own side (``store_grew_gb``: its process's resident memory before vLLM's stop
 less before the populated prompts; runs made before it was recorded leave it empty); and how
 many of LMCache's lookups timed out after the restart (``lookup_timeouts``, from vLLM's log:
-each a hit the store may have held, served as a miss; empty for runs made before it was counted).
+each a hit the store may have held, served as a miss; empty for runs made before it was counted)
+and how long the run waited before the measured requests for LMCache's remote writes in flight
+to land (``settle_hit_median_s``, ``settle_miss_median_s``: the medians of the waits before the
+hits and before the misses, kvreuse.experiments.remote.settle; a hit's wait is the previous
+miss's writes; empty for runs made before the run waited).
 The remote store's kind and version come from the meta. A run that did not run is one row with
 its status and reason.
 """
@@ -41,7 +45,8 @@ COLUMNS = ["platform", "arm", "status", "reason", "store", "store_version", "pre
            "diff_median_ms", "diff_ci95_lo_ms", "diff_ci95_hi_ms",
            "speedup", "speedup_ci95_lo", "speedup_ci95_hi",
            "hit_tokens", "reusable_tokens", "hit_fraction", "hit_fraction_min", "persistence", "miss_hit_tokens",
-           "loaded_gb_per_hit", "load_gb_s", "load_source", "stored_gb", "store_grew_gb", "lookup_timeouts", "cuda_kernels"]
+           "loaded_gb_per_hit", "load_gb_s", "load_source", "stored_gb", "store_grew_gb", "lookup_timeouts",
+           "settle_hit_median_s", "settle_miss_median_s", "cuda_kernels"]
 
 
 def _ttfts(records: pd.DataFrame, kind: str) -> pd.Series:
@@ -99,7 +104,8 @@ def _loads(meta: RunMeta) -> dict:
 
 def _stored(meta: RunMeta) -> dict:
     """What LMCache stored from the populated prompts (GB, by its log), how much the store's
-    process grew over them (GB) and how many lookups timed out after the restart
+    process grew over them (GB), how many lookups timed out after the restart and the median
+    waits for LMCache's remote writes before the hits and the misses (s)
     (kvreuse.experiments.remote's ``store_after_stop``)."""
     populated = [ph for ph in meta.phases.values() if ph.kind == POPULATE]
     nbytes, _, _ = transfers(populated, "store")
@@ -107,7 +113,20 @@ def _stored(meta: RunMeta) -> dict:
     before, after = held.get("store_rss_bytes_before_populate"), held.get("store_rss_bytes_before_stop")
     return {"stored_gb": nbytes / 1e9 if nbytes > 0 else np.nan,
             "store_grew_gb": (_num(after) - _num(before)) / 1e9,
-            "lookup_timeouts": _num(held.get("lookup_timeouts_after_restart"))}
+            "lookup_timeouts": _num(held.get("lookup_timeouts_after_restart")),
+            **{f"settle_{kind}_median_s": _median_wait(held.get("settle_wait_s"), phases)
+               for kind, phases in (("hit", _names(meta, HIT)), ("miss", _names(meta, MISS)))}}
+
+
+def _names(meta: RunMeta, kind: str) -> set[str]:
+    """The names of the meta's phases of one kind."""
+    return {name for name, ph in meta.phases.items() if ph.kind == kind}
+
+
+def _median_wait(waits, phases: set[str]) -> float:
+    """The median of the recorded waits (s) before the given phases, NaN where none was recorded."""
+    values = [float(v) for name, v in (waits or {}).items() if name in phases and isinstance(v, (int, float))]
+    return float(np.median(values)) if values else np.nan
 
 
 def _num(value) -> float:
