@@ -95,3 +95,34 @@ def test_the_write_up_sets_each_arm_of_both_platforms_side_by_side():
     assert (r["arm"], r["verdict_before"], r["verdict_after"]) == ("lmcache_fs", "not persisted", "persisted")
     assert r["lmcache_kernels_before"] == "fallback" and r["post_restart_first_ttft_median_ms_after"] == 50.0
     assert platform_change(None) == []
+
+
+def test_the_cost_total_reports_a_platforms_target_against_what_its_named_experiments_held():
+    import dataclasses
+
+    from kvreuse.paper import cost_targets
+
+    a = meta("apc", [(T0, T0 + 50)], T0 + 120)
+    b = meta("lmcache_cpu", [(T0 + 60, T0 + 110)], T0 + 180)
+    c = dataclasses.replace(meta("apc", [(T0 + 200, T0 + 260)], T0 + 500), experiment="pressure")
+    bench = {("h200", "restart", "apc"): 120.0, ("h200", "restart", "lmcache_cpu"): 120.0,
+             ("h200", "pressure", "apc"): 300.0}
+    target = {"gpu_minutes": 2.5, "experiments": ["restart"], "source": "a test"}
+    t = cost_table([a, b, c], bench, {"h200": target})
+    total = t[t.experiment == "TOTAL"].iloc[0]
+    assert total.gpu_minutes_held == pytest.approx(8.0)          # every run: T0 .. T0+180, T0+200 .. T0+500
+    assert total.target_gpu_minutes_held == pytest.approx(3.0)   # restart's runs only
+    assert (total.target_gpu_minutes, total.target_server_starts, total.target_startup_s_total,
+            total.target_experiments) == (2.5, 2, 100.0, "restart")
+    assert cost_targets(t) == [{"platform": "h200", "target": 2.5, "held": 3.0, "met": False,
+                                "experiments": ["restart"], "starts": 2, "start_minutes": pytest.approx(100 / 60)}]
+    # no target: the columns are empty and the write-up says nothing of one
+    assert cost_targets(cost_table([a, b, c], bench)) == []
+
+
+def test_the_h200_cost_target_reaches_the_cost_table_from_the_config(config):
+    from kvreuse import dag
+
+    got = dag.table_params(config, "cost")["cost_targets"]
+    assert got["h200"]["gpu_minutes"] == 20 and "restart" in got["h200"]["experiments"]
+    assert "cpu" not in got  # a platform without a target

@@ -66,8 +66,10 @@ ADDED_COLUMNS = {
     "random_overhead": ["server_runs", "freshness", "arm_label", "lmcache_kernels", "store_source",
                         "store_ms_per_request", "store_mb_per_request", "store_gb_s", "prompt_tokens_mean",
                         "chunk_tokens", "kv_bytes_per_token"],
-    # GPU-minutes held once per GPU where jobs shared it (kvreuse.tables_runs)
-    "cost": ["gpu_minutes_held"],
+    # GPU-minutes held once per GPU where jobs shared it; on the TOTAL row of a platform with a
+    # cost_target, the target beside what its experiments' runs held and started (kvreuse.tables_runs)
+    "cost": ["gpu_minutes_held", "target_gpu_minutes", "target_gpu_minutes_held", "target_server_starts",
+             "target_startup_s_total", "target_experiments"],
     # the LMCache server's GPU memory around the first vLLM stop (kvreuse.servers)
     "runs": ["warmup_phases", "freshness", "expected_config_hash", "archived_note",
              "lmcache_server_gpu_mib_before_stop", "lmcache_server_gpu_mib_after_stop"],

@@ -146,11 +146,12 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
           benchmark_files: list[str] = (),
           links_gb_s: dict | None = None, convert_older: bool = False,
           expected_hashes: dict[str, str] | None = None, archived: list[dict] | None = None,
-          context_files: list[str] = ()) -> pd.DataFrame:
+          context_files: list[str] = (), cost_targets: dict | None = None) -> pd.DataFrame:
     """``expected_hashes`` (kvreuse.freshness.run_key -> the current config's hash) and
     ``archived`` (config.yaml's section): stale runs are kept out of the comparison tables;
     None: every run is taken as it is (freshness ``unchecked``). ``context_files``: the
-    accounting's attempts.yaml files and committed log archives (results/gpu-logs/*.tgz)."""
+    accounting's attempts.yaml files and committed log archives (results/gpu-logs/*.tgz).
+    ``cost_targets``: per platform its ``cost_target`` (config.yaml), reported in cost.csv."""
     df, metas = load(jsonl_files, convert_older=convert_older)
     fresh = [freshness(m, expected_hashes, archived) for m in metas]
     if experiment == "runs":
@@ -161,7 +162,7 @@ def build(experiment: str, jsonl_files: list[str], max_error_fraction: float,
             attempts=load_attempts([f for f in context_files if str(f).endswith(".yaml")]),
             logs=JobLogs(archives=[f for f in context_files if str(f).endswith(".tgz")]))
     if experiment == "cost":
-        return cost_table(metas, read_benchmarks(list(benchmark_files)))
+        return cost_table(metas, read_benchmarks(list(benchmark_files)), cost_targets)
     if experiment == "interference":  # every run's requests: the overlaps of the campaign
         return interference_table(df, metas)
     df, metas, fresh = comparable_runs(df, metas, fresh)

@@ -329,10 +329,13 @@ def benchmark_inputs(config: dict, table: str, unpacked: Unpacked = _not_pinned,
 
 def table_params(config: dict, table: str) -> dict:
     """Extra inputs of a derived table (reload_vs_recompute, break_even: the platforms' link
-    bandwidths)."""
+    bandwidths; cost: their GPU-time budgets, ``cost_target``)."""
     if table in ("reload_vs_recompute", "break_even"):
         return {"links_gb_s": {p: schema.get(pc, "platforms", p, "links_gb_s")
                                for p, pc in config["platforms"].items()}}
+    if table == "cost":  # the platforms' GPU-time budgets to report against
+        return {"cost_targets": {p: target for p, pc in config["platforms"].items()
+                                 if (target := schema.get(pc, "platforms", p, "cost_target"))}}
     return {}
 
 

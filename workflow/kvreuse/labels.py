@@ -209,6 +209,11 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "server_starts": ("Server starts", None),
     "first_start_s": ("First start", "s"),
     "later_start_s": ("Later starts", "s"),
+    "target_gpu_minutes": ("Target", "min"),
+    "target_gpu_minutes_held": ("Target's runs held", "min"),
+    "target_server_starts": ("Target's starts", None),
+    "target_startup_s_total": ("Target's start time", "s"),
+    "target_experiments": ("Target's experiments", None),
     # the source studies' tables (workflow/resources/cited.yaml)
     "output_tok_s": ("Output", "tok/s"),
     "apc_ms": ("APC only", "ms"),

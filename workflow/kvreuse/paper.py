@@ -163,6 +163,21 @@ def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
     return out
 
 
+def cost_targets(cost: pd.DataFrame | None) -> list[dict]:
+    """Per platform with a ``cost_target`` (cost.csv's TOTAL row): the target, what its
+    experiments' runs held, whether that is within it, and how much of it their server starts
+    took (the jobs' start seconds over the GPU-minutes held)."""
+    if cost is None or cost.empty or "target_gpu_minutes" not in cost.columns:
+        return []
+    out = []
+    for r in cost[(cost.experiment == "TOTAL") & cost.target_gpu_minutes.notna()].itertuples():
+        held = float(r.target_gpu_minutes_held)
+        out.append({"platform": r.platform, "target": float(r.target_gpu_minutes), "held": held,
+                    "met": held <= float(r.target_gpu_minutes), "experiments": str(r.target_experiments).split(", "),
+                    "starts": int(r.target_server_starts), "start_minutes": float(r.target_startup_s_total) / 60})
+    return out
+
+
 def sharing(cost: pd.DataFrame | None, interference: pd.DataFrame | None) -> list[dict]:
     """Per platform whose jobs shared a GPU: the GPU-minutes held (each GPU counted once,
     ``gpu_minutes_held``) against the jobs' own times summed, and what the overlaps of one
@@ -612,6 +627,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "conversations": paper_conversations.contexts(t),
             "starts": start_times(t.get("cost"), [p["platform"] for p in gpus]),
             "sharing": sharing(t.get("cost"), t.get("interference")),
+            "cost_targets": cost_targets(t.get("cost")),
             "platform_change": platform_change(t.get("restart")),
             "ci_level": stats.CI_LEVEL, "p99_min_n": stats.P99_MIN_N,
             "no_warmup_runs": no_warmup_runs(runs), "gpu_models": models,

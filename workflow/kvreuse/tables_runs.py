@@ -107,8 +107,14 @@ def resumed_spans(m: RunMeta) -> list[tuple[float, float]]:
     return [(b, e) for b, e in runs.values() if e > b]
 
 
-def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataFrame:
-    """GPU-minutes (Snakemake benchmark wall time x GPUs) and server starts per run."""
+def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float],
+               targets: dict[str, dict] | None = None) -> pd.DataFrame:
+    """GPU-minutes (Snakemake benchmark wall time x GPUs) and server starts per run, and per
+    platform a TOTAL row. Where the platform has a ``cost_target`` (config.yaml: GPU-minutes for
+    some of its experiments), its TOTAL row also gives the target (``target_gpu_minutes``) and
+    what those experiments' runs held (``target_gpu_minutes_held``, each GPU counted once), their
+    server starts and the seconds the starts took (``target_server_starts``,
+    ``target_startup_s_total``), and which experiments it names (``target_experiments``)."""
     rows = []
     for m in metas:
         if m.status != "ok":
@@ -130,8 +136,27 @@ def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> pd.DataF
         # jobs that shared a GPU (kvreuse.gpu_share) held it once: the union of their intervals
         tot["gpu_minutes_held"] = [_held_minutes([m for m in metas if m.platform == p and m.status == "ok"],
                                                  benchmarks) for p in tot["platform"]]
+        tot = tot.assign(**{c: np.nan for c in TARGET_COLUMNS}).astype({"target_experiments": object})
+        for i, p in tot["platform"].items():
+            if (target := (targets or {}).get(p)):
+                tot.loc[i, TARGET_COLUMNS] = _target(t[t.platform == p], target, benchmarks,
+                                                     [m for m in metas if m.platform == p and m.status == "ok"])
         t = pd.concat([t, tot], ignore_index=True)
     return t
+
+
+#: the TOTAL row's columns for a platform's ``cost_target``
+TARGET_COLUMNS = ["target_gpu_minutes", "target_gpu_minutes_held", "target_server_starts", "target_startup_s_total",
+                  "target_experiments"]
+
+
+def _target(runs: pd.DataFrame, target: dict, benchmarks: dict[tuple, float], metas: list[RunMeta]) -> list[float]:
+    """A platform's ``cost_target`` beside what the runs of its experiments held and started."""
+    named = set(target["experiments"])
+    mine = runs[runs.experiment.isin(named)]
+    held = _held_minutes([m for m in metas if m.experiment in named], benchmarks)
+    return [float(target["gpu_minutes"]), held, float(mine.server_starts.sum()), float(mine.startup_s_total.sum()),
+            ", ".join(target["experiments"])]
 
 
 def _held_minutes(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
