@@ -126,3 +126,23 @@ def test_the_h200_cost_target_reaches_the_cost_table_from_the_config(config):
     got = dag.table_params(config, "cost")["cost_targets"]
     assert got["h200"]["gpu_minutes"] == 20 and "restart" in got["h200"]["experiments"]
     assert "cpu" not in got  # a platform without a target
+
+
+def test_runs_say_which_server_runs_their_job_took_and_from_which_commit_and_gpu():
+    import dataclasses
+
+    from kvreuse.paper import taken_runs
+    from kvreuse.tables_runs import runs_table
+
+    other = {**GPU, "uuids": ["GPU-0"]}
+    m = dataclasses.replace(meta("lmcache_cpu", [], T0 + 500), experiment="miss", server_starts=[
+        {"process": "vllm", "server_run": 0, "at": iso(T0), "startup_s": 80.0, "resumed_from": iso(T0 + 100),
+         "resumed_commit": "679988da (copy)", "resumed_gpu": other},
+        {"process": "vllm", "server_run": 1, "at": iso(T0 + 200), "startup_s": 90.0, "resumed_from": iso(T0 + 300)},
+        {"process": "vllm", "server_run": 2, "at": iso(T0 + 400), "startup_s": 60.0}])
+    plain = meta("apc", [(T0, T0 + 50)], T0 + 120)
+    t = runs_table([m, plain])
+    assert t.iloc[0][["server_runs_taken", "taken_commits", "taken_gpus"]].tolist() == [2, "679988da", "GPU-0"]
+    assert t.iloc[1][["server_runs_taken", "taken_commits", "taken_gpus"]].tolist() == [0, "", ""]
+    assert taken_runs(t) == [{"platform": "h200", "experiment": "miss", "arm": "lmcache_cpu", "taken": 2,
+                              "commits": ["679988da"], "gpus": ["GPU-0"]}]

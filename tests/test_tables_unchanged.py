@@ -72,7 +72,9 @@ ADDED_COLUMNS = {
              "target_startup_s_total", "target_experiments"],
     # the LMCache server's GPU memory around the first vLLM stop (kvreuse.servers)
     "runs": ["warmup_phases", "freshness", "expected_config_hash", "archived_note",
-             "lmcache_server_gpu_mib_before_stop", "lmcache_server_gpu_mib_after_stop"],
+             "lmcache_server_gpu_mib_before_stop", "lmcache_server_gpu_mib_after_stop",
+             # the server runs a run's job took from kept ones, by which other commits and GPUs
+             "server_runs_taken", "taken_commits", "taken_gpus"],
 }
 REMOVED_COLUMNS = {"serving": ["provenance"], "random_overhead": ["provenance", "e2e_delta_pct"]}
 #: arms added to the config since the snapshot (vLLM's own offloading, kvreuse.offload): on the

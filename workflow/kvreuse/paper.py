@@ -163,6 +163,22 @@ def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
     return out
 
 
+def taken_runs(runs: pd.DataFrame) -> list[dict]:
+    """The runs whose jobs took server runs kept from an earlier start made by another commit or
+    on another GPU (runs.csv's ``taken_commits``, ``taken_gpus``): the write-up names them, since
+    the run's own commit and GPU are not all that made it."""
+    if "server_runs_taken" not in runs.columns:
+        return []
+    out = []
+    for r in runs[runs.server_runs_taken.fillna(0) > 0].itertuples():
+        commits = [c for c in str(r.taken_commits if isinstance(r.taken_commits, str) else "").split(", ") if c]
+        gpus = [g for g in str(r.taken_gpus if isinstance(r.taken_gpus, str) else "").split(", ") if g]
+        if commits or gpus:
+            out.append({"platform": r.platform, "experiment": r.experiment, "arm": r.arm,
+                        "taken": int(r.server_runs_taken), "commits": commits, "gpus": gpus})
+    return out
+
+
 def cost_targets(cost: pd.DataFrame | None) -> list[dict]:
     """Per platform with a ``cost_target`` (cost.csv's TOTAL row): the target, what its
     experiments' runs held, whether that is within it, and how much of it their server starts
@@ -635,6 +651,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
             "fig": {k: str(v) for k, v in figures.items()},
             "commit": commit, "commit_short": commit[:12] if commit else "unknown",
             "run_commits": sorted(set(runs.git_commit.dropna())), "kvreuse_version": __version__,
+            "taken_runs": taken_runs(runs),
             "artifact": {"id": "unpublished", "short": "unpublished", "kind": "none", "doi": None,
                          "url": None, "source": None, "sha256": None, "results_sha256": None,
                          "bundled_at": None, **(cite or {})},

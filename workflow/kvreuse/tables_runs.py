@@ -36,7 +36,10 @@ def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd
     (``freshness``: current | stale | archived, the expected hash beside the recorded one).
     Arms with an LMCache server: the server's GPU memory just before and just after the first
     vLLM stop (``lmcache_server_gpu_mib_before_stop``, ``..._after_stop``): what it keeps of a
-    stopped vLLM."""
+    stopped vLLM. A run whose job took server runs kept from an earlier start
+    (kvreuse.experiments.server_runs) says how many (``server_runs_taken``) and, where they were
+    made by another commit or on another GPU than the run's own, which (``taken_commits``,
+    ``taken_gpus``: comma-separated)."""
     rows = []
     for i, m in enumerate(metas):
         acc, v, model = m.accelerator or {}, m.versions or {}, m.model or {}
@@ -58,12 +61,23 @@ def runs_table(metas: list[RunMeta], fresh: list[Freshness] | None = None) -> pd
                      "later_start_s": float(np.median(starts[1:])) if len(starts) > 1 else np.nan,
                      "lmcache_server_gpu_mib_before_stop": mib_before,
                      "lmcache_server_gpu_mib_after_stop": mib_after,
+                     **_taken(m),
                      "config_hash": m.config_hash, "git_commit": m.git_commit})
         if fresh is not None:
             rows[-1].update(freshness=fresh[i].freshness,
                             expected_config_hash=fresh[i].expected_config_hash,
                             archived_note=fresh[i].archived_note)
     return pd.DataFrame(rows)
+
+
+def _taken(m: RunMeta) -> dict:
+    """The server runs the run's job took from kept ones, and the other commits and GPUs that
+    made them (their starts' ``resumed_commit``, ``resumed_gpu``)."""
+    taken = [s for s in m.server_starts if s.get("process") == "vllm" and s.get("resumed_from")]
+    commits = sorted({str(s["resumed_commit"]).split()[0] for s in taken if s.get("resumed_commit")})
+    gpus = sorted({u for s in taken for u in ((s.get("resumed_gpu") or {}).get("uuids") or [])})
+    return {"server_runs_taken": len({s.get("server_run") for s in taken}),
+            "taken_commits": ", ".join(commits), "taken_gpus": ", ".join(gpus)}
 
 
 def _busy_s(m: RunMeta) -> float:
