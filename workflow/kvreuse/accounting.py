@@ -38,11 +38,11 @@ MEASURED, NOT_RUN, FAILED, MISSING = "measured", "not run", "failed", "missing"
 STATUSES = (MEASURED, NOT_RUN, FAILED, STALE, ARCHIVED, MISSING)
 COLUMNS = ["platform", "experiment", "arm", "status", "reason", "evidence", "context",
            "freshness", "expected_config_hash", "recorded_config_hash", "git_commit"]
-#: a log line that says why a job stopped
-ERROR_LINE = re.compile(r"Error|Exception|Traceback|[Ff]ailed|KeyboardInterrupt|Killed|TimeBudgetExhausted")
 #: the exception with which a job declines to start what the runner's time budget would cut off
 #: (kvreuse.experiments.server_runs): the run was not done, nothing in it failed
 BUDGET_EXHAUSTED = "TimeBudgetExhausted"
+#: a log line that says why a job stopped
+ERROR_LINE = re.compile(rf"Error|Exception|Traceback|[Ff]ailed|KeyboardInterrupt|Killed|{BUDGET_EXHAUSTED}")
 
 
 def _split(value) -> list[str]:
