@@ -147,14 +147,14 @@ def cost_table(metas: list[RunMeta], benchmarks: dict[tuple, float],
     if len(t):
         tot = t.groupby("platform", sort=False)[["wall_s", "gpu_minutes", "server_starts", "startup_s_total", "requests"]].sum().reset_index()
         tot["experiment"], tot["arm"] = "TOTAL", ""
+        ok = {p: [m for m in metas if m.platform == p and m.status == "ok"] for p in tot["platform"]}
         # jobs that shared a GPU (kvreuse.gpu_share) held it once: the union of their intervals
-        tot["gpu_minutes_held"] = [_held_minutes([m for m in metas if m.platform == p and m.status == "ok"],
-                                                 benchmarks) for p in tot["platform"]]
+        tot["gpu_minutes_held"] = [_held_minutes(ok[p], benchmarks) for p in tot["platform"]]
         tot = tot.assign(**{c: np.nan for c in TARGET_COLUMNS}).astype({"target_experiments": object})
         for i, p in tot["platform"].items():
             if (target := (targets or {}).get(p)):
-                tot.loc[i, TARGET_COLUMNS] = _target(t[t.platform == p], target, benchmarks,
-                                                     [m for m in metas if m.platform == p and m.status == "ok"])
+                got = _target(t[t.platform == p], target, benchmarks, ok[p])
+                tot.loc[i, list(got)] = list(got.values())
         t = pd.concat([t, tot], ignore_index=True)
     return t
 
@@ -164,13 +164,16 @@ TARGET_COLUMNS = ["target_gpu_minutes", "target_gpu_minutes_held", "target_serve
                   "target_experiments"]
 
 
-def _target(runs: pd.DataFrame, target: dict, benchmarks: dict[tuple, float], metas: list[RunMeta]) -> list[float]:
-    """A platform's ``cost_target`` beside what the runs of its experiments held and started."""
+def _target(runs: pd.DataFrame, target: dict, benchmarks: dict[tuple, float], metas: list[RunMeta]) -> dict:
+    """A platform's ``cost_target`` beside what the runs of its experiments held and started
+    (the :data:`TARGET_COLUMNS`)."""
     named = set(target["experiments"])
     mine = runs[runs.experiment.isin(named)]
-    held = _held_minutes([m for m in metas if m.experiment in named], benchmarks)
-    return [float(target["gpu_minutes"]), held, float(mine.server_starts.sum()), float(mine.startup_s_total.sum()),
-            ", ".join(target["experiments"])]
+    return {"target_gpu_minutes": float(target["gpu_minutes"]),
+            "target_gpu_minutes_held": _held_minutes([m for m in metas if m.experiment in named], benchmarks),
+            "target_server_starts": float(mine.server_starts.sum()),
+            "target_startup_s_total": float(mine.startup_s_total.sum()),
+            "target_experiments": ", ".join(target["experiments"])}
 
 
 def _held_minutes(metas: list[RunMeta], benchmarks: dict[tuple, float]) -> float:
