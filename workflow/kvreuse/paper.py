@@ -163,6 +163,12 @@ def start_times(cost: pd.DataFrame | None, platforms: list[str]) -> dict:
     return out
 
 
+def _listed(cell) -> list[str]:
+    """The items of a table cell that lists them comma-separated (``taken_commits``,
+    ``target_experiments``); none where the cell is empty (read back as NaN)."""
+    return [v for v in cell.split(", ") if v] if isinstance(cell, str) else []
+
+
 def taken_runs(runs: pd.DataFrame) -> list[dict]:
     """The runs whose jobs took server runs kept from an earlier start made by another commit or
     on another GPU (runs.csv's ``taken_commits``, ``taken_gpus``): the write-up names them, since
@@ -171,8 +177,7 @@ def taken_runs(runs: pd.DataFrame) -> list[dict]:
         return []
     out = []
     for r in runs[runs.server_runs_taken.fillna(0) > 0].itertuples():
-        commits = [c for c in str(r.taken_commits if isinstance(r.taken_commits, str) else "").split(", ") if c]
-        gpus = [g for g in str(r.taken_gpus if isinstance(r.taken_gpus, str) else "").split(", ") if g]
+        commits, gpus = _listed(r.taken_commits), _listed(r.taken_gpus)
         if commits or gpus:
             out.append({"platform": r.platform, "experiment": r.experiment, "arm": r.arm,
                         "taken": int(r.server_runs_taken), "commits": commits, "gpus": gpus})
@@ -189,7 +194,7 @@ def cost_targets(cost: pd.DataFrame | None) -> list[dict]:
     for r in cost[(cost.experiment == "TOTAL") & cost.target_gpu_minutes.notna()].itertuples():
         held = float(r.target_gpu_minutes_held)
         out.append({"platform": r.platform, "target": float(r.target_gpu_minutes), "held": held,
-                    "met": held <= float(r.target_gpu_minutes), "experiments": str(r.target_experiments).split(", "),
+                    "met": held <= float(r.target_gpu_minutes), "experiments": _listed(r.target_experiments),
                     "starts": int(r.target_server_starts), "start_minutes": float(r.target_startup_s_total) / 60})
     return out
 
