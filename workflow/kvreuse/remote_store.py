@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import schema
 from .errors import ServerError
+from .logtail import log_since, log_size  # noqa: F401  (log_size: the experiment marks vLLM's log with it)
 from .server import HOST, ManagedProcess
 
 REDIS, LM_SERVER = "redis", "lm_server"
@@ -208,25 +209,6 @@ def lookup_timeouts(vllm_log: Path, since: int = 0) -> int | None:
     byte ``since`` on; None where the log cannot be read."""
     text = log_since(vllm_log, since)
     return None if text is None else text.count(LOOKUP_TIMEOUT_LOG)
-
-
-def log_since(path: Path, since: int = 0) -> str | None:
-    """A log's text from byte ``since`` on (this run's part: the log is appended to across runs),
-    None where it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(since)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return None
-
-
-def log_size(path: Path) -> int:
-    """The size of a log now (0 where there is none): where this run's part of it begins."""
-    try:
-        return Path(path).stat().st_size
-    except OSError:
-        return 0
 
 
 def check_reached(s: dict, keys: int | None, vllm_log: Path, since: int = 0) -> None:

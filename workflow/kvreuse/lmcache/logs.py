@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..logtail import log_since, log_size
 from .store import GIB, finish_store
 
 LOG_FILES = ("vllm.log", "lmcache-server.log")
@@ -31,11 +32,7 @@ _STORED = re.compile(r"Stored (\d+) out of total (\d+) tokens\. size: ([0-9.]+) 
 
 def log_marks(log_dir: Path | str) -> dict[str, int]:
     """Current sizes of the server logs, so that a phase can read only what it wrote."""
-    marks = {}
-    for name in LOG_FILES:
-        p = Path(log_dir) / name
-        marks[str(p)] = p.stat().st_size if p.exists() else 0
-    return marks
+    return {str(Path(log_dir) / name): log_size(Path(log_dir) / name) for name in LOG_FILES}
 
 
 def log_stats(marks: dict[str, int]) -> dict:
@@ -48,12 +45,9 @@ def log_stats(marks: dict[str, int]) -> dict:
            "retrieve_ms": 0.0, "stores": 0, "stored_tokens": 0, "store_bytes": 0, "store_ms": 0.0,
            "kernel_fallback_logged": False}
     for path, start in marks.items():
-        p = Path(path)
-        if not p.exists():
+        if (written := log_since(path, start)) is None:
             continue
-        with open(p, "rb") as f:
-            f.seek(start)
-            text = _ANSI.sub("", f.read().decode(errors="replace"))
+        text = _ANSI.sub("", written)
         for m in _RETRIEVED.finditer(text):
             out["retrieves"] += 1
             out["retrieved_tokens"] += int(m.group(1))
