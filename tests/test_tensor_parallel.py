@@ -156,7 +156,8 @@ def test_every_multi_gpu_server_keeps_nvlink_multicast_off(cfg, tmp_path):
     """The lent hosts with several H200 require NVLink multicast off in every program (NCCL,
     PyTorch's symmetric memory, NVSHMEM): each platform with tensor parallelism sets it in the
     environment of the servers it starts, whatever the environment the run was started in."""
-    off = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+    off = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
+           "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
     multi = [p for p in cfg["platforms"] if platforms.gpus(p) > 1]
     assert multi
     for p in multi:
