@@ -58,8 +58,10 @@ ADDED_COLUMNS = {
     # length the latency columns are at, and how many lengths the run populated; the arm as
     # tables show it, marked where LMCache's kernels did not load, beside the kernel state
     # (kvreuse.kernels) and the kind of connector (LMCache, vLLM's offloading)
+    # the run's model and its tensor parallelism, and the model's KV bytes per token beside what
+    # the store read per hit token (kvreuse.phase_stats)
     "restart": RESTART_VERDICT + ["latency_prefix_tokens", "n_lengths", "freshness", "arm_label", "connector",
-                                  "lmcache_kernels"],
+                                  "lmcache_kernels", "model", "tensor_parallel", "kv_bytes_per_token"],
     # the alternating design: server runs per arm (kvreuse.alternating); the marked arm; the
     # store's cost per request on the cold path, its rate, and what decides whether it stores
     # (the prompts' length against LMCache's chunk; kvreuse.tables_overhead.store_shape)

@@ -43,7 +43,10 @@ def test_the_multi_gpu_platforms_in_the_one_list_and_the_config(cfg):
         assert platforms.BY_NAME[name].gpu == "H200" and platforms.gpus(name) == n
         assert kc.tensor_parallel(cfg, name) == n
         assert kc.model_name(cfg, name) == "llama-3.1-70b"
-        assert name not in cfg["run_platforms"] and name not in cfg["report_platforms"]
+        # measured on a lent host (profiles/gpu-node), never by the default pipeline; reported
+        # once its results are committed (h200x2), and not before (h200x4, h200x8: not lent yet)
+        assert name not in cfg["run_platforms"]
+        assert (name in cfg["report_platforms"]) == Path("results/raw", name).is_dir(), name
     assert platforms.gpus("h200") == 1 and platforms.gpus("cpu") == 0
     assert kc.tensor_parallel(cfg, "h200") == 1  # the same code at TP 1: the one-GPU H200
 

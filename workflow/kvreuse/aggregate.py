@@ -57,7 +57,8 @@ from .tables_miss import miss_table
 from .tables_overhead import random_overhead_table
 from .tables_remote import remote_table
 from .tables_pressure import pressure_table
-from .tables_reload import BREAK_EVEN_COLUMNS, RELOAD_COLUMNS, break_even_table, reload_vs_recompute_table
+from .tables_reload import (BREAK_EVEN_COLUMNS, RELOAD_COLUMNS, TENSOR_PARALLEL_COLUMNS, break_even_table,
+                            reload_vs_recompute_table, tensor_parallel_table)
 from .tables_restart import RESTART_KINDS, restart_table
 from .tables_runs import cost_table, read_benchmarks, runs_table
 from .tables_serving import fidelity_table, serving_table
@@ -68,7 +69,8 @@ __all__ = ["BREAK_EVEN_COLUMNS", "COUNTER_COLUMNS", "PHASE_FIELDS", "RECORD_COLU
            "fidelity_table", "latency_stats", "load", "mark_freshness", "miss_table", "phase_table",
            "pressure_table",
            "random_overhead_table", "read_benchmarks", "reload_vs_recompute_table", "restart_table",
-           "runs_table", "serving_table", "summed_counters", "write"]
+           "runs_table", "serving_table", "summed_counters", "TENSOR_PARALLEL_COLUMNS", "tensor_parallel_table",
+           "write"]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,8 @@ def _comparison_table(experiment: str, df: pd.DataFrame, metas: list[RunMeta],
         return reload_vs_recompute_table(df, metas, links_gb_s)
     if experiment == "break_even":
         return break_even_table(df, metas, links_gb_s)
+    if experiment == "tensor_parallel":
+        return tensor_parallel_table(df, metas)
     if experiment == "restart":
         return restart_table(df, metas)
     if experiment == "serving":

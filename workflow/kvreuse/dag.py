@@ -26,9 +26,9 @@ from .provenance import config_hash
 
 FIGURES = ["cold_warm", "restart", "prefix_sweep", "multiturn", "baseline", "serving", "random_overhead",
            "reload_vs_recompute", "break_even",
-           "cross_instance", "miss"]
+           "cross_instance", "miss", "tensor_parallel"]
 #: tables built from another experiment's raw files (besides runs, cost and fidelity)
-DERIVED_TABLES = {"reload_vs_recompute": "restart", "break_even": "restart"}
+DERIVED_TABLES = {"reload_vs_recompute": "restart", "break_even": "restart", "tensor_parallel": "restart"}
 #: figures drawn from more than their own table (``results/tables/<figure>.csv``): every table
 #: each one reads, its own first
 FIGURE_TABLES = {"restart": ["restart", "reload_vs_recompute"],
@@ -61,6 +61,7 @@ FIGURE_TITLES = {
     "break_even": "Break-even prefix length per store",
     "cross_instance": "Across instances: one LMCache server, two vLLMs",
     "miss": "Cache-miss overhead per prompt length",
+    "tensor_parallel": "Reload vs recompute with tensor parallelism",
 }
 #: what `rule all` builds besides the tables and figures (the artifact is built on request:
 #: `snakemake ... artifact`, README)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import kvmodel, metrics, plan
 from .results import Phase, RunMeta
 from .stats import bootstrap_ci, tail
 
@@ -96,12 +96,44 @@ _MP_L2_GBS = "lmcache_mp_l2_load_throughput_GB_per_second"
 SOURCE_OFFLOAD = {"load": "vllm kv_offload counters: load", "store": "vllm kv_offload counters: store"}
 
 
+def kv_bytes_per_token(m: RunMeta) -> int | None:
+    """From the run (LMCache arms record it), else from the model spec (kvreuse.kvmodel)."""
+    bpt = (m.lmcache or {}).get("kv_bytes_per_token")
+    return bpt if bpt is not None else kvmodel.model_kv_bytes_per_token(((m.model or {}).get("spec") or {}))
+
+
+def tensor_parallel(m: RunMeta) -> int:
+    """The GPUs the run's vLLM spanned (its --tensor-parallel-size; 1 where it gave none)."""
+    args = [str(a) for a in ((m.server or {}).get("vllm_args") or [])]
+    for flag in plan.TENSOR_PARALLEL_FLAGS:
+        if flag in args[:-1]:
+            return int(args[args.index(flag) + 1])
+    return 1
+
+
+def link_bytes_per_token(m: RunMeta, bpt: int | None) -> float | None:
+    """The KV bytes of one token that one GPU holds, stores and loads over its own link (in the
+    analytic model, and in an LMCache server's chunk counts): all of ``bpt`` on one GPU; with
+    tensor parallelism each rank its KV heads' share, in parallel (kvreuse.kvmodel.kv_heads_per_gpu:
+    an even split where the ranks divide the heads)."""
+    tp = tensor_parallel(m)
+    if not bpt or tp == 1:
+        return bpt
+    arch = kvmodel.model_config(((m.model or {}).get("spec") or {}))
+    if arch is None:
+        return bpt / tp
+    heads = arch.get("num_key_value_heads", arch["num_attention_heads"])
+    return bpt * kvmodel.kv_heads_per_gpu(arch, tp) / heads
+
+
 def lmcache_chunk_bytes(m) -> float | None:
-    """Bytes of one LMCache chunk of a run (its chunk size x its KV bytes per token, from the
-    meta's ``lmcache`` block); None for a run without LMCache or where either is unknown."""
+    """Bytes of one LMCache chunk of a run as one GPU holds it (its chunk size x the KV bytes
+    per token of one rank: all of the meta's ``lmcache.kv_bytes_per_token`` on one GPU, its KV
+    heads' share with tensor parallelism, where each rank stores and loads its own chunks and
+    LMCache's server counts them all); None for a run without LMCache or where either is unknown."""
     lm = getattr(m, "lmcache", None) or {}
     chunk, bpt = lm.get("chunk_size"), lm.get("kv_bytes_per_token")
-    return float(chunk * bpt) if chunk and bpt else None
+    return float(chunk * link_bytes_per_token(m, bpt)) if chunk and bpt else None
 
 
 def l2_load_gb_s(phases: list[Phase]) -> float:

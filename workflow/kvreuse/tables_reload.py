@@ -21,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import breakeven, kernels, kvmodel, plan, schema, verdict
-from .phase_stats import l2_load_gb_s, lmcache_chunk_bytes, transfers
+from . import breakeven, kernels, schema, verdict
+from .phase_stats import (kv_bytes_per_token, l2_load_gb_s, link_bytes_per_token, lmcache_chunk_bytes,
+                          tensor_parallel, transfers)
 from .results import RunMeta
 from .stats import bootstrap_ci, median_difference
 from .tables_restart import lengths_of, phase_length, run_records
@@ -64,35 +65,6 @@ def store_label(m: RunMeta) -> str:
         return "vLLM's own offloading" if "Offloading" in args or "--kv-offloading" in args else "a KV connector"
     caching = schema.get(arm_config, "arms", "*", "prefix_caching")
     return "none (vLLM's GPU prefix cache)" if caching else "none"
-
-
-def kv_bytes_per_token(m: RunMeta) -> int | None:
-    """From the run (LMCache arms record it), else from the model spec (kvreuse.kvmodel)."""
-    bpt = (m.lmcache or {}).get("kv_bytes_per_token")
-    return bpt if bpt is not None else kvmodel.model_kv_bytes_per_token(((m.model or {}).get("spec") or {}))
-
-
-def tensor_parallel(m: RunMeta) -> int:
-    """The GPUs the run's vLLM spanned (its --tensor-parallel-size; 1 where it gave none)."""
-    args = [str(a) for a in ((m.server or {}).get("vllm_args") or [])]
-    for flag in plan.TENSOR_PARALLEL_FLAGS:
-        if flag in args[:-1]:
-            return int(args[args.index(flag) + 1])
-    return 1
-
-
-def link_bytes_per_token(m: RunMeta, bpt: int | None) -> float | None:
-    """The KV bytes of one token that one GPU loads over its link in the analytic model: all of
-    ``bpt`` on one GPU; with tensor parallelism each rank its KV heads' share, in parallel
-    (kvreuse.kvmodel.kv_heads_per_gpu: an even split where the ranks divide the heads)."""
-    tp = tensor_parallel(m)
-    if not bpt or tp == 1:
-        return bpt
-    arch = kvmodel.model_config(((m.model or {}).get("spec") or {}))
-    if arch is None:
-        return bpt / tp
-    heads = arch.get("num_key_value_heads", arch["num_attention_heads"])
-    return bpt * kvmodel.kv_heads_per_gpu(arch, tp) / heads
 
 
 def _ttft(records: pd.DataFrame, kind: str, length: int) -> np.ndarray:
@@ -237,3 +209,38 @@ def break_even_table(df: pd.DataFrame, metas: list[RunMeta], links_gb_s: dict | 
             rows.append({**base, "estimate": "model", "link": link, "link_gb_s": gb_s,
                          "model_overhead_ms": overhead, "verdict": judged, **est.to_dict()})
     return pd.DataFrame(rows, columns=BREAK_EVEN_COLUMNS)
+
+
+TENSOR_PARALLEL_COLUMNS = [
+    "platform", "arm", "arm_label", "store", "model", "tensor_parallel", "kv_bytes_per_token",
+    "kv_bytes_per_token_per_gpu", "prefix_tokens", "n_reload", "reload_ttft_ms", "n_recompute",
+    "recompute_ttft_ms", "reload_minus_recompute_ms", "reload_minus_recompute_ci95_lo_ms",
+    "reload_minus_recompute_ci95_hi_ms", "reload_speedup", "reload_speedup_ci95_lo", "reload_speedup_ci95_hi",
+    "verdict", "loaded_bytes", "achieved_gb_s", "break_even_status", "break_even_tokens",
+    "break_even_ci_low", "break_even_ci_high",
+]
+
+
+def tensor_parallel_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
+    """Reload against recompute per prefix length for every store (arm) that a restart run
+    measured with tensor parallelism, beside the same store's runs at other parallelism (one GPU):
+    each row a run's length, with the run's model, its ``--tensor-parallel-size``, the model's KV
+    bytes per token and one GPU's share of them, and the run's measured break-even
+    (``break_even_status`` and its bootstrap interval, :func:`break_even_table`). Empty where no
+    restart run used several GPUs."""
+    arms = {m.arm for m in metas if m.status == "ok" and tensor_parallel(m) > 1}
+    runs = [m for m in metas if m.status == "ok" and m.arm in arms]
+    if not runs:
+        return pd.DataFrame(columns=TENSOR_PARALLEL_COLUMNS)
+    per_length = reload_vs_recompute_table(df, runs)
+    per_length = per_length[per_length.status == "ok"].drop(columns=["kv_bytes_per_token"])
+    be = break_even_table(df, runs)
+    be = be[be.estimate == "measured"][["platform", "arm", "status", "break_even_tokens", "ci_low", "ci_high"]]
+    be = be.rename(columns={"status": "break_even_status", "ci_low": "break_even_ci_low",
+                            "ci_high": "break_even_ci_high"})
+    info = pd.DataFrame([{"platform": m.platform, "arm": m.arm, "model": (m.model or {}).get("name"),
+                          "tensor_parallel": tensor_parallel(m), "kv_bytes_per_token": kv_bytes_per_token(m),
+                          "kv_bytes_per_token_per_gpu": link_bytes_per_token(m, kv_bytes_per_token(m))}
+                         for m in runs])
+    out = per_length.merge(info, on=["platform", "arm"]).merge(be, on=["platform", "arm"], how="left")
+    return out.sort_values(["arm", "tensor_parallel", "platform", "prefix_tokens"])[TENSOR_PARALLEL_COLUMNS]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import kernels, verdict
-from .phase_stats import lmcache_chunk_bytes, phase_table, transfers
+from .phase_stats import kv_bytes_per_token, lmcache_chunk_bytes, phase_table, tensor_parallel, transfers
 from .results import Phase, RunMeta
 
 
@@ -89,7 +89,9 @@ def restart_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFrame:
         state = kernels.status(m)
         row = {"platform": m.platform, "arm": m.arm, "arm_label": kernels.arm_label(m.arm, state),
                "connector": connector_kind(m), "status": m.status, "reason": m.reason or "",
-               "lmcache_kernels": state}
+               "lmcache_kernels": state, "model": (m.model or {}).get("name"),
+               "tensor_parallel": tensor_parallel(m),
+               "kv_bytes_per_token": kv_bytes_per_token(m)}  # the model's, over all its GPUs
         ref = reference_length(m)
         records = run_records(df, m)
         here = records[records.prefix_tokens == ref] if ref is not None and len(records) else records

@@ -17,7 +17,7 @@ measured = be[be.estimate == "measured"] if len(be) else be
 shown = [r for p in platforms_in(measured) for _, r in measured[measured.platform == p].iterrows()
          if r.status != "not run"]
 skipped = measured[measured.status == "not run"] if len(measured) else measured
-fig, axes = panels(len(shown) + 1, ncols=3, width=3.0, height=2.5)
+fig, axes = panels(len(shown) + 2, ncols=3, width=3.0, height=2.5)  # the legend, then the notes
 legend: dict = {}
 for ax, r in zip(axes, shown):
     rows = per_length[(per_length.platform == r.platform) & (per_length.arm == r.arm)]
@@ -64,7 +64,8 @@ for ax, r in zip(axes, shown):
                             *texts]), fontsize=6.5)
     for h, lab in zip(*ax.get_legend_handles_labels()):
         legend.setdefault(lab, h)
-info_panel(axes[len(shown)], list(legend.values()), list(legend), [
+info_panel(axes[len(shown)], list(legend.values()), list(legend), [])
+info_panel(axes[len(shown) + 1], [], [], [
     "Break-even: from this length on, reloading is faster than recomputing.",
     *(dict.fromkeys(f"{r.arm}: {r.store}" for r in shown) or ["no restart runs: no break-even"]),
     *[f"{r.platform} / {r.arm}: not run ({r.reason})" for r in skipped.itertuples()]])
