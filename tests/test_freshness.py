@@ -246,6 +246,20 @@ def test_a_job_that_stopped_at_the_time_budget_is_not_run_not_failed(tmp_path, c
     assert TimeBudgetExhausted.__name__ in line  # the name the accounting looks for
 
 
+def test_a_job_whose_servers_a_signal_stopped_is_not_run_not_failed(tmp_path, cfg, monkeypatch):
+    """Lease 1 on h200x2: the runner's budget sent SIGINT while restart/lmcache_fs measured its
+    last pair; kvreuse.server's handler stopped its vLLM. The job was interrupted, not failed."""
+    files = [write_run(tmp_path, cfg, "cold_warm", "apc")]
+    log = tmp_path / "results/logs/cpu/restart/apc.log"
+    log.parent.mkdir(parents=True)
+    line = "KeyboardInterrupt: received SIGINT; stopping servers"
+    log.write_text(f"ERROR kvreuse.server: received SIGINT; stopping servers\nTraceback (most recent call last):\n"
+                   f"  File x\n{line}\n")
+    monkeypatch.chdir(tmp_path)
+    row = build("accounting", files, cfg).set_index(["platform", "experiment", "arm"]).loc[("cpu", "restart", "apc")]
+    assert row["status"] == "not run" and row["reason"] == line
+
+
 def test_a_log_inside_a_committed_archive_and_attempts_context(tmp_path, cfg, monkeypatch):
     monkeypatch.chdir(tmp_path)  # job logs are looked for under results/logs/ here
     archive = tmp_path / "results/gpu-logs/cpu-lease1.tgz"

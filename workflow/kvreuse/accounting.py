@@ -9,7 +9,8 @@ The status is derived from files, never typed by hand:
 ``archived``  a stale raw file that config.yaml's ``archived`` section keeps, with its note
 ``not run``   also: no raw file, and a job log that ends on the runner's time budget (an
               alternating job that started no server run the budget would cut off:
-              kvreuse.experiments.server_runs.TimeBudgetExhausted), the line as the reason
+              kvreuse.experiments.server_runs.TimeBudgetExhausted) or on a signal that stopped
+              the job's servers (the runner's budget, a scheduler's time limit), the line as the reason
 ``failed``    no raw file, but a job log: its last line that shows an error
               (results/logs/<platform>/<experiment>/<arm>.log, or alternating.log for an
               experiment whose arms share one job, or the same path inside a
@@ -41,6 +42,9 @@ COLUMNS = ["platform", "experiment", "arm", "status", "reason", "evidence", "con
 #: the exception with which a job declines to start what the runner's time budget would cut off
 #: (kvreuse.experiments.server_runs): the run was not done, nothing in it failed
 BUDGET_EXHAUSTED = "TimeBudgetExhausted"
+#: the line with which kvreuse.server's signal handler stops a job's servers: the job was
+#: interrupted (the runner's time budget sends SIGINT, SLURM's time limit SIGTERM), not failed
+INTERRUPTED = re.compile(r"received SIG[A-Z]+; stopping servers")
 #: a log line that says why a job stopped
 ERROR_LINE = re.compile(rf"Error|Exception|Traceback|[Ff]ailed|KeyboardInterrupt|Killed|{BUDGET_EXHAUSTED}")
 
@@ -144,7 +148,8 @@ def accounting_table(metas: list[RunMeta], fresh: list[Freshness],
                 row.update(status=MEASURED)
         elif (log := logs.find(platform, experiment, arm)) is not None:
             reason = why_failed(log[1])
-            row.update(status=NOT_RUN if BUDGET_EXHAUSTED in reason else FAILED, evidence=log[0], reason=reason)
+            stopped = BUDGET_EXHAUSTED in reason or INTERRUPTED.search(reason)
+            row.update(status=NOT_RUN if stopped else FAILED, evidence=log[0], reason=reason)
         elif attempts.get(key, {}).get("outcome") == "failed" and attempts[key].get("evidence"):
             row.update(status=FAILED, evidence=str(attempts[key]["evidence"]),
                        reason=" ".join(str(attempts[key].get("reason", "")).split()))

@@ -22,7 +22,7 @@ import yaml
 
 from . import __version__, claims, kvmodel, labels, latex, latexmk, paper_pressure, provenance, stats
 from . import kernels as kernels_mod
-from . import paper_conversations
+from . import paper_conversations, paper_tensor_parallel
 
 TITLE = "kvreuse: KV-cache reuse in vLLM, measured with counters"
 
@@ -643,6 +643,7 @@ def context(tables: dict[str, Path], figures: dict[str, Path], cited_path: Path,
 
             "cross_instance": cross,
             "cross_gpu": cross_gpu_context(cross),  # issue 14: A and B on different GPUs
+            "tp": paper_tensor_parallel.tensor_parallel_context(t),  # issue 14: several GPUs per job
             "remote": remote_context(t.get("remote"), kernels),
             "decision": decision_context(t, cited),
             "conversations": paper_conversations.contexts(t),
