@@ -166,3 +166,28 @@ def test_every_multi_gpu_server_keeps_nvlink_multicast_off(cfg, tmp_path):
     for p in multi:
         env = kc.server_config(cfg, p)["env"]
         assert {k: env.get(k) for k in off} == off, p
+
+
+def test_an_lmcache_servers_chunk_counts_are_each_ranks_share(cfg):
+    """LMCache's MP server counts the chunks each rank loads (h200x2, lease 1: 16 chunks for 2 x
+    1,024 hit tokens at TP 2 and chunk 256), each holding that rank's KV heads: a chunk is the
+    chunk size x one GPU's bytes per token, so the loads add up to the model's KV, not twice it."""
+    from types import SimpleNamespace
+
+    from kvreuse import phase_stats
+    from kvreuse.results import Phase
+
+    spec = cfg["models"]["llama-3.1-70b"]
+    total = kvmodel.model_kv_bytes_per_token(spec)
+    lm = {"chunk_size": 256, "kv_bytes_per_token": total}
+    two = SimpleNamespace(server={"vllm_args": ["--tensor-parallel-size", "2"]}, model={"spec": spec}, lmcache=lm)
+    one = SimpleNamespace(server={"vllm_args": []}, model={"spec": spec}, lmcache=lm)
+    assert phase_stats.lmcache_chunk_bytes(one) == 256 * total
+    assert phase_stats.lmcache_chunk_bytes(two) == 256 * total / 2
+    counters = {"lmcache_mp_num_chunks_loaded": 16.0,
+                "lmcache_mp_l0_l1_load_throughput_GB_per_second_count": 16.0,
+                "lmcache_mp_l0_l1_load_throughput_GB_per_second_sum": 16 * 40.0}
+    ph = Phase(kind="post_restart_first", n_requests=1, wall_s=1.0, counters=counters, prefix_tokens=1024)
+    nbytes, secs, source = phase_stats.transfers([ph], "load", phase_stats.lmcache_chunk_bytes(two))
+    assert nbytes == 2 * 1024 * total and source == phase_stats.SOURCE_LMCACHE_SERVER_CHUNKS
+    assert secs == pytest.approx(nbytes / 40e9)
