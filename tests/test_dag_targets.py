@@ -97,7 +97,7 @@ def test_each_table_reads_its_experiments_raw_files(config, tmp_path):
     assert dag.table_inputs(cfg, "runs", not_pinned, tmp_path) == raw
     assert dag.table_inputs(cfg, "cost", not_pinned, tmp_path) == raw
     assert dag.table_inputs(cfg, "fidelity", not_pinned, tmp_path) == dag.raw_inputs(cfg, "serving", not_pinned, tmp_path)
-    for derived in ("reload_vs_recompute", "break_even"):  # reload against recompute: the restart's runs
+    for derived in ("reload_vs_recompute", "break_even", "tensor_parallel"):  # the restart's runs
         assert (dag.table_inputs(cfg, derived, not_pinned, tmp_path)
                 == dag.raw_inputs(cfg, "restart", not_pinned, tmp_path))
     assert dag.table_inputs(cfg, "multiturn", not_pinned, tmp_path) == [
@@ -110,10 +110,12 @@ def test_tables_figures_and_targets(config):
     cfg = study(config, experiments={k: v for k, v in reversed(config["experiments"].items()) if k != "serving"})
     assert dag.experiments(cfg) == [e for e in kc.EXPERIMENTS if e != "serving"]  # the study's order
     assert dag.tables(cfg) == dag.experiments(cfg) + ["runs", "cost", "fidelity", "accounting", "interference",
-                                                     "reload_vs_recompute", "break_even", "comparisons"]
+                                                     "reload_vs_recompute", "break_even", "tensor_parallel",
+                                                     "comparisons"]
     targets = dag.all_targets(config)
     assert targets[0] == "results/tables/baseline.csv"
-    assert {"results/figures/reload_vs_recompute.pdf", "results/figures/break_even.pdf"} <= set(targets)
+    assert {"results/figures/reload_vs_recompute.pdf", "results/figures/break_even.pdf",
+            "results/figures/tensor_parallel.pdf"} <= set(targets)
     # a figure's inputs: its own table first, then any other it reads
     assert dag.figure_tables("cold_warm") == ["results/tables/cold_warm.csv"]
     assert dag.figure_tables("break_even") == ["results/tables/break_even.csv",
