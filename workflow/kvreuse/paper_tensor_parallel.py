@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import claims, platforms
+from .paper_conversations import direction
 
 
 def _records(t: pd.DataFrame | None) -> list[dict]:
@@ -22,10 +23,10 @@ def _at(rows: list[dict], length) -> dict:
     """A run's row at one prefix length, with the ratio's CI read as a direction."""
     r = next(x for x in rows if x["prefix_tokens"] == length)
     lo, hi = r.get("reload_speedup_ci95_lo"), r.get("reload_speedup_ci95_hi")
-    known = claims.is_number(lo) and claims.is_number(hi)
+    known = claims.is_number(lo) and claims.is_number(hi)  # the ratio's CI against 1
     return {"prefix_tokens": length, "speedup": r.get("reload_speedup"), "lo": lo, "hi": hi,
-            "direction": ("no_ci" if not known else "reload_faster" if lo > 1 else
-                          "recompute_faster" if hi < 1 else "unresolved")}
+            "direction": direction(lo - 1, hi - 1, above="reload_faster", below="recompute_faster")
+            if known else "no_ci"}
 
 
 def _run(rows: list[dict]) -> dict:
@@ -38,13 +39,12 @@ def _run(rows: list[dict]) -> dict:
             "verdicts": sorted({str(x["verdict"]) for x in rows}),
             "break_even_status": r["break_even_status"], "break_even_tokens": r["break_even_tokens"],
             "break_even_ci_low": r["break_even_ci_low"], "break_even_ci_high": r["break_even_ci_high"],
-            "shortest": _at(rows, rows[0]["prefix_tokens"]), "longest": _at(rows, rows[-1]["prefix_tokens"]),
-            "n_lengths": len(rows)}
+            "shortest": _at(rows, rows[0]["prefix_tokens"]), "longest": _at(rows, rows[-1]["prefix_tokens"])}
 
 
 def tensor_parallel_context(t: dict) -> dict:
     """``platforms``: each reported platform with several GPUs per job, its measured and
-    configured runs and those not measured (with status and reason), its baseline and APC
+    configured runs and those not measured (with their status), its baseline and APC
     numbers where measured; ``stores``: per store measured with tensor parallelism, its runs at
     every parallelism (``runs``, fewest GPUs first)."""
     accounting = _records(t.get("accounting"))
@@ -62,14 +62,12 @@ def tensor_parallel_context(t: dict) -> dict:
         out.append({"platform": p, "gpus": platforms.gpus(p), "gpu": platforms.BY_NAME[p].gpu,
                     "model": run.get("model"), "n_configured": len(mine), "n_measured": len(measured),
                     "measured": [f"{r['experiment']}/{r['arm']}" for r in measured],
-                    "unmeasured": [{"run": f"{r['experiment']}/{r['arm']}", "status": r["status"],
-                                    "context": r.get("context") if isinstance(r.get("context"), str) else ""}
+                    "unmeasured": [{"run": f"{r['experiment']}/{r['arm']}", "status": r["status"]}
                                    for r in mine if r["status"] != "measured"],
                     "baseline_ttft_ms": base["ttft_median_ms"] if base else None,
                     "baseline_prompt_tokens": base["prompt_tokens"] if base else None,
                     "cold_ttft_ms": cold["ttft_median_ms"] if cold else None,
-                    "warm_ttft_ms": warm["ttft_median_ms"] if warm else None,
-                    "warm_hit_rate": warm.get("hit_rate") if warm else None})
+                    "warm_ttft_ms": warm["ttft_median_ms"] if warm else None})
     rows = _records(t.get("tensor_parallel"))
     stores = []
     for arm in dict.fromkeys(r["arm"] for r in rows):

@@ -233,13 +233,13 @@ def tensor_parallel_table(df: pd.DataFrame, metas: list[RunMeta]) -> pd.DataFram
     if not runs:
         return pd.DataFrame(columns=TENSOR_PARALLEL_COLUMNS)
     per_length = reload_vs_recompute_table(df, runs)
-    per_length = per_length[per_length.status == "ok"].drop(columns=["kv_bytes_per_token"])
+    per_length = per_length[per_length.status == "ok"]
     be = break_even_table(df, runs)
     be = be[be.estimate == "measured"][["platform", "arm", "status", "break_even_tokens", "ci_low", "ci_high"]]
     be = be.rename(columns={"status": "break_even_status", "ci_low": "break_even_ci_low",
                             "ci_high": "break_even_ci_high"})
     info = pd.DataFrame([{"platform": m.platform, "arm": m.arm, "model": (m.model or {}).get("name"),
-                          "tensor_parallel": tensor_parallel(m), "kv_bytes_per_token": kv_bytes_per_token(m),
+                          "tensor_parallel": tensor_parallel(m),
                           "kv_bytes_per_token_per_gpu": link_bytes_per_token(m, kv_bytes_per_token(m))}
                          for m in runs])
     out = per_length.merge(info, on=["platform", "arm"]).merge(be, on=["platform", "arm"], how="left")
